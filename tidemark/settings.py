@@ -1,0 +1,46 @@
+"""Typed settings: every value comes from the environment (prefix ``TIDEMARK_``) with the local stack as default,
+so pointing Tidemark at an existing cluster is one variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_", env_file=".env", extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
+    postgres_dsn: str = Field("postgresql://tidemark@127.0.0.1:15432/tidemark")
+    redis_url: str = Field("redis://127.0.0.1:16379/0")
+    state_dir: Path = Field(PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack")
+
+    app_id: str = Field("tidemark", description="Faust application id (consumer group and changelog prefix)")
+    topic_prefix: str = Field("", description="prepended to every topic name, to share a cluster")
+    topic_partitions: int = Field(8, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    store: str = Field("rocksdb://", description="Faust table store; memory:// in tests")
+
+    universe_size: int = Field(50, ge=2, description="symbols in the rolling correlation universe")
+    correlation_window: int = Field(60, ge=3, description="bars in the rolling correlation window")
+    snapshot_every: int = Field(15, ge=1, description="market minutes between correlation snapshots")
+    batch_size: int = Field(5000, ge=1)
+    batch_within_s: float = Field(0.5, gt=0)
+
+    polygon_api_key: SecretStr | None = None
+    alpaca_api_key: SecretStr | None = None
+    alpaca_secret_key: SecretStr | None = None
+    alpaca_paper: bool = True
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
