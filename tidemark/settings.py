@@ -6,10 +6,20 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The market's reference instruments: the broad market and sector ETFs, the 28 major FX pairs, CME micro futures.
+DEFAULT_UNIVERSE = (
+    "SPY,XLB,XLC,XLE,XLF,XLI,XLK,XLP,XLRE,XLU,XLV,XLY,"
+    "EURUSD,GBPUSD,AUDUSD,NZDUSD,USDJPY,USDCHF,USDCAD,EURGBP,EURJPY,EURCHF,EURAUD,EURNZD,EURCAD,GBPJPY,"
+    "GBPCHF,GBPAUD,GBPNZD,GBPCAD,AUDJPY,AUDCHF,AUDNZD,AUDCAD,NZDJPY,NZDCHF,NZDCAD,CADJPY,CADCHF,CHFJPY,"
+    "MES,MNQ,M2K,MYM,MGC,MCL"
+).split(",")
 
 
 class Settings(BaseSettings):
@@ -18,7 +28,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
     postgres_dsn: str = Field("postgresql://tidemark@127.0.0.1:15432/tidemark")
     redis_url: str = Field("redis://127.0.0.1:16379/0")
-    state_dir: Path = Field(PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack")
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack"
+    )
 
     app_id: str = Field("tidemark", description="Faust application id (consumer group and changelog prefix)")
     topic_prefix: str = Field("", description="prepended to every topic name, to share a cluster")
@@ -26,7 +38,11 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     store: str = Field("rocksdb://", description="Faust table store; memory:// in tests")
 
-    universe_size: int = Field(50, ge=2, description="symbols in the rolling correlation universe")
+    universe: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_UNIVERSE),
+        description="symbols of the rolling correlation universe, comma separated",
+    )
+    universe_name: str = Field("core", description="name the universe's snapshots are published under")
     correlation_window: int = Field(60, ge=3, description="bars in the rolling correlation window")
     snapshot_every: int = Field(15, ge=1, description="market minutes between correlation snapshots")
     batch_size: int = Field(5000, ge=1)
@@ -36,6 +52,13 @@ class Settings(BaseSettings):
     alpaca_api_key: SecretStr | None = None
     alpaca_secret_key: SecretStr | None = None
     alpaca_paper: bool = True
+
+    @field_validator("universe", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [symbol.strip() for symbol in value.split(",") if symbol.strip()]
+        return value
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

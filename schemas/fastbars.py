@@ -1,0 +1,560 @@
+"""BarClosed messages from and to columnar batches, without a Python object per field.
+
+Produces exactly the bytes of the generic codec (``schemas.codec``) and accepts exactly the messages it
+accepts, but does the byte work in two numba kernels over the whole batch. Strings are rare enough to be
+handled per distinct value (symbols) or only checked when they are not plain ASCII.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from schemas.bars import ASSET_CLASSES, BAR_SCHEMA, BarBatch
+from schemas.codec import DecodeError, EncodeError, get_registry
+
+U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
+
+_OK, _SHORT, _FOREIGN, _TRUNCATED, _VARINT, _NEGATIVE, _ENUM, _UNION, _BOOLEAN, _TRAILING = range(10)
+_REASONS = {
+    _SHORT: "not an Avro single-object message (marker C3 01 and 8-byte fingerprint)",
+    _TRUNCATED: "truncated body",
+    _VARINT: "malformed varint (overlong or beyond 64 bits)",
+    _NEGATIVE: "negative string length",
+    _ENUM: "asset_class enum index out of range",
+    _UNION: "union branch index out of range",
+    _BOOLEAN: "boolean byte other than 0 or 1",
+    _TRAILING: "bytes after the end of the record",
+}
+# A row whose strings are not all ASCII, or whose event_id is not a lower/upper-case canonical UUID, is
+# re-checked with the generic codec (rare).
+_SLOW = np.int8(-1)
+_NAN_BYTES = np.frombuffer(np.array([np.nan], "<f8").tobytes(), np.uint8)
+
+
+def to_records(
+    batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The batch as BarClosed records for the generic codec: the reference ``encode_bars`` must match."""
+    if len(event_ids) != len(batch):
+        raise EncodeError(f"{len(event_ids)} event ids for {len(batch)} bars")
+    return [
+        {
+            "event_id": event_ids[i],
+            "ts_event": int(batch.end_ns[i]),
+            "ts_ingest": ts_ingest,
+            "source": source,
+            "causation_id": "",
+            "symbol": batch.symbol[i],
+            "asset_class": ASSET_CLASSES[batch.asset_class[i]],
+            "interval": batch.interval,
+            "start_ns": int(batch.start_ns[i]),
+            "end_ns": int(batch.end_ns[i]),
+            "open": float(batch.open[i]),
+            "high": float(batch.high[i]),
+            "low": float(batch.low[i]),
+            "close": float(batch.close[i]),
+            "volume": float(batch.volume[i]),
+            "vwap": None if np.isnan(batch.vwap[i]) else float(batch.vwap[i]),
+            "trade_count": None if batch.trade_count[i] == -1 else int(batch.trade_count[i]),
+            "regular_session": bool(batch.regular_session[i]),
+        }
+        for i in range(len(batch))
+    ]
+
+
+# --------------------------------------------------------------------------------------------- kernels
+
+
+@numba.njit(cache=True, inline="always")
+def _zigzag(value: int) -> int:
+    return (np.uint64(value) << np.uint64(1)) ^ np.uint64(value >> 63)  # type: ignore[no-any-return]
+
+
+@numba.njit(cache=True, inline="always")
+def _varint_size(zz: int) -> int:
+    size = 1
+    while zz >= np.uint64(0x80):
+        zz >>= np.uint64(7)
+        size += 1
+    return size
+
+
+@numba.njit(cache=True, inline="always")
+def _put_varint(buf: U8, pos: int, zz: int) -> int:
+    while zz >= np.uint64(0x80):
+        buf[pos] = np.uint8((zz & np.uint64(0x7F)) | np.uint64(0x80))
+        zz >>= np.uint64(7)
+        pos += 1
+    buf[pos] = np.uint8(zz)
+    return pos + 1
+
+
+@numba.njit(cache=True, inline="always")
+def _put(buf: U8, pos: int, src: U8, start: int, stop: int) -> int:
+    for k in range(start, stop):
+        buf[pos] = src[k]
+        pos += 1
+    return pos
+
+
+@numba.njit(cache=True)
+def _encode_kernel(  # noqa: PLR0913
+    header: U8,
+    ids: U8,
+    id_off: I64,
+    ts_ingest: int,
+    middle: U8,
+    symbols: U8,
+    symbol_off: I64,
+    codes: I64,
+    asset_class: npt.NDArray[np.int8],
+    interval: U8,
+    start_ns: I64,
+    end_ns: I64,
+    prices: U8,
+    vwap: U8,
+    vwap_null: npt.NDArray[np.bool_],
+    trade_count: I64,
+    regular_session: npt.NDArray[np.bool_],
+) -> tuple[U8, I64]:
+    n = codes.shape[0]
+    zz_ingest = _zigzag(ts_ingest)
+    fixed = header.shape[0] + _varint_size(zz_ingest) + middle.shape[0] + 1 + interval.shape[0] + 40 + 1 + 1 + 1
+    offsets = np.empty(n + 1, np.int64)
+    offsets[0] = 0
+    for i in range(n):
+        size = fixed + (id_off[i + 1] - id_off[i]) + 2 * _varint_size(_zigzag(end_ns[i]))
+        size += symbol_off[codes[i] + 1] - symbol_off[codes[i]] + _varint_size(_zigzag(start_ns[i]))
+        if not vwap_null[i]:
+            size += 8
+        if trade_count[i] != -1:
+            size += _varint_size(_zigzag(trade_count[i]))
+        offsets[i + 1] = offsets[i] + size
+    buf = np.empty(offsets[n], np.uint8)
+    for i in range(n):
+        pos = _put(buf, offsets[i], header, 0, header.shape[0])
+        pos = _put(buf, pos, ids, id_off[i], id_off[i + 1])
+        pos = _put_varint(buf, pos, _zigzag(end_ns[i]))
+        pos = _put_varint(buf, pos, zz_ingest)
+        pos = _put(buf, pos, middle, 0, middle.shape[0])
+        pos = _put(buf, pos, symbols, symbol_off[codes[i]], symbol_off[codes[i] + 1])
+        buf[pos] = np.uint8(asset_class[i] * 2)
+        pos = _put(buf, pos + 1, interval, 0, interval.shape[0])
+        pos = _put_varint(buf, pos, _zigzag(start_ns[i]))
+        pos = _put_varint(buf, pos, _zigzag(end_ns[i]))
+        pos = _put(buf, pos, prices, 40 * i, 40 * i + 40)
+        if vwap_null[i]:
+            buf[pos] = 0
+            pos += 1
+        else:
+            buf[pos] = 2
+            pos = _put(buf, pos + 1, vwap, 8 * i, 8 * i + 8)
+        if trade_count[i] == -1:
+            buf[pos] = 0
+            pos += 1
+        else:
+            buf[pos] = 2
+            pos = _put_varint(buf, pos + 1, _zigzag(trade_count[i]))
+        buf[pos] = np.uint8(1 if regular_session[i] else 0)
+    return buf, offsets
+
+
+@numba.njit(cache=True, inline="always")
+def _get_varint(buf: U8, pos: int, stop: int) -> tuple[int, int, int]:
+    """(value, new position, status) of the zig-zag varint at ``pos``, rejecting what no writer produces."""
+    result = np.uint64(0)
+    shift = np.uint64(0)
+    for count in range(10):
+        if pos >= stop:
+            return 0, pos, _TRUNCATED
+        byte = buf[pos]
+        pos += 1
+        if count == 9 and byte > 1:
+            return 0, pos, _VARINT
+        result |= np.uint64(byte & 0x7F) << shift
+        if byte < 0x80:
+            if count > 0 and byte == 0:
+                return 0, pos, _VARINT
+            return np.int64(result >> np.uint64(1)) ^ -np.int64(result & np.uint64(1)), pos, _OK
+        shift += np.uint64(7)
+    return 0, pos, _VARINT
+
+
+@numba.njit(cache=True, inline="always")
+def _get_string(buf: U8, pos: int, stop: int) -> tuple[int, int, int, bool]:
+    """(start, end, status, ascii) of the string at ``pos``."""
+    length, pos, status = _get_varint(buf, pos, stop)
+    if status != _OK:
+        return pos, pos, status, True
+    if length < 0:
+        return pos, pos, _NEGATIVE, True
+    if length > stop - pos:
+        return pos, pos, _TRUNCATED, True
+    ascii_only = True
+    for k in range(pos, pos + length):
+        if buf[k] >= 0x80:
+            ascii_only = False
+            break
+    return pos, pos + length, _OK, ascii_only
+
+
+@numba.njit(cache=True, inline="always")
+def _canonical_uuid(buf: U8, start: int, stop: int) -> bool:
+    if stop - start != 36:
+        return False
+    for k in range(36):
+        c = buf[start + k]
+        if k == 8 or k == 13 or k == 18 or k == 23:
+            if c != 45:
+                return False
+        elif not (48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70):
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def _decode_kernel(  # noqa: PLR0912, PLR0915
+    blob: U8, offsets: I64, header: U8, nan: U8
+) -> tuple[npt.NDArray[np.int8], I64, I64, U8, npt.NDArray[np.int8]]:
+    n = offsets.shape[0] - 1
+    status = np.zeros(n, np.int8)
+    spans = np.zeros((n, 4), np.int64)  # symbol start/end, interval start/end
+    ints = np.zeros((n, 3), np.int64)  # start_ns, end_ns, trade_count (-1 for null)
+    floats = np.zeros((n, 48), np.uint8)  # open, high, low, close, volume, vwap (NaN for null) as bytes
+    flags = np.zeros((n, 2), np.int8)  # asset_class, regular_session
+    for i in range(n):
+        pos, stop = offsets[i], offsets[i + 1]
+        if stop - pos < 10 or blob[pos] != header[0] or blob[pos + 1] != header[1]:
+            status[i] = _SHORT
+            continue
+        foreign = False
+        for k in range(2, 10):
+            if blob[pos + k] != header[k]:
+                foreign = True
+        if foreign:
+            status[i] = _FOREIGN
+            continue
+        pos += 10
+        slow = False
+        a, b, st, ascii_only = _get_string(blob, pos, stop)  # event_id
+        if st != _OK:
+            status[i] = st
+            continue
+        slow = not ascii_only or not _canonical_uuid(blob, a, b)
+        pos = b
+        st = _OK
+        for _ in range(2):  # ts_event, ts_ingest
+            _, pos, st = _get_varint(blob, pos, stop)
+            if st != _OK:
+                break
+        if st != _OK:
+            status[i] = st
+            continue
+        for _ in range(2):  # source, causation_id
+            a, b, st, ascii_only = _get_string(blob, pos, stop)
+            if st != _OK:
+                break
+            slow = slow or not ascii_only
+            pos = b
+        if st != _OK:
+            status[i] = st
+            continue
+        a, b, st, ascii_only = _get_string(blob, pos, stop)  # symbol: decoded per distinct value later
+        if st != _OK:
+            status[i] = st
+            continue
+        spans[i, 0], spans[i, 1], pos = a, b, b
+        klass, pos, st = _get_varint(blob, pos, stop)
+        if st != _OK:
+            status[i] = st
+            continue
+        if klass < 0 or klass >= 4:
+            status[i] = _ENUM
+            continue
+        flags[i, 0] = klass
+        a, b, st, ascii_only = _get_string(blob, pos, stop)  # interval
+        if st != _OK:
+            status[i] = st
+            continue
+        slow = slow or not ascii_only
+        spans[i, 2], spans[i, 3], pos = a, b, b
+        for k in range(2):  # start_ns, end_ns
+            ints[i, k], pos, st = _get_varint(blob, pos, stop)
+            if st != _OK:
+                break
+        if st != _OK:
+            status[i] = st
+            continue
+        if stop - pos < 41:
+            status[i] = _TRUNCATED
+            continue
+        for k in range(40):
+            floats[i, k] = blob[pos + k]
+        pos += 40
+        branch = blob[pos]
+        pos += 1
+        if branch == 0:
+            for k in range(8):
+                floats[i, 40 + k] = nan[k]
+        elif branch == 2:
+            if stop - pos < 8:
+                status[i] = _TRUNCATED
+                continue
+            for k in range(8):
+                floats[i, 40 + k] = blob[pos + k]
+            pos += 8
+        else:
+            status[i] = _UNION
+            continue
+        if pos >= stop:
+            status[i] = _TRUNCATED
+            continue
+        branch = blob[pos]
+        pos += 1
+        if branch == 0:
+            ints[i, 2] = -1
+        elif branch == 2:
+            ints[i, 2], pos, st = _get_varint(blob, pos, stop)
+            if st != _OK:
+                status[i] = st
+                continue
+        else:
+            status[i] = _UNION
+            continue
+        if pos >= stop:
+            status[i] = _TRUNCATED
+            continue
+        if blob[pos] > 1:
+            status[i] = _BOOLEAN
+            continue
+        flags[i, 1] = blob[pos]
+        if pos + 1 != stop:
+            status[i] = _TRAILING
+            continue
+        if slow:
+            status[i] = _SLOW
+    return status, spans, ints, floats, flags
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def _string_bytes(text: str) -> bytes:
+    data = text.encode("utf-8")
+    zz = len(data) << 1
+    prefix = bytearray()
+    while zz >= 0x80:
+        prefix.append((zz & 0x7F) | 0x80)
+        zz >>= 7
+    prefix.append(zz)
+    return bytes(prefix) + data
+
+
+def _u8(data: bytes) -> U8:
+    return np.frombuffer(data, np.uint8)
+
+
+def _checked_ids(event_ids: Sequence[str]) -> tuple[U8, I64]:
+    """The ids as one byte blob with offsets, after the same UUID check the codec makes."""
+    try:
+        joined = "".join(event_ids)
+    except TypeError:
+        raise EncodeError("event_id must be a UUID string") from None
+    blob = joined.encode("utf-8", errors="strict")
+    lengths = np.fromiter(map(len, event_ids), np.int64, len(event_ids))
+    if len(blob) == len(joined) and np.all(lengths == 36):
+        rows = _u8(blob).reshape(-1, 36)
+        dashes = rows[:, [8, 13, 18, 23]] == ord("-")
+        hexdigits = np.delete(rows, [8, 13, 18, 23], axis=1)
+        lowered = hexdigits | 0x20
+        is_hex = ((hexdigits >= ord("0")) & (hexdigits <= ord("9"))) | (
+            (lowered >= ord("a")) & (lowered <= ord("f"))
+        )
+        suspect = np.flatnonzero(~(dashes.all(axis=1) & is_hex.all(axis=1)))
+    else:
+        suspect = np.arange(len(event_ids))
+    for i in suspect:
+        try:
+            uuid.UUID(event_ids[i])
+        except ValueError:
+            raise EncodeError(f"event_id is not a UUID: {event_ids[i]!r}") from None
+    prefixes = [_string_bytes(event_id) for event_id in event_ids] if len(suspect) else None
+    if prefixes is not None:
+        blob = b"".join(prefixes)
+        lengths = np.fromiter(map(len, prefixes), np.int64, len(prefixes))
+        offsets = np.zeros(len(event_ids) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return _u8(blob), offsets
+    # All canonical: 36 ASCII bytes each, length prefix 0x48.
+    rows = np.empty((len(event_ids), 37), np.uint8)
+    rows[:, 0] = 72
+    rows[:, 1:] = _u8(blob).reshape(-1, 36)
+    return rows.reshape(-1), np.arange(0, 37 * len(event_ids) + 1, 37, dtype=np.int64)
+
+
+def encode_bars(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str]) -> list[bytes]:
+    """One BarClosed single-object message per bar, byte-identical to the generic codec's."""
+    n = len(batch)
+    if len(event_ids) != n:
+        raise EncodeError(f"{len(event_ids)} event ids for {n} bars")
+    if n == 0:
+        return []
+    registry = get_registry()
+    if np.any((batch.asset_class < 0) | (batch.asset_class >= len(ASSET_CLASSES))):
+        raise EncodeError("asset_class index out of range")
+    try:
+        id_blob, id_off = _checked_ids(event_ids)
+        distinct: dict[str, int] = {}
+        codes = np.fromiter(
+            (distinct.setdefault(symbol, len(distinct)) for symbol in batch.symbol), np.int64, n
+        )
+        if not all(isinstance(symbol, str) for symbol in distinct):
+            raise EncodeError("symbol must be a string")
+        encoded = [_string_bytes(symbol) for symbol in distinct]
+        middle = _string_bytes(source) + b"\x00"
+        interval = _string_bytes(batch.interval)
+    except UnicodeEncodeError as exc:
+        raise EncodeError(f"text is not encodable as UTF-8: {exc}") from exc
+    symbol_off = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(item) for item in encoded], out=symbol_off[1:])
+    prices = np.ascontiguousarray(
+        np.column_stack([batch.open, batch.high, batch.low, batch.close, batch.volume]), dtype="<f8"
+    )
+    vwap = np.ascontiguousarray(batch.vwap, dtype="<f8")
+    buf, offsets = _encode_kernel(
+        _u8(registry.header(BAR_SCHEMA)),
+        id_blob,
+        id_off,
+        ts_ingest,
+        _u8(middle),
+        _u8(b"".join(encoded)),
+        symbol_off,
+        codes,
+        np.ascontiguousarray(batch.asset_class, dtype=np.int8),
+        _u8(interval),
+        np.ascontiguousarray(batch.start_ns, dtype=np.int64),
+        np.ascontiguousarray(batch.end_ns, dtype=np.int64),
+        prices.view(np.uint8).reshape(-1),
+        vwap.view(np.uint8),
+        np.isnan(vwap),
+        np.ascontiguousarray(batch.trade_count, dtype=np.int64),
+        np.ascontiguousarray(batch.regular_session, dtype=np.bool_),
+    )
+    data = buf.tobytes()
+    bounds = offsets.tolist()
+    return [data[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def _empty_batch(interval: str) -> BarBatch:
+    f = np.empty(0, np.float64)
+    return BarBatch(
+        symbol=np.empty(0, object),
+        asset_class=np.empty(0, np.int8),
+        interval=interval,
+        start_ns=np.empty(0, np.int64),
+        end_ns=np.empty(0, np.int64),
+        open=f,
+        high=f.copy(),
+        low=f.copy(),
+        close=f.copy(),
+        volume=f.copy(),
+        vwap=f.copy(),
+        trade_count=np.empty(0, np.int64),
+        regular_session=np.empty(0, np.bool_),
+    )
+
+
+def _foreign_reason(payload: bytes) -> str:
+    try:
+        schema = get_registry().decode(payload).schema
+    except DecodeError as exc:
+        return str(exc)
+    return f"not a BarClosed: {schema}"
+
+
+def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tuple[int, str]]]:
+    """Decode BarClosed messages into one batch: (good rows, their indices in ``payloads``, (index, reason)
+    for every payload that is malformed, of another schema, or of another interval than the first good one).
+
+    event_id, ts_event, ts_ingest, source and causation_id are validated but not returned: BarBatch has no
+    columns for them. A vwap or trade_count that is null comes back as NaN or -1.
+    """
+    registry = get_registry()
+    n = len(payloads)
+    lengths = np.fromiter(map(len, payloads), np.int64, n)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    blob = _u8(b"".join(payloads))
+    status, spans, ints, floats, flags = _decode_kernel(
+        blob, offsets, _u8(registry.header(BAR_SCHEMA)), _NAN_BYTES
+    )
+    bad: list[tuple[int, str]] = []
+    for i in np.flatnonzero(status > 0).tolist():
+        code = int(status[i])
+        bad.append((i, _foreign_reason(payloads[i]) if code == _FOREIGN else _REASONS[code]))
+    for i in np.flatnonzero(status == _SLOW).tolist():
+        try:
+            registry.decode_as(BAR_SCHEMA, payloads[i])
+        except DecodeError as exc:
+            status[i] = _TRUNCATED  # any non-zero code marks the row bad; the reason is the codec's
+            bad.append((i, str(exc)))
+    rows = np.flatnonzero(status <= 0)
+    data = blob.tobytes()
+    keep = np.ones(len(rows), np.bool_)
+    interval_text = ""
+    if len(rows):
+        first = data[spans[rows[0], 2] : spans[rows[0], 3]]
+        try:
+            interval_text = first.decode("utf-8")
+        except UnicodeDecodeError:  # unreachable: the kernel or the codec checked it
+            interval_text = first.decode("utf-8", "replace")
+        lo, hi = spans[rows, 2], spans[rows, 3]
+        same = (hi - lo) == len(first)
+        if len(first):
+            window = lo[same, None] + np.arange(len(first))
+            same[same] = (blob[window] == _u8(first)).all(axis=1)
+        for j in np.flatnonzero(~same).tolist():
+            keep[j] = False
+            other = data[lo[j] : hi[j]].decode("utf-8")
+            bad.append((int(rows[j]), f"interval {other!r} differs from {interval_text!r}"))
+    symbols: dict[bytes, str] = {}
+    column = np.empty(len(rows), object)
+    for j, (start, stop) in enumerate(spans[rows, :2].tolist()):
+        raw = data[start:stop]
+        text = symbols.get(raw)
+        if text is None:
+            try:
+                text = symbols[raw] = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                keep[j] = False
+                bad.append((int(rows[j]), f"symbol is not UTF-8: {exc}"))
+                continue
+        column[j] = text
+    bad.sort()
+    rows = rows[keep]
+    if len(rows) == 0:
+        return _empty_batch(interval_text), [], bad
+    values = floats[rows].view("<f8")
+    batch = BarBatch(
+        symbol=column[keep],
+        asset_class=flags[rows, 0].astype(np.int8),
+        interval=interval_text,
+        start_ns=ints[rows, 0],
+        end_ns=ints[rows, 1],
+        open=values[:, 0].copy(),
+        high=values[:, 1].copy(),
+        low=values[:, 2].copy(),
+        close=values[:, 3].copy(),
+        volume=values[:, 4].copy(),
+        vwap=values[:, 5].copy(),
+        trade_count=ints[rows, 2],
+        regular_session=flags[rows, 1].astype(np.bool_),
+    )
+    return batch, rows.tolist(), bad

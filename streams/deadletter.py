@@ -1,0 +1,27 @@
+"""Dead letters: what a processor cannot decode or validate is kept, with its bytes, coordinates and reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.consumed import Consumed
+from schemas.events import common_fields, deterministic_event_id, now_ns
+
+DEAD_LETTER_SCHEMA = "tidemark.ops.MessageDeadLettered"
+
+
+def dead_letter_record(record: Consumed, reason: str, error_type: str, processor: str) -> dict[str, Any]:
+    """One ``MessageDeadLettered``; its id is derived from (processor, topic, partition, offset), so a
+    redelivered bad message dead-letters under the same event_id and duplicates are recognisable."""
+    event_id = deterministic_event_id("dlq", processor, record.topic, record.partition, record.offset)
+    return {
+        **common_fields(processor, now_ns(), event_id=event_id),
+        "source_topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "original_key": record.key,
+        "original_value": record.value,
+        "reason": reason,
+        "error_type": error_type,
+        "processor": processor,
+    }

@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from connectors.replay import ReplayError, interval_ns, read_bars
+from connectors.synthetic.market import build_universe, generate_bars
+from schemas.bars import ASSET_CLASSES, BarBatch
+
+T0 = datetime(2024, 3, 8, 14, 30, tzinfo=UTC)  # 09:30 New York (EST)
+T0_NS = int(T0.timestamp()) * 1_000_000_000
+MINUTE_NS = 60_000_000_000
+
+
+def _frame(timestamps: list[object], **overrides: list[object]) -> pd.DataFrame:
+    n = len(timestamps)
+    columns: dict[str, list[object]] = {
+        "symbol": ["AAA", "BBB"] * (n // 2) + ["AAA"] * (n % 2),
+        "timestamp": timestamps,
+        "open": [10.0] * n,
+        "high": [11.0] * n,
+        "low": [9.0] * n,
+        "close": [10.5] * n,
+        "volume": [100.0] * n,
+    }
+    columns.update(overrides)
+    return pd.DataFrame(columns)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+def _read(path: Path, **kwargs: object) -> BarBatch:
+    batches = list(read_bars(path, **kwargs))  # type: ignore[arg-type]
+    return BarBatch(
+        **{
+            f: np.concatenate([getattr(b, f) for b in batches])
+            for f in BarBatch.__dataclass_fields__
+            if f != "interval"
+        },
+        interval=batches[0].interval,
+    )
+
+
+ISO = [
+    "2024-03-08T09:31:00-05:00",
+    "2024-03-08T14:30:00Z",
+    "2024-03-08T15:30:00+01:00",
+    "2024-03-08T14:31:00+00:00",
+]
+EXPECTED = [T0_NS + MINUTE_NS, T0_NS, T0_NS, T0_NS + MINUTE_NS]
+EPOCH_S = [t // 1_000_000_000 for t in EXPECTED]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize(
+    "timestamps",
+    [
+        pytest.param(ISO, id="iso-with-offsets"),
+        pytest.param([s * 1000 for s in EPOCH_S], id="epoch-ms"),
+        pytest.param(EPOCH_S, id="epoch-s"),
+        pytest.param([s * 1_000_000 for s in EPOCH_S], id="epoch-us"),
+        pytest.param(EXPECTED, id="epoch-ns"),
+        pytest.param([s + 0.0 for s in EPOCH_S], id="epoch-s-float"),
+    ],
+)
+def test_timestamps_become_utc_in_order(tmp_path: Path, suffix: str, timestamps: list[object]) -> None:
+    bars = _read(_write(_frame(timestamps), tmp_path / f"bars{suffix}"))
+    assert list(bars.start_ns) == [T0_NS, T0_NS, T0_NS + MINUTE_NS, T0_NS + MINUTE_NS]
+    assert list(bars.symbol) == ["AAA", "BBB", "AAA", "BBB"]
+    assert (bars.end_ns - bars.start_ns == MINUTE_NS).all()
+    assert np.isnan(bars.vwap).all() and (bars.trade_count == -1).all()
+    assert (bars.asset_class == ASSET_CLASSES.index("UNKNOWN")).all() and bars.regular_session.all()
+
+
+def test_parquet_datetime_column_with_zone(tmp_path: Path) -> None:
+    stamps = pd.to_datetime(ISO, format="ISO8601", utc=True).tz_convert("America/New_York")
+    bars = _read(_write(_frame(list(stamps)), tmp_path / "bars.parquet"))
+    assert list(bars.start_ns) == [T0_NS, T0_NS, T0_NS + MINUTE_NS, T0_NS + MINUTE_NS]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "timestamps"),
+    [
+        (".csv", ["2024-03-08T09:31:00", "2024-03-08T09:30:00"]),
+        (".csv", ["2024-03-08 09:31", "2024-03-08T09:30:00-05:00"]),
+        (".parquet", ["2024-03-08T09:31:00", "2024-03-08T09:30:00"]),
+        (".parquet", list(pd.to_datetime(["2024-03-08T09:31:00", "2024-03-08T09:30:00"]))),
+    ],
+)
+def test_naive_timestamps_need_a_zone(tmp_path: Path, suffix: str, timestamps: list[object]) -> None:
+    path = _write(_frame(timestamps), tmp_path / f"bars{suffix}")
+    with pytest.raises(ReplayError, match="naive") as info:
+        _read(path)
+    assert info.value.column == "timestamp" and str(path) in str(info.value)
+    bars = _read(path, tz="America/New_York")
+    assert sorted(bars.start_ns) == [T0_NS, T0_NS + MINUTE_NS]
+
+
+def test_aliases_and_optional_columns(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "Ticker": ["EURUSD", "MES"],
+            "t": [T0_NS // 1_000_000] * 2,
+            "o": [1.08, 5000.0],
+            "h": [1.09, 5001.0],
+            "l": [1.07, 4999.0],
+            "c": [1.085, 5000.5],
+            "v": [10.0, 20.0],
+            "vw": [1.081, 5000.2],
+            "transactions": [7, 9],
+            "asset_class": ["fx", "FUTURE"],
+        }
+    )
+    bars = _read(_write(frame, tmp_path / "polygon.csv"), interval="5m")
+    assert list(bars.symbol) == ["EURUSD", "MES"]
+    assert list(bars.asset_class) == [ASSET_CLASSES.index("FX"), ASSET_CLASSES.index("FUTURE")]
+    assert list(bars.vwap) == [1.081, 5000.2] and list(bars.trade_count) == [7, 9]
+    assert bars.interval == "5m" and (bars.end_ns - bars.start_ns == 5 * MINUTE_NS).all()
+
+
+def test_symbol_argument(tmp_path: Path) -> None:
+    single = _write(_frame(ISO[:2]).drop(columns="symbol"), tmp_path / "spy.csv")
+    with pytest.raises(ReplayError, match="no symbol column"):
+        _read(single)
+    assert set(_read(single, symbol="SPY").symbol) == {"SPY"}
+    multi = _write(_frame(ISO), tmp_path / "multi.csv")
+    assert list(_read(multi, symbol="BBB").symbol) == ["BBB", "BBB"]
+
+
+def test_equity_regular_session_from_hours(tmp_path: Path) -> None:
+    stamps = ["2024-03-08T09:29:00-05:00", "2024-03-08T09:30:00-05:00", "2024-03-08T16:00:00-05:00"]
+    frame = _frame(stamps).drop(columns="symbol")
+    bars = _read(_write(frame, tmp_path / "ext.csv"), asset_class="EQUITY", symbol="AAA")
+    assert list(bars.regular_session) == [False, True, False]
+
+
+@pytest.mark.parametrize("missing", ["close", "timestamp", "volume"])
+def test_missing_column_is_named(tmp_path: Path, missing: str) -> None:
+    path = _write(_frame(ISO).drop(columns=missing), tmp_path / "bars.csv")
+    with pytest.raises(ReplayError, match=f"missing required column '{missing}'") as info:
+        _read(path)
+    assert info.value.path == path and info.value.column == missing
+
+
+@pytest.mark.parametrize(
+    ("overrides", "row", "column", "reason"),
+    [
+        ({"high": [11.0, "abc", 11.0, 11.0]}, 2, "high", "not a number"),
+        ({"close": [10.5, 10.5, None, 10.5]}, 3, "close", "not a number"),
+        ({"low": [9.0, 9.0, 9.0, 10.2]}, 4, "low", "low above open or close"),
+        ({"high": [11.0, 10.2, 11.0, 11.0]}, 2, "high", "high below open or close"),
+        ({"open": [10.0, -1.0, 10.0, 10.0], "low": [9.0, -2.0, 9.0, 9.0]}, 2, "open", "positive"),
+        ({"volume": [1.0, 1.0, 1.0, -5.0]}, 4, "volume", "negative"),
+        ({"timestamp": [*ISO[:2], "not a time+01:00", ISO[3]]}, 3, "timestamp", "unparsable"),
+        ({"timestamp": [EPOCH_S[0], EPOCH_S[1] * 1000, EPOCH_S[2], EPOCH_S[3]]}, 2, "timestamp", "unit"),
+        ({"timestamp": [ISO[0], ISO[0], ISO[2], ISO[3]], "symbol": ["AAA"] * 4}, 2, "timestamp", "duplicate"),
+    ],
+)
+def test_bad_rows_are_reported(
+    tmp_path: Path, overrides: dict[str, list[object]], row: int, column: str, reason: str
+) -> None:
+    path = _write(_frame(ISO, **overrides), tmp_path / "bad.csv")
+    with pytest.raises(ReplayError, match=reason) as info:
+        _read(path)
+    assert (info.value.row, info.value.column) == (row, column)
+    assert f"row {row}" in str(info.value) and str(path) in str(info.value)
+
+
+def test_unsupported_suffix(tmp_path: Path) -> None:
+    with pytest.raises(ReplayError, match="unsupported file type"):
+        _read(tmp_path / "bars.json")
+
+
+@pytest.mark.parametrize(
+    ("interval", "ns"), [("1s", 10**9), ("1m", 60 * 10**9), ("15m", 900 * 10**9), ("1d", 86400 * 10**9)]
+)
+def test_interval_ns(interval: str, ns: int) -> None:
+    assert interval_ns(interval) == ns
+
+
+@pytest.mark.parametrize("interval", ["", "m", "0m", "1w", "1.5m"])
+def test_bad_interval(interval: str) -> None:
+    with pytest.raises(ValueError, match="unsupported interval"):
+        interval_ns(interval)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_synthetic_bars_round_trip_in_batches(tmp_path: Path, suffix: str) -> None:
+    universe = build_universe(100, seed=2)
+    generated = list(generate_bars(universe, T0, 30, seed=4))
+    frame = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "symbol": b.symbol,
+                    "timestamp": b.start_ns // 1_000_000,
+                    "open": b.open,
+                    "high": b.high,
+                    "low": b.low,
+                    "close": b.close,
+                    "volume": b.volume,
+                    "vwap": b.vwap,
+                    "trade_count": b.trade_count,
+                    "asset_class": [ASSET_CLASSES[a] for a in b.asset_class],
+                }
+            )
+            for b in generated
+        ]
+    ).sample(frac=1.0, random_state=0)  # shuffled: the reader restores time order
+    path = _write(frame, tmp_path / f"synthetic{suffix}")
+    batches = list(read_bars(path, batch_size=1100))
+    assert [len(b) for b in batches] == [1100, 1100, 800]
+    starts = np.concatenate([b.start_ns for b in batches])
+    expected_starts = np.concatenate([b.start_ns for b in generated])
+    assert np.array_equal(starts, expected_starts)
+    for field in ("close", "high", "low", "vwap"):
+        got = np.concatenate([getattr(b, field) for b in batches])
+        by_key = dict(
+            zip(zip(np.concatenate([b.symbol for b in batches]), starts, strict=True), got, strict=True)
+        )
+        want = np.concatenate([getattr(b, field) for b in generated])
+        keys = zip(np.concatenate([b.symbol for b in generated]), expected_starts, strict=True)
+        np.testing.assert_allclose([by_key[k] for k in keys], want, rtol=1e-12)

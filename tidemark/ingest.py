@@ -1,0 +1,195 @@
+"""``tidemark ingest``: the connectors that need no account — the synthetic market and file replay."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from connectors.publisher import (
+    BarPublisher,
+    PublishReport,
+    keep_after_positions,
+    last_records,
+    partition_for_key,
+    publish_batches,
+    stop_on_signals,
+)
+from schemas.bars import BAR_SCHEMA, BarBatch
+from schemas.codec import DecodeError, get_registry
+from tidemark.settings import Settings, get_settings
+
+ingest_app = typer.Typer(help="Publish market data to Kafka.", no_args_is_help=True)
+console = Console(stderr=True)
+
+DEFAULT_START = "2025-03-03T00:00:00+00:00"
+
+
+def _parse_utc(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise typer.BadParameter("give a time zone, e.g. 2025-03-03T00:00:00+00:00")
+    return parsed.astimezone(UTC)
+
+
+def _publish_with_progress(
+    publisher: BarPublisher, batches: Iterable[BarBatch], total: int | None, speed: float | None
+) -> PublishReport:
+    with (
+        stop_on_signals() as stop,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f} bars"),
+            TextColumn("{task.fields[rate]:,.0f} bars/s"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress,
+    ):
+        task = progress.add_task(f"→ {publisher.topic}", total=total, rate=0.0)
+
+        def on_progress(report: PublishReport) -> None:
+            progress.update(task, completed=report.bars, rate=report.rate)
+
+        report = publish_batches(publisher, batches, stop=stop, speed=speed, on_progress=on_progress)
+        progress.update(task, completed=report.bars, rate=report.rate)
+    return report
+
+
+def _print_report(report: PublishReport, topic: str) -> None:
+    verb = "interrupted after publishing" if report.interrupted else "published"
+    console.print(
+        f"{verb} {report.bars:,} bars to {topic} in {report.seconds:.1f}s ({report.rate:,.0f} bars/s); "
+        f"{report.skipped:,} already in the topic were skipped; every message was flushed"
+    )
+
+
+def published_tail(settings: Settings, topic: str, symbols: tuple[str, ...]) -> dict[int, tuple[int, int]]:
+    """Per partition, the (start_ns, symbol rank) of the last bar in the topic: where a rerun resumes."""
+    rank = {symbol: i for i, symbol in enumerate(symbols)}
+    tail: dict[int, tuple[int, int]] = {}
+    registry = get_registry()
+    for partition, (key, value) in last_records(settings.kafka_bootstrap, topic).items():
+        try:
+            record = registry.decode_as(BAR_SCHEMA, value)
+        except DecodeError:
+            continue
+        symbol_rank = rank.get(record["symbol"])
+        if symbol_rank is not None:
+            tail[partition] = (record["start_ns"], symbol_rank)
+    return tail
+
+
+@dataclass
+class SkipCount:
+    bars: int = 0
+
+
+def skip_published(
+    batches: Iterable[BarBatch],
+    symbols: tuple[str, ...],
+    partitions: int,
+    tail: dict[int, tuple[int, int]],
+    skipped: SkipCount,
+) -> Iterator[BarBatch]:
+    """Drops, from the deterministic stream, what an earlier run of the same seed already landed."""
+    rank = {symbol: i for i, symbol in enumerate(symbols)}
+    partition_of_rank = np.array([partition_for_key(s.encode(), partitions) for s in symbols], dtype=np.int32)
+    newest_tail = max((start for start, _ in tail.values()), default=None)
+    for bars in batches:
+        if newest_tail is not None and len(bars) and int(bars.start_ns.min()) <= newest_tail:
+            ranks = np.fromiter((rank[s] for s in bars.symbol.tolist()), dtype=np.int64, count=len(bars))
+            kept = keep_after_positions(bars, partition_of_rank[ranks], ranks, tail)
+            skipped.bars += len(bars) - len(kept)
+            bars = kept
+        yield bars
+
+
+@ingest_app.command("synthetic")
+def ingest_synthetic(
+    symbols: int = typer.Option(1000, min=2, help="symbols across US equities, FX pairs and micro futures"),
+    seed: int = typer.Option(7, help="the same seed always gives the same market"),
+    start: str = typer.Option(DEFAULT_START, help="first minute, ISO 8601 with time zone"),
+    days: float = typer.Option(1.0, min=0.0, help="calendar days of minute bars"),
+    speed: float | None = typer.Option(None, help="pace by bar time: 60 = one market hour per minute"),
+    resume: bool = typer.Option(True, help="skip the bars an earlier run with this seed already published"),
+    manifest: Path | None = typer.Option(None, help="write the injected regimes to this JSON file"),
+) -> None:
+    """A seeded synthetic market with correlated groups and recorded mean-reverting and trending regimes."""
+    from connectors.synthetic.market import build_universe, generate_bars, minute_index
+
+    settings = get_settings()
+    topic = settings.topic("md.bars.1m")
+    first_minute = _parse_utc(start)
+    universe = build_universe(n_symbols=symbols, seed=seed, start=first_minute, days=max(1, math.ceil(days)))
+    manifest_path = manifest or settings.state_dir / f"synthetic-seed{seed}-n{symbols}.json"
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(json.dumps(universe.to_manifest(), indent=2, default=str))
+    console.print(
+        f"universe of {len(universe.symbols)} symbols; injected regimes recorded in {manifest_path}"
+    )
+
+    minutes = int(days * 24 * 60)
+    symbol_order = tuple(universe.symbols.tolist())
+    tail = published_tail(settings, topic, symbol_order) if resume else {}
+    # Regenerate only from the oldest partition tail on; finer skipping is per partition below.
+    skip = minute_index(first_minute, min(start for start, _ in tail.values())) if tail else 0
+    batches: Iterable[BarBatch] = generate_bars(
+        universe, start=first_minute, minutes=minutes, seed=seed, skip_minutes=min(skip, minutes)
+    )
+    skipped = SkipCount()
+    if tail:
+        console.print(f"resuming: {len(tail)} partition(s) already hold bars of this market")
+        batches = skip_published(batches, symbol_order, _partitions(settings, topic), tail, skipped)
+    publisher = BarPublisher(settings.kafka_bootstrap, topic, source="synthetic")
+    report = _publish_with_progress(publisher, batches, total=None, speed=speed)
+    report.skipped = skipped.bars
+    _print_report(report, topic)
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
+@ingest_app.command("replay")
+def ingest_replay(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV or Parquet file of bars"),
+    interval: str = typer.Option("1m", help="bar interval of the file: 1s or 1m"),
+    symbol: str | None = typer.Option(None, help="symbol of a single-symbol file without a symbol column"),
+    speed: float | None = typer.Option(
+        None, help="pace by bar time (1 = real time); as fast as possible if unset"
+    ),
+) -> None:
+    """Replay bars from a CSV or Parquet file into Kafka."""
+    from connectors.replay import ReplayError, read_bars
+
+    settings = get_settings()
+    topic = settings.topic(f"md.bars.{interval}")
+    publisher = BarPublisher(settings.kafka_bootstrap, topic, source="replay")
+    try:
+        report = _publish_with_progress(
+            publisher, read_bars(path, interval=interval, symbol=symbol), None, speed
+        )
+    except ReplayError as exc:
+        console.print(f"[red]cannot replay {path}:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    _print_report(report, topic)
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
+def _partitions(settings: Settings, topic: str) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(topic, timeout=30)
+    return len(metadata.topics[topic].partitions)

@@ -1,0 +1,144 @@
+"""Create and inspect the catalogue's topics on the cluster (``tidemark topics create|list``).
+
+Topics the catalogue sizes with ``KEYED_PARTITIONS`` are created with ``Settings.topic_partitions`` instead,
+because Faust sizes its changelog and repartition topics with that setting and they must stay
+co-partitioned with the topics the agents read. Every other topic gets the catalogue's count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import typer
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from schemas.catalogue import CATALOGUE, KEYED_PARTITIONS, TopicSpec, kafka_config
+from tidemark.settings import Settings, get_settings
+
+ADMIN_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class TopicRow:
+    name: str
+    key: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: str
+    value_schemas: tuple[str, ...]
+    exists: bool
+
+
+def planned_partitions(spec: TopicSpec, settings: Settings) -> int:
+    return settings.topic_partitions if spec.partitions == KEYED_PARTITIONS else spec.partitions
+
+
+def _admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def _existing(admin: AdminClient) -> dict[str, int]:
+    """Topic name -> partition count of what the cluster has now."""
+    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create every missing catalogue topic; existing ones are left alone. Returns the names created."""
+    admin = _admin(settings)
+    existing = _existing(admin)
+    wanted = [
+        NewTopic(
+            settings.topic(spec.name),
+            num_partitions=planned_partitions(spec, settings),
+            replication_factor=settings.replication_factor,
+            config=kafka_config(spec),
+        )
+        for spec in CATALOGUE
+        if settings.topic(spec.name) not in existing
+    ]
+    if not wanted:
+        return []
+    created: list[str] = []
+    for name, future in admin.create_topics(wanted, request_timeout=ADMIN_TIMEOUT_S).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            # Another process may have created it between our listing and our request.
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+        else:
+            created.append(name)
+    return sorted(created)
+
+
+def list_topics(settings: Settings) -> list[TopicRow]:
+    """The catalogue as the cluster sees it: actual partitions where the topic exists, planned otherwise."""
+    existing = _existing(_admin(settings))
+    rows = []
+    for spec in CATALOGUE:
+        name = settings.topic(spec.name)
+        rows.append(
+            TopicRow(
+                name=name,
+                key=spec.key,
+                partitions=existing.get(name, planned_partitions(spec, settings)),
+                retention_ms=spec.retention_ms,
+                cleanup_policy=spec.cleanup_policy,
+                value_schemas=spec.value_schemas,
+                exists=name in existing,
+            )
+        )
+    return rows
+
+
+topics_app = typer.Typer(help="Kafka topics of the event contract.", no_args_is_help=True)
+
+
+def _retention(ms: int) -> str:
+    if ms < 0:
+        return "forever"
+    days, rest = divmod(ms, 86_400_000)
+    return f"{days}d" if rest == 0 else f"{ms} ms"
+
+
+@topics_app.command("create")
+def create_command(as_json: bool = typer.Option(False, "--json", help="print JSON instead of text")) -> None:
+    """Create the missing topics of the catalogue (existing topics are left alone)."""
+    settings = get_settings()
+    created = create_topics(settings)
+    kept = [spec.name for spec in CATALOGUE if settings.topic(spec.name) not in created]
+    if as_json:
+        typer.echo(json.dumps({"created": created, "existing": [settings.topic(name) for name in kept]}))
+        return
+    console = Console()
+    for name in created:
+        console.print(f"[green]created[/green] {name}")
+    console.print(f"{len(created)} created, {len(kept)} already present")
+
+
+@topics_app.command("list")
+def list_command(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """Show every catalogue topic, its key, partitions, retention and value schemas, and whether it exists."""
+    rows = list_topics(get_settings())
+    if as_json:
+        typer.echo(json.dumps([asdict(row) for row in rows]))
+        return
+    table = Table(title="Tidemark topics")
+    for column in ("topic", "key", "partitions", "retention", "cleanup", "value schemas", "exists"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.key,
+            str(row.partitions),
+            _retention(row.retention_ms),
+            row.cleanup_policy,
+            "\n".join(name.rpartition(".")[2] for name in row.value_schemas),
+            "[green]yes[/green]" if row.exists else "[red]no[/red]",
+        )
+    Console().print(table)
