@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from projections.redis_store import key
 
 async def bars(conn: asyncpg.Connection, symbol: str, interval: str, limit: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT symbol, interval, start_ts, open, high, low, close, volume, vwap, trade_count, regular_session"
+        "SELECT start_ts, open, high, low, close, volume, vwap, trade_count, regular_session"
         " FROM bars WHERE symbol = $1 AND interval = $2 ORDER BY start_ts DESC LIMIT $3",
         symbol,
         interval,
@@ -26,11 +27,11 @@ async def bar_count(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM bars"))
 
 
-async def stats(conn: asyncpg.Connection, universe: str | None) -> list[dict[str, Any]]:
+async def stats(conn: asyncpg.Connection, symbols: Sequence[str] | None) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT universe, symbol, as_of, bar_count, last_close, window_return, volatility_annual"
-        " FROM symbol_stats WHERE $1::text IS NULL OR universe = $1 ORDER BY universe, symbol",
-        universe,
+        "SELECT symbol, timeframe, window_bars, as_of, last_close, window_return, volatility_annual, max_drawdown"
+        " FROM symbol_stats WHERE $1::text[] IS NULL OR symbol = ANY($1) ORDER BY symbol, timeframe, window_bars",
+        list(symbols) if symbols else None,
     )
     return [dict(r) for r in rows]
 
@@ -41,31 +42,45 @@ class CorrelationView:
     timeframe: str
     as_of: Any
     window_bars: int
+    observations: int
     symbols: list[str]
     matrix: np.ndarray
     avg_correlation: float | None
     eigen_share: float | None
+    diversification_ratio: float | None
 
 
 async def latest_correlation(conn: asyncpg.Connection, universe: str | None) -> CorrelationView | None:
     row = await conn.fetchrow(
-        "SELECT universe, timeframe, as_of, window_bars, symbols, matrix, avg_correlation, eigen_share"
-        " FROM correlation_snapshots WHERE $1::text IS NULL OR universe = $1 ORDER BY as_of DESC LIMIT 1",
+        "SELECT universe, timeframe, as_of, window_bars, observations, symbols, upper_triangle, avg_correlation,"
+        " eigen_share, diversification_ratio FROM correlation_snapshots"
+        " WHERE $1::text IS NULL OR universe = $1 ORDER BY as_of DESC LIMIT 1",
         universe,
     )
     if row is None:
         return None
-    n = len(row["symbols"])
     return CorrelationView(
         universe=row["universe"],
         timeframe=row["timeframe"],
         as_of=row["as_of"],
         window_bars=row["window_bars"],
+        observations=row["observations"],
         symbols=list(row["symbols"]),
-        matrix=np.asarray(row["matrix"], dtype=np.float64).reshape(n, n),
+        matrix=square_matrix(row["upper_triangle"], len(row["symbols"])),
         avg_correlation=row["avg_correlation"],
         eigen_share=row["eigen_share"],
+        diversification_ratio=row["diversification_ratio"],
     )
+
+
+def square_matrix(upper_triangle: Sequence[float], n: int) -> np.ndarray:
+    """The symmetric n x n matrix (unit diagonal) from its strict upper triangle, row-major."""
+    matrix = np.eye(n)
+    rows, cols = np.triu_indices(n, k=1)
+    values = np.asarray(upper_triangle, dtype=np.float64)
+    matrix[rows, cols] = values
+    matrix[cols, rows] = values
+    return matrix
 
 
 def top_pairs(view: CorrelationView, k: int) -> list[dict[str, Any]]:

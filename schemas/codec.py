@@ -5,9 +5,9 @@ schema is expanded into a standalone schema (a referenced type is defined at its
 name afterwards, as the Avro spec requires), so its fingerprint is the one any other Avro implementation
 computes from the same standalone schema.
 
-Decoding is strict: anything that is not exactly what a standard Avro writer produces for a known schema raises
-:class:`DecodeError`. fastavro alone accepts some malformed input (negative enum and union indices, booleans
-other than 0 and 1), so every decoded body is re-encoded and compared with the input.
+Decoding is strict: anything that is not exactly what a standard Avro writer produces for a known schema
+raises :class:`DecodeError`. fastavro alone accepts some malformed input (negative enum and union indices,
+booleans other than 0 and 1), so every decoded body is re-encoded and compared with the input.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint as _fastavro_fingerprint
@@ -89,7 +89,9 @@ def _collect_definitions(node: Any, namespace: str, into: dict[str, dict[str, An
         _collect_definitions(kind, namespace, into, origin)
 
 
-def _standalone(node: Any, namespace: str, defined: set[str], definitions: Mapping[str, dict[str, Any]]) -> Any:
+def _standalone(
+    node: Any, namespace: str, defined: set[str], definitions: Mapping[str, dict[str, Any]]
+) -> Any:
     """``node`` with every reference to a type not yet defined replaced by its definition (first use only)."""
     if isinstance(node, str):
         if node in _PRIMITIVES:
@@ -144,7 +146,7 @@ def _without_uuid_logical_type(schema: dict[str, Any], names: tuple[str, ...]) -
 
 
 def fingerprint_of(canonical_form: str) -> bytes:
-    """CRC-64-AVRO of a Parsing Canonical Form, as the 8 little-endian bytes the single-object header carries."""
+    """CRC-64-AVRO of a Parsing Canonical Form, as the 8 little-endian bytes of the single-object header."""
     return bytes.fromhex(_fastavro_fingerprint(canonical_form, "CRC-64-AVRO"))
 
 
@@ -243,7 +245,7 @@ class SchemaRegistry:
         stream = io.BytesIO(data)
         stream.seek(HEADER_SIZE)
         try:
-            record: dict[str, Any] = schemaless_reader(stream, entry.parsed, None)
+            record = cast(dict[str, Any], schemaless_reader(stream, entry.parsed, None))
             end = stream.tell()
             echo = io.BytesIO()
             schemaless_writer(echo, entry.parsed, record)

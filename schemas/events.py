@@ -22,9 +22,7 @@ def deterministic_event_id(*parts: str | int) -> str:
     """
     if not parts:
         raise ValueError("deterministic_event_id needs at least one part")
-    text = "".join(
-        f"{'i' if isinstance(part, int) else 's'}{len(str(part))}:{part}" for part in parts
-    )
+    text = "".join(f"{'i' if isinstance(part, int) else 's'}{len(str(part))}:{part}" for part in parts)
     return str(uuid.uuid5(TIDEMARK_NAMESPACE, text))
 
 

@@ -73,12 +73,12 @@ def to_records(
 
 
 @numba.njit(cache=True, inline="always")
-def _zigzag(value: int) -> int:
-    return (np.uint64(value) << np.uint64(1)) ^ np.uint64(value >> 63)  # type: ignore[no-any-return]
+def _zigzag(value: int) -> np.uint64:
+    return (np.uint64(value) << np.uint64(1)) ^ np.uint64(value >> 63)
 
 
 @numba.njit(cache=True, inline="always")
-def _varint_size(zz: int) -> int:
+def _varint_size(zz: np.uint64) -> int:
     size = 1
     while zz >= np.uint64(0x80):
         zz >>= np.uint64(7)
@@ -87,7 +87,7 @@ def _varint_size(zz: int) -> int:
 
 
 @numba.njit(cache=True, inline="always")
-def _put_varint(buf: U8, pos: int, zz: int) -> int:
+def _put_varint(buf: U8, pos: int, zz: np.uint64) -> int:
     while zz >= np.uint64(0x80):
         buf[pos] = np.uint8((zz & np.uint64(0x7F)) | np.uint64(0x80))
         zz >>= np.uint64(7)
@@ -105,7 +105,7 @@ def _put(buf: U8, pos: int, src: U8, start: int, stop: int) -> int:
 
 
 @numba.njit(cache=True)
-def _encode_kernel(  # noqa: PLR0913
+def _encode_kernel(
     header: U8,
     ids: U8,
     id_off: I64,
@@ -126,7 +126,9 @@ def _encode_kernel(  # noqa: PLR0913
 ) -> tuple[U8, I64]:
     n = codes.shape[0]
     zz_ingest = _zigzag(ts_ingest)
-    fixed = header.shape[0] + _varint_size(zz_ingest) + middle.shape[0] + 1 + interval.shape[0] + 40 + 1 + 1 + 1
+    fixed = (
+        header.shape[0] + _varint_size(zz_ingest) + middle.shape[0] + 1 + interval.shape[0] + 40 + 1 + 1 + 1
+    )
     offsets = np.empty(n + 1, np.int64)
     offsets[0] = 0
     for i in range(n):
@@ -182,7 +184,7 @@ def _get_varint(buf: U8, pos: int, stop: int) -> tuple[int, int, int]:
         if byte < 0x80:
             if count > 0 and byte == 0:
                 return 0, pos, _VARINT
-            return np.int64(result >> np.uint64(1)) ^ -np.int64(result & np.uint64(1)), pos, _OK
+            return int(np.int64(result >> np.uint64(1)) ^ -np.int64(result & np.uint64(1))), pos, _OK
         shift += np.uint64(7)
     return 0, pos, _VARINT
 
@@ -220,7 +222,7 @@ def _canonical_uuid(buf: U8, start: int, stop: int) -> bool:
 
 
 @numba.njit(cache=True)
-def _decode_kernel(  # noqa: PLR0912, PLR0915
+def _decode_kernel(
     blob: U8, offsets: I64, header: U8, nan: U8
 ) -> tuple[npt.NDArray[np.int8], I64, I64, U8, npt.NDArray[np.int8]]:
     n = offsets.shape[0] - 1
@@ -380,7 +382,7 @@ def _checked_ids(event_ids: Sequence[str]) -> tuple[U8, I64]:
         suspect = np.flatnonzero(~(dashes.all(axis=1) & is_hex.all(axis=1)))
     else:
         suspect = np.arange(len(event_ids))
-    for i in suspect:
+    for i in suspect.tolist():
         try:
             uuid.UUID(event_ids[i])
         except ValueError:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import faust
 import redis.asyncio as aioredis
+from redis import exceptions as redis_exceptions
 
+from projections.analytics import CorrelationProjection, StatsProjection
+from projections.bars import BarsProjection
 from projections.consumed import Consumed
 from projections.redis_store import RedisProjection
 from schemas.codec import get_registry
@@ -49,7 +53,9 @@ def raw_topic(name: str) -> faust.TopicT:
 @dataclass(frozen=True)
 class Resources:
     pool: asyncpg.Pool
-    redis: RedisProjection
+    bars: BarsProjection
+    stats: StatsProjection
+    correlations: CorrelationProjection
 
 
 _resources: Resources | None = None
@@ -62,8 +68,13 @@ async def resources() -> Resources:
     async with _resources_lock:
         if _resources is None:
             pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=4)
-            client = aioredis.from_url(settings.redis_url)
-            _resources = Resources(pool=pool, redis=RedisProjection(client))
+            redis = RedisProjection(aioredis.from_url(settings.redis_url))
+            _resources = Resources(
+                pool=pool,
+                bars=BarsProjection(pool, redis),
+                stats=StatsProjection(pool, redis),
+                correlations=CorrelationProjection(pool, redis),
+            )
         return _resources
 
 
@@ -76,11 +87,11 @@ def load_agents() -> None:
 dead_letters = raw_topic("dlq")
 
 
-def consumed(events: Sequence[faust.types.EventT]) -> list[Consumed]:
-    return [
-        Consumed(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-        for e in events
-    ]
+async def batches(stream: faust.StreamT[bytes]) -> AsyncIterator[list[Consumed]]:
+    """The stream as batches of raw records: up to ``batch_size``, or what arrived within ``batch_within_s``."""
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        yield [Consumed(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+               for e in events]
 
 
 async def dead_letter(
@@ -101,3 +112,39 @@ async def dead_letter(
         app.log.warning(
             "%s: dead-lettered %d message(s), first: %s", processor, len(failures), failures[0][1]
         )
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+)
+
+
+async def handle_batch(
+    records: Sequence[Consumed], processor: str, handler: Callable[[Sequence[Consumed]], Awaitable[None]]
+) -> None:
+    """Run ``handler`` on a batch without ever letting it crash the agent.
+
+    Faust acks a ``take_events`` batch even when the agent raises, so an escaping exception would silently lose
+    the batch. Instead, outages (connections, timeouts) are retried with capped backoff until they pass, and any
+    other failure dead-letters the batch with the error, so nothing is lost and nothing loops.
+    """
+    for attempt in itertools.count(1):
+        try:
+            await handler(records)
+            return
+        except TRANSIENT_ERRORS as exc:
+            delay = min(30.0, 0.25 * 2**attempt)
+            app.log.warning("%s: %r; retrying the batch in %.1fs (attempt %d)", processor, exc, delay, attempt)
+            await asyncio.sleep(delay)
+        except Exception as exc:
+            app.log.exception("%s: batch of %d failed; dead-lettering it", processor, len(records))
+            reason = f"processing failed: {exc!r}"
+            await dead_letter(records, [(i, reason) for i in range(len(records))], processor, type(exc).__name__)
+            return

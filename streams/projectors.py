@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
-from projections.analytics import CorrelationProjection, StatsProjection
-from projections.bars import BarsProjection
 from projections.consumed import Consumed
 from schemas.codec import DecodeError, get_registry
 from schemas.fastbars import decode_bars
-from streams.app import app, consumed, dead_letter, raw_topic, resources, settings
+from streams.app import app, batches, dead_letter, handle_batch, raw_topic, resources
 
 bars_1m = raw_topic("md.bars.1m")
 stats_topic = raw_topic("analytics.stats")
 correlations_topic = raw_topic("analytics.correlations")
-
-
-async def batches(stream: StreamT[bytes]) -> AsyncIterator[list[Consumed]]:
-    events: Sequence[EventT]
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        yield consumed(events)
 
 
 def decode_all(
@@ -42,31 +34,38 @@ def decode_all(
     return good, decoded, failures
 
 
+async def _project_bars(records: Sequence[Consumed]) -> None:
+    bars, rows, failures = decode_bars([r.value for r in records])
+    await dead_letter(records, failures, "projection.bars")
+    if len(bars):
+        await (await resources()).bars.apply([records[i] for i in rows], bars)
+
+
+async def _project_stats(records: Sequence[Consumed]) -> None:
+    good, events, failures = decode_all(records, "tidemark.analytics.SymbolStatsComputed")
+    await dead_letter(records, failures, "projection.stats")
+    await (await resources()).stats.apply(good, events)
+
+
+async def _project_correlations(records: Sequence[Consumed]) -> None:
+    good, events, failures = decode_all(records, "tidemark.analytics.CorrelationSnapshotTaken")
+    await dead_letter(records, failures, "projection.correlations")
+    await (await resources()).correlations.apply(good, events)
+
+
 @app.agent(bars_1m, name="project-bars-1m", concurrency=1)
 async def project_bars(stream: StreamT[bytes]) -> None:
-    processor = "projection.bars"
     async for records in batches(stream):
-        bars, rows, failures = decode_bars([r.value for r in records])
-        await dead_letter(records, failures, processor)
-        if len(bars):
-            shared = await resources()
-            projection = BarsProjection(shared.pool, shared.redis)
-            await projection.apply([records[i] for i in rows], bars)
+        await handle_batch(records, "projection.bars", _project_bars)
 
 
 @app.agent(stats_topic, name="project-stats", concurrency=1)
 async def project_stats(stream: StreamT[bytes]) -> None:
     async for records in batches(stream):
-        good, events, failures = decode_all(records, "tidemark.analytics.SymbolStatsComputed")
-        await dead_letter(records, failures, "projection.stats")
-        shared = await resources()
-        await StatsProjection(shared.pool, shared.redis).apply(good, events)
+        await handle_batch(records, "projection.stats", _project_stats)
 
 
 @app.agent(correlations_topic, name="project-correlations", concurrency=1)
 async def project_correlations(stream: StreamT[bytes]) -> None:
     async for records in batches(stream):
-        good, events, failures = decode_all(records, "tidemark.analytics.CorrelationSnapshotTaken")
-        await dead_letter(records, failures, "projection.correlations")
-        shared = await resources()
-        await CorrelationProjection(shared.pool, shared.redis).apply(good, events)
+        await handle_batch(records, "projection.correlations", _project_correlations)

@@ -28,7 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(query_app, name="query")
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -106,12 +106,13 @@ def query_bars(
 
 @query_app.command("stats")
 def query_stats(
-    universe: str | None = typer.Option(None), as_json: bool = typer.Option(False, "--json")
+    symbols: list[str] | None = typer.Argument(None, help="only these symbols"),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Latest rolling return and volatility per symbol."""
+    """Latest rolling return, annualised volatility and drawdown per symbol."""
     from projections import read
 
-    rows = _run_db(lambda conn: read.stats(conn, universe))
+    rows = _run_db(lambda conn: read.stats(conn, symbols))
     _emit(rows, "rolling statistics", as_json)
 
 

@@ -7,6 +7,7 @@ re-delivered bars are idempotent in the kernel, so snapshots are reproduced exac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,9 @@ from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
 from schemas.events import common_fields, deterministic_event_id
 from schemas.fastbars import decode_bars
-from streams.app import app, consumed, dead_letter, raw_topic, settings
-from streams.correlation.processor import RollingProcessor, Snapshot
+from projections.consumed import Consumed
+from streams.app import app, batches, dead_letter, handle_batch, raw_topic, settings
+from streams.correlation.processor import BARS_PER_YEAR_1M, RollingProcessor, Snapshot
 
 PROCESSOR = "analytics.rolling"
 TIMEFRAME = "1m"
@@ -32,8 +34,6 @@ state_table = app.Table(
     default=None,
     key_type=bytes,
     value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
     partitions=settings.topic_partitions,
     use_partitioner=True,
     extra_topic_configs={"max.message.bytes": str(STATE_MAX_BYTES)},
@@ -99,7 +99,7 @@ def snapshot_events(
                     "mean_return": float(stats.mean_return[i]),
                     "stdev_return": float(stats.volatility[i]),
                     "volatility_annualised": float(stats.volatility_annual[i]),
-                    "bars_per_year": float(stats.bars_per_year),
+                    "bars_per_year": BARS_PER_YEAR_1M,
                     "max_drawdown": _optional(stats.max_drawdown[i]),
                 },
             )
@@ -111,26 +111,26 @@ def _optional(value: float) -> float | None:
     return None if not np.isfinite(value) else float(value)
 
 
-@app.agent(bars_1m, name="rolling-stats-1m", concurrency=1)
-async def rolling_stats(stream: StreamT[bytes]) -> None:
+async def _roll(records: Sequence[Consumed]) -> None:
     registry = get_registry()
     universe_key = settings.universe_name.encode()
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        records = consumed(events)
-        bars, rows, failures = decode_bars([r.value for r in records])
-        await dead_letter(records, failures, PROCESSOR)
-        if not len(bars):
-            continue
-        partitions = np.fromiter((records[i].partition for i in rows), dtype=np.int32, count=len(rows))
-        processor = _processor(universe_key)
-        for snapshot in processor.process(partitions, bars.symbol, bars.start_ns, bars.close):
-            per_symbol, correlation = snapshot_events(settings.universe_name, snapshot)
-            for key, event in per_symbol:
-                await stats_out.send(
-                    key=key, value=registry.encode("tidemark.analytics.SymbolStatsComputed", event)
-                )
-            await correlations_out.send(
-                key=universe_key,
-                value=registry.encode("tidemark.analytics.CorrelationSnapshotTaken", correlation),
-            )
-        state_table[universe_key] = processor.to_bytes()
+    bars, rows, failures = decode_bars([r.value for r in records])
+    await dead_letter(records, failures, PROCESSOR)
+    if not len(bars):
+        return
+    partitions = np.fromiter((records[i].partition for i in rows), dtype=np.int32, count=len(rows))
+    processor = _processor(universe_key)
+    for snapshot in processor.process(partitions, bars.symbol, bars.start_ns, bars.close):
+        per_symbol, correlation = snapshot_events(settings.universe_name, snapshot)
+        for key, event in per_symbol:
+            await stats_out.send(key=key, value=registry.encode("tidemark.analytics.SymbolStatsComputed", event))
+        await correlations_out.send(
+            key=universe_key, value=registry.encode("tidemark.analytics.CorrelationSnapshotTaken", correlation)
+        )
+    state_table[universe_key] = processor.to_bytes()
+
+
+@app.agent(bars_1m, name="rolling-stats-1m", concurrency=1)
+async def rolling_stats(stream: StreamT[bytes]) -> None:
+    async for records in batches(stream):
+        await handle_batch(records, PROCESSOR, _roll)

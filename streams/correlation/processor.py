@@ -20,6 +20,8 @@ from streams.correlation.clock import MINUTE_NS, SnapshotClock
 from streams.correlation.rolling import CorrelationSnapshot, RollingWindow, SymbolStats
 
 _STATE_VERSION = 1
+BARS_PER_YEAR_1M = 252 * 390.0
+"""Annualisation of minute-bar statistics: a 252-day, 6.5-hour equity year."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class RollingProcessor:
             self._apply_before(boundary)
             if self._applied_since_snapshot:
                 snapshots.append(
-                    Snapshot(boundary, self.window.stats(_bars_per_year()), self.window.correlation())
+                    Snapshot(boundary, self.window.stats(BARS_PER_YEAR_1M), self.window.correlation())
                 )
                 self._applied_since_snapshot = 0
             self.clock.last_boundary_ns = boundary
@@ -134,8 +136,3 @@ class RollingProcessor:
         processor._pending_close = arrays["pending_close"]
         processor._applied_since_snapshot = meta["applied_since_snapshot"]
         return processor
-
-
-def _bars_per_year() -> float:
-    """Annualisation for minute bars over a 252-day, 6.5-hour equity year."""
-    return 252 * 390.0

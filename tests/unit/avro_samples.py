@@ -15,7 +15,7 @@ def _text(rnd: random.Random) -> str:
 
 
 def _register(schema: Any, named: dict[str, Any]) -> None:
-    """Every named type defined anywhere in ``schema``: a union may skip a definition that a later field uses."""
+    """Every named type defined in ``schema``: a union may skip a definition that a later field uses."""
     if isinstance(schema, list):
         for branch in schema:
             _register(branch, named)
