@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import time
+import hashlib
 import uuid
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 # uuid5(NAMESPACE_URL, "urn:tidemark:events"). Fixed forever: changing it would change every deterministic
 TIDEMARK_NAMESPACE = uuid.UUID("1e518148-2ec1-5c1e-a9f1-3da029baa98d")
@@ -37,3 +41,45 @@ def common_fields(
         "source": source,
         "causation_id": causation_id,
     }
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_UUID_HEX_COLUMNS = np.r_[0:8, 9:13, 14:18, 19:23, 24:36]
+
+
+def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser: a bijection on 64 bits that spreads every input bit over the output."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def stream_hash(*parts: str) -> int:
+    """A stable 64-bit hash of an event stream's identity, e.g. (source, symbol, interval)."""
+    text = "\x1f".join(parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8, person=b"tidemark-ids").digest(), "little")
+
+
+def deterministic_event_ids_array(
+    streams: npt.NDArray[np.uint64], positions: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint8]:
+    """Version-8 UUIDs as canonical ASCII rows (n x 36), one per (stream hash, position), vectorised.
+
+    The hot-path twin of ``deterministic_event_id``: a republished bar (same stream, same start) gets the same
+    id, without a uuid5/SHA-1 call per bar.
+    """
+    with np.errstate(over="ignore"):
+        position = positions.astype(np.uint64)
+        high = _mix64(streams ^ _mix64(position))
+        low = _mix64(high ^ position ^ np.uint64(0x9E3779B97F4A7C15))
+    raw = np.empty((len(streams), 16), dtype=np.uint8)
+    raw[:, :8] = high.astype(">u8").view(np.uint8).reshape(-1, 8)
+    raw[:, 8:] = low.astype(">u8").view(np.uint8).reshape(-1, 8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x80  # version 8: custom
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 9562 variant
+    nibbles = np.empty((len(streams), 32), dtype=np.uint8)
+    nibbles[:, 0::2] = raw >> 4
+    nibbles[:, 1::2] = raw & 0x0F
+    text = np.full((len(streams), 36), ord("-"), dtype=np.uint8)
+    text[:, _UUID_HEX_COLUMNS] = _HEX[nibbles]
+    return text

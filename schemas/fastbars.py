@@ -363,8 +363,35 @@ def _u8(data: bytes) -> U8:
     return np.frombuffer(data, np.uint8)
 
 
-def _checked_ids(event_ids: Sequence[str]) -> tuple[U8, I64]:
-    """The ids as one byte blob with offsets, after the same UUID check the codec makes."""
+def _canonical_rows(rows: U8) -> npt.NDArray[np.bool_]:
+    """Which n x 36 ASCII rows are canonical UUID text (hex digits with dashes at 8, 13, 18, 23)."""
+    dashes = rows[:, [8, 13, 18, 23]] == ord("-")
+    hexdigits = np.delete(rows, [8, 13, 18, 23], axis=1)
+    lowered = hexdigits | 0x20
+    is_hex = ((hexdigits >= ord("0")) & (hexdigits <= ord("9"))) | ((lowered >= ord("a")) & (lowered <= ord("f")))
+    return np.asarray(dashes.all(axis=1) & is_hex.all(axis=1))
+
+
+def _prefixed_rows(rows: U8) -> tuple[U8, I64]:
+    """Canonical ids as Avro strings: each 36 ASCII bytes behind the length prefix 0x48."""
+    prefixed = np.empty((len(rows), 37), np.uint8)
+    prefixed[:, 0] = 72
+    prefixed[:, 1:] = rows
+    return prefixed.reshape(-1), np.arange(0, 37 * len(rows) + 1, 37, dtype=np.int64)
+
+
+def _checked_ids(event_ids: Sequence[str] | U8) -> tuple[U8, I64]:
+    """The ids as one byte blob with offsets, after the same UUID check the codec makes.
+
+    An n x 36 uint8 array of ASCII ids (as ``deterministic_event_ids_array`` makes) skips the per-id strings.
+    """
+    if isinstance(event_ids, np.ndarray):
+        if event_ids.dtype != np.uint8 or event_ids.ndim != 2 or event_ids.shape[1] != 36:
+            raise EncodeError("an event id array must be n x 36 ASCII bytes")
+        bad = np.flatnonzero(~_canonical_rows(event_ids))
+        if len(bad):
+            raise EncodeError(f"event_id is not a UUID: {event_ids[bad[0]].tobytes()!r}")
+        return _prefixed_rows(event_ids)
     try:
         joined = "".join(event_ids)
     except TypeError:
@@ -372,14 +399,7 @@ def _checked_ids(event_ids: Sequence[str]) -> tuple[U8, I64]:
     blob = joined.encode("utf-8", errors="strict")
     lengths = np.fromiter(map(len, event_ids), np.int64, len(event_ids))
     if len(blob) == len(joined) and np.all(lengths == 36):
-        rows = _u8(blob).reshape(-1, 36)
-        dashes = rows[:, [8, 13, 18, 23]] == ord("-")
-        hexdigits = np.delete(rows, [8, 13, 18, 23], axis=1)
-        lowered = hexdigits | 0x20
-        is_hex = ((hexdigits >= ord("0")) & (hexdigits <= ord("9"))) | (
-            (lowered >= ord("a")) & (lowered <= ord("f"))
-        )
-        suspect = np.flatnonzero(~(dashes.all(axis=1) & is_hex.all(axis=1)))
+        suspect = np.flatnonzero(~_canonical_rows(_u8(blob).reshape(-1, 36)))
     else:
         suspect = np.arange(len(event_ids))
     for i in suspect.tolist():
@@ -387,21 +407,18 @@ def _checked_ids(event_ids: Sequence[str]) -> tuple[U8, I64]:
             uuid.UUID(event_ids[i])
         except ValueError:
             raise EncodeError(f"event_id is not a UUID: {event_ids[i]!r}") from None
-    prefixes = [_string_bytes(event_id) for event_id in event_ids] if len(suspect) else None
-    if prefixes is not None:
-        blob = b"".join(prefixes)
-        lengths = np.fromiter(map(len, prefixes), np.int64, len(prefixes))
-        offsets = np.zeros(len(event_ids) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        return _u8(blob), offsets
-    # All canonical: 36 ASCII bytes each, length prefix 0x48.
-    rows = np.empty((len(event_ids), 37), np.uint8)
-    rows[:, 0] = 72
-    rows[:, 1:] = _u8(blob).reshape(-1, 36)
-    return rows.reshape(-1), np.arange(0, 37 * len(event_ids) + 1, 37, dtype=np.int64)
+    if not len(suspect):
+        return _prefixed_rows(_u8(blob).reshape(-1, 36))
+    prefixes = [_string_bytes(event_id) for event_id in event_ids]
+    lengths = np.fromiter(map(len, prefixes), np.int64, len(prefixes))
+    offsets = np.zeros(len(event_ids) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return _u8(b"".join(prefixes)), offsets
 
 
-def encode_bars(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str]) -> list[bytes]:
+def encode_bars(
+    batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str] | U8
+) -> list[bytes]:
     """One BarClosed single-object message per bar, byte-identical to the generic codec's."""
     n = len(batch)
     if len(event_ids) != n:

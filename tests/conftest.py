@@ -42,45 +42,49 @@ def services() -> Settings:
     return ensure_services()
 
 
+async def _admin(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
-def isolated(services: Settings) -> Iterator[Settings]:
+def new_database(services: Settings) -> Iterator[Callable[[], str]]:
+    """Creates migrated databases on the test server (returning their DSNs); drops them afterwards."""
+    created: list[str] = []
+
+    def create() -> str:
+        database = f"tidemark_t_{uuid.uuid4().hex[:10]}"
+        asyncio.run(_admin(services.postgres_dsn, f'CREATE DATABASE "{database}"'))
+        created.append(database)
+        dsn = services.postgres_dsn.rsplit("/", 1)[0] + f"/{database}"
+        asyncio.run(apply_migrations(dsn))
+        return dsn
+
+    yield create
+    for database in created:
+        asyncio.run(_admin(services.postgres_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def isolated(services: Settings, new_database: Callable[[], str]) -> Settings:
     """Unique topics, consumer group and database, and a flushed Redis database, for one test."""
     tag = uuid.uuid4().hex[:10]
-    database = f"tidemark_t_{tag}"
-    admin_dsn = services.postgres_dsn
-
-    async def create() -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{database}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{database}"
-    asyncio.run(apply_migrations(dsn))
+    dsn = new_database()
     redis_db = next(_redis_db) % 16 or 1
     redis_url = services.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
-    yield services.model_copy(
+    return services.model_copy(
         update={
             "topic_prefix": f"t{tag}.",
             "app_id": f"tidemark-{tag}",
             "postgres_dsn": dsn,
             "redis_url": redis_url,
             "store": "memory://",
-            "state_dir": services.state_dir,
         }
     )
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 @pytest.fixture
@@ -104,15 +108,15 @@ def run_cli(isolated: Settings) -> Callable[..., subprocess.CompletedProcess[str
 
 
 @pytest.fixture
-def start_worker(isolated: Settings, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Starts ``tidemark worker`` subprocesses; any still running at the end are killed."""
+def start_worker(isolated: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts ``tidemark worker`` subprocesses (with the test's settings unless given others); kills leftovers."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(settings: Settings | None = None) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "tidemark.cli", "worker", "--loglevel", "info"],
-            env=settings_env(isolated),
+            env=settings_env(settings or isolated),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

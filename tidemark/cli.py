@@ -80,7 +80,7 @@ def db_migrate() -> None:
 
 
 @app.command()
-def worker(loglevel: str = typer.Option("warning", help="Faust log level")) -> None:
+def worker(loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug")) -> None:
     """Run the Faust worker: every stream processor and projection writer of Tidemark."""
     from streams.app import app as faust_app
     from streams.app import load_agents

@@ -1,0 +1,195 @@
+"""Foundation benchmark: connector vs raw producer, and worker vs raw consumer, on the local broker, in one run.
+
+Each figure is printed beside its baseline, measured in the same process on the same bytes, with the ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connectors.publisher import BarIds, BarPublisher, producer_config
+from connectors.synthetic.market import build_universe, generate_bars
+from projections.migrations import apply_migrations
+from schemas.bars import BarBatch
+from schemas.catalogue import kafka_config, topic_spec
+from schemas.events import now_ns
+from schemas.fastbars import encode_bars
+from tidemark.settings import Settings, get_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    count: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+def market(symbols: int, minutes: int) -> list[BarBatch]:
+    start = datetime(2025, 3, 3, 14, 30, tzinfo=UTC)
+    universe = build_universe(n_symbols=symbols, seed=11, start=start, days=1)
+    return list(generate_bars(universe, start=start, minutes=minutes, seed=11))
+
+
+def create_topic(settings: Settings, name: str) -> None:
+    spec = topic_spec("md.bars.1m")
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topic = NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1, config=kafka_config(spec))
+    admin.create_topics([topic])[name].result(timeout=30)
+
+
+def connector_run(settings: Settings, topic: str, batches: list[BarBatch]) -> Figure:
+    publisher = BarPublisher(settings.kafka_bootstrap, topic, source="synthetic")
+    started = time.perf_counter()
+    for bars in batches:
+        publisher.publish(bars)
+    publisher.flush()
+    return Figure("synthetic connector (ids + Avro encode + produce)", sum(map(len, batches)), time.perf_counter() - started)
+
+
+def raw_producer_run(settings: Settings, topic: str, batches: list[BarBatch]) -> Figure:
+    ids = BarIds("synthetic")
+    encoded = [
+        (bars.symbol.tolist(), encode_bars(bars, source="synthetic", ts_ingest=now_ns(), event_ids=ids(bars)))
+        for bars in batches
+    ]
+    producer = Producer(producer_config(settings.kafka_bootstrap))
+    count = 0
+    started = time.perf_counter()
+    for keys, payloads in encoded:
+        for key, value in zip(keys, payloads, strict=True):
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+        count += len(payloads)
+    producer.flush()
+    return Figure("raw confluent-kafka producer (same bytes)", count, time.perf_counter() - started)
+
+
+def raw_consumer_run(settings: Settings, topic: str, expected: int) -> Figure:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    count = 0
+    started = time.perf_counter()
+    while count < expected:
+        for message in consumer.consume(10_000, timeout=1.0):
+            if message.error() is None:
+                count += 1
+    seconds = time.perf_counter() - started
+    consumer.close()
+    return Figure("raw confluent-kafka consumer loop", count, seconds)
+
+
+async def _count_bars(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM bars"))
+    finally:
+        await conn.close()
+
+
+def worker_run(settings: Settings, expected: int, tag: str) -> Figure:
+    """Time from the worker's first projected bar to its last: consumed, decoded, projected and committed."""
+    database = f"bench_{tag}"
+
+    async def prepare() -> str:
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{database}"')
+        await conn.close()
+        dsn = settings.postgres_dsn.rsplit("/", 1)[0] + f"/{database}"
+        await apply_migrations(dsn)
+        return dsn
+
+    dsn = asyncio.run(prepare())
+    env = {
+        **os.environ,
+        "TIDEMARK_TOPIC_PREFIX": settings.topic_prefix,
+        "TIDEMARK_APP_ID": f"bench-{tag}",
+        "TIDEMARK_POSTGRES_DSN": dsn,
+        "TIDEMARK_STORE": "memory://",
+    }
+    log = open(REPO / ".tidemark" / f"bench-worker-{tag}.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "tidemark.cli", "worker"], env=env, stdout=log, stderr=log)
+    try:
+        first_count, first_at = 0, 0.0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}; see {log.name}")
+            count = asyncio.run(_count_bars(dsn))
+            now = time.perf_counter()
+            if count and not first_count:
+                first_count, first_at = count, now
+            if count >= expected:
+                return Figure("tidemark worker (decode + project + rolling stats)", count - first_count, now - first_at)
+            time.sleep(0.05)
+        raise TimeoutError(f"the worker projected {count} of {expected} bars in 600 s")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        log.close()
+
+
+def ratio_line(figure: Figure, baseline: Figure, target: float) -> str:
+    ratio = figure.rate / baseline.rate
+    verdict = "meets" if ratio >= target else "MISSES"
+    return (
+        f"  {figure.name:<52} {figure.rate:>12,.0f} bars/s\n"
+        f"  {baseline.name:<52} {baseline.rate:>12,.0f} bars/s\n"
+        f"  ratio {ratio:.1%} ({verdict} the {target:.0%} target)"
+    )
+
+
+def main(symbols: int = 1000, minutes: int = 390) -> None:
+    base = get_settings()
+    tag = uuid.uuid4().hex[:8]
+    settings = base.model_copy(update={"topic_prefix": f"bench{tag}."})
+    batches = market(symbols, minutes)
+    total = sum(map(len, batches))
+    print(f"market: {symbols} symbols x {minutes} minutes = {total:,} bars; broker {settings.kafka_bootstrap}")
+    connector_topic, raw_topic = settings.topic("md.bars.1m"), settings.topic("bench.raw")
+    create_topic(settings, connector_topic)
+    create_topic(settings, raw_topic)
+    raw_producer = raw_producer_run(settings, raw_topic, batches)
+    connector = connector_run(settings, connector_topic, batches)
+    print("produce:")
+    print(ratio_line(connector, raw_producer, 0.5))
+    raw_consumer = raw_consumer_run(settings, connector_topic, total)
+    worker = worker_run(settings, total, tag)
+    print("consume:")
+    print(ratio_line(worker, raw_consumer, 0.2))
+    AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics([connector_topic, raw_topic])
+
+
+if __name__ == "__main__":
+    main()

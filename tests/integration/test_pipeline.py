@@ -1,0 +1,161 @@
+"""The walking skeleton end to end: synthetic connector → Kafka → worker subprocess → PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from connectors.synthetic.market import build_universe, generate_bars
+from schemas.bars import BarBatch
+from tests.integration.kafka_tools import topic_size
+from tests.services import eventually
+from tidemark.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2025, 3, 3, 13, 0, tzinfo=UTC)  # equities open at 14:30 UTC on this (winter-time) Monday
+MINUTES = 180
+SYMBOLS = 100
+SEED = 7
+
+
+def synthetic_args(symbols: int = SYMBOLS, minutes: int = MINUTES, seed: int = SEED) -> list[str]:
+    return [
+        "ingest",
+        "synthetic",
+        "--symbols",
+        str(symbols),
+        "--seed",
+        str(seed),
+        "--start",
+        START.isoformat(),
+        "--days",
+        repr(minutes / 1440),
+    ]
+
+
+def expected_bars(symbols: int = SYMBOLS, minutes: int = MINUTES, seed: int = SEED) -> pd.DataFrame:
+    """What the connector must have published: the same deterministic market, generated in-process."""
+    universe = build_universe(n_symbols=symbols, seed=seed, start=START, days=1)
+    frames = [_frame(b) for b in generate_bars(universe, start=START, minutes=minutes, seed=seed)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _frame(bars: BarBatch) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "symbol": bars.symbol.astype(str),
+            "start_ns": bars.start_ns,
+            "close": bars.close,
+            "volume": bars.volume,
+        }
+    )
+
+
+def fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def count(dsn: str, table: str) -> int:
+    return int(fetch(dsn, f"SELECT count(*) AS n FROM {table}")[0]["n"])
+
+
+def projected_bars(dsn: str) -> pd.DataFrame:
+    rows = fetch(
+        dsn,
+        "SELECT symbol, (extract(epoch FROM start_ts) * 1e9)::bigint AS start_ns, close, volume FROM bars",
+    )
+    return pd.DataFrame(rows)
+
+
+def market_time_correlation(
+    bars: pd.DataFrame, symbols: list[str], before_ns: int, window: int
+) -> pd.DataFrame:
+    """An independent reference: closes on the universe's market-time grid, carried forward, pandas corr."""
+    universe = bars[bars.symbol.isin(symbols) & (bars.start_ns < before_ns)]
+    closes = universe.pivot(index="start_ns", columns="symbol", values="close").sort_index().ffill()
+    returns = np.log(closes.iloc[-(window + 1) :]).diff().iloc[1:]
+    return returns.corr()
+
+
+def test_synthetic_bars_flow_through_the_worker_into_the_projections(
+    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any]
+) -> None:
+    run_cli("topics", "create")
+    published = run_cli(*synthetic_args())
+    expected = expected_bars()
+    assert f"published {len(expected):,} bars" in published.stderr
+    assert topic_size(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == len(expected)
+
+    start_worker()
+    eventually(
+        lambda: count(isolated.postgres_dsn, "bars") == len(expected), timeout=180, what="all bars projected"
+    )
+
+    got = projected_bars(isolated.postgres_dsn).sort_values(["symbol", "start_ns"], ignore_index=True)
+    want = expected.sort_values(["symbol", "start_ns"], ignore_index=True)
+    pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+
+    last_spy = want[want.symbol == "SPY"].iloc[-1]
+    latest = redis.Redis.from_url(isolated.redis_url).hgetall("tm:bar:1m:SPY")
+    assert int(latest[b"start_ns"]) == last_spy.start_ns
+    assert float(latest[b"close"]) == last_spy.close
+
+    # Snapshots every 15 market minutes from 13:15 to 15:45: the watermark reaches 15:59, not 16:00.
+    boundaries = 11
+    eventually(
+        lambda: count(isolated.postgres_dsn, "correlation_snapshots") == boundaries,
+        timeout=60,
+        what="every correlation snapshot projected",
+    )
+    snapshot = run_cli("query", "correlations", "--top", "5", "--json")
+    pairs = json.loads(snapshot.stdout)
+    assert len(pairs) == 5
+
+    last = fetch(
+        isolated.postgres_dsn,
+        "SELECT (extract(epoch FROM as_of) * 1e9)::bigint AS as_of_ns, symbols, upper_triangle, window_bars"
+        " FROM correlation_snapshots ORDER BY as_of DESC LIMIT 1",
+    )[0]
+    assert last["as_of_ns"] == int(pd.Timestamp("2025-03-03T15:45Z").value)
+    symbols = list(last["symbols"])
+    assert set(symbols) == set(isolated.universe)
+    reference = market_time_correlation(want, isolated.universe, last["as_of_ns"], last["window_bars"])
+    n = len(symbols)
+    rows, cols = np.triu_indices(n, 1)
+    reference_upper = reference.loc[symbols, symbols].to_numpy()[rows, cols]
+    np.testing.assert_allclose(np.asarray(last["upper_triangle"]), reference_upper, atol=1e-9)
+    top = pairs[0]
+    assert top["correlation"] == pytest.approx(reference.loc[top["a"], top["b"]], abs=1e-9)
+
+    eventually(lambda: count(isolated.postgres_dsn, "symbol_stats") == len(isolated.universe), timeout=60)
+    spy = fetch(
+        isolated.postgres_dsn, "SELECT window_return, last_close FROM symbol_stats WHERE symbol = 'SPY'"
+    )[0]
+    spy_closes = want[(want.symbol == "SPY") & (want.start_ns < last["as_of_ns"])].close.to_numpy()
+    assert spy["last_close"] == spy_closes[-1]
+    assert spy["window_return"] == pytest.approx(spy_closes[-1] / spy_closes[-61] - 1, rel=1e-12)
+
+    stats = json.loads(run_cli("query", "stats", "SPY", "--json").stdout)
+    assert [row["symbol"] for row in stats] == ["SPY"]
+    listed = json.loads(run_cli("query", "bars", "SPY", "--limit", "3", "--json").stdout)
+    assert [row["close"] for row in listed] == list(
+        spy_all := want[want.symbol == "SPY"].close.to_numpy()[-3:]
+    )
+    assert len(spy_all) == 3
