@@ -27,6 +27,7 @@ from schemas.catalogue import kafka_config, topic_spec
 from schemas.events import now_ns
 from schemas.fastbars import encode_bars
 from tidemark.settings import Settings, get_settings
+from tidemark.topics import create_topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,7 +179,7 @@ def main(symbols: int = 1000, minutes: int = 390) -> None:
     total = sum(map(len, batches))
     print(f"market: {symbols} symbols x {minutes} minutes = {total:,} bars; broker {settings.kafka_bootstrap}")
     connector_topic, raw_topic = settings.topic("md.bars.1m"), settings.topic("bench.raw")
-    create_topic(settings, connector_topic)
+    create_topics(settings)
     create_topic(settings, raw_topic)
     raw_producer = raw_producer_run(settings, raw_topic, batches)
     connector = connector_run(settings, connector_topic, batches)
@@ -188,7 +189,8 @@ def main(symbols: int = 1000, minutes: int = 390) -> None:
     worker = worker_run(settings, total, tag)
     print("consume:")
     print(ratio_line(worker, raw_consumer, 0.2))
-    AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics([connector_topic, raw_topic])
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.delete_topics([name for name in admin.list_topics(timeout=30).topics if name.startswith(f"bench{tag}")])
 
 
 if __name__ == "__main__":

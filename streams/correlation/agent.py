@@ -43,6 +43,12 @@ app.conf.producer_max_request_size = STATE_MAX_BYTES
 _processors: dict[bytes, RollingProcessor] = {}
 
 
+@app.on_partitions_revoked.connect
+async def _forget_state(app: object, revoked: object, **kwargs: object) -> None:
+    """After a rebalance the recovered table, not this process's memory, is the truth."""
+    _processors.clear()
+
+
 def _new_processor() -> RollingProcessor:
     partitions = topic_spec("md.bars.1m").partitions
     watched = frozenset(partition_for_key(symbol.encode(), partitions) for symbol in settings.universe)
@@ -127,7 +133,9 @@ async def _roll(records: Sequence[Consumed]) -> None:
         await correlations_out.send(
             key=universe_key, value=registry.encode("tidemark.analytics.CorrelationSnapshotTaken", correlation)
         )
-    state_table[universe_key] = processor.to_bytes()
+    # Straight to the changelog (keyed, so partitioned like any producer would): ``send`` waits for the
+    # topic's metadata, which a table write with use_partitioner does not. Recovery reads it back into the table.
+    await state_table.changelog_topic.send(key=universe_key, value=processor.to_bytes())
 
 
 @app.agent(bars_1m, name="rolling-stats-1m", concurrency=1)
