@@ -181,8 +181,18 @@ def main(symbols: int = 1000, minutes: int = 390) -> None:
     connector_topic, raw_topic = settings.topic("md.bars.1m"), settings.topic("bench.raw")
     create_topics(settings)
     create_topic(settings, raw_topic)
-    raw_producer = raw_producer_run(settings, raw_topic, batches)
-    connector = connector_run(settings, connector_topic, batches)
+    create_topic(settings, settings.topic("bench.connector"))
+    # Alternate the two producers and keep each one's best of three: the machine's noise hits both alike.
+    raw_producer = connector = None
+    for run in range(3):
+        raw = raw_producer_run(settings, raw_topic, batches)
+        raw_producer = raw if raw_producer is None or raw.rate > raw_producer.rate else raw_producer
+        if run == 0:
+            connector = connector_run(settings, connector_topic, batches)
+        else:
+            again = connector_run(settings, settings.topic("bench.connector"), batches)
+            connector = again if again.rate > connector.rate else connector
+    assert raw_producer is not None and connector is not None
     print("produce:")
     print(ratio_line(connector, raw_producer, 0.5))
     raw_consumer = raw_consumer_run(settings, connector_topic, total)

@@ -114,7 +114,12 @@ class BarPublisher:
     def __init__(self, bootstrap: str, topic: str, source: str, **producer_overrides: object) -> None:
         self.topic = topic
         self.source = source
-        self._producer = Producer(producer_config(bootstrap, **producer_overrides))
+        # Delivery reports only for failures: a callback per delivered message would cost more than encoding it.
+        self._producer = Producer(
+            producer_config(
+                bootstrap, on_delivery=self._on_delivery, **{"delivery.report.only.error": True}, **producer_overrides
+            )
+        )
         self._ids = BarIds(source)
         self._errors: list[str] = []
 
@@ -128,7 +133,7 @@ class BarPublisher:
         for key, value in zip(bars.symbol.tolist(), payloads, strict=True):
             while True:
                 try:
-                    produce(self.topic, value, key, on_delivery=self._on_delivery)
+                    produce(self.topic, value, key)
                     break
                 except BufferError:
                     self._producer.poll(0.05)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import faust
 import redis.asyncio as aioredis
-from redis import exceptions as redis_exceptions
 
 from projections.analytics import CorrelationProjection, StatsProjection
-from projections.bars import BarsProjection
 from projections.consumed import Consumed
 from projections.redis_store import RedisProjection
-from schemas.codec import get_registry
-from streams.deadletter import DEAD_LETTER_SCHEMA, dead_letter_record
+from streams import runtime
+from streams.deadletter import dead_letter_messages
+from streams.runtime import Handler
 from tidemark.settings import Settings, get_settings
 
 settings: Settings = get_settings()
@@ -53,7 +51,6 @@ def raw_topic(name: str) -> faust.TopicT:
 @dataclass(frozen=True)
 class Resources:
     pool: asyncpg.Pool
-    bars: BarsProjection
     stats: StatsProjection
     correlations: CorrelationProjection
 
@@ -71,7 +68,6 @@ async def resources() -> Resources:
             redis = RedisProjection(aioredis.from_url(settings.redis_url))
             _resources = Resources(
                 pool=pool,
-                bars=BarsProjection(pool, redis),
                 stats=StatsProjection(pool, redis),
                 correlations=CorrelationProjection(pool, redis),
             )
@@ -101,50 +97,13 @@ async def dead_letter(
     error_type: str = "DecodeError",
 ) -> None:
     """Publish each failed record to ``dlq``; Faust flushes the producer before it commits the offsets."""
-    registry = get_registry()
-    for index, reason in failures:
-        record = records[index]
-        payload = registry.encode(
-            DEAD_LETTER_SCHEMA, dead_letter_record(record, reason, error_type, processor)
-        )
-        await dead_letters.send(key=record.topic.encode(), value=payload)
+    for key, payload in dead_letter_messages(records, failures, processor, error_type):
+        await dead_letters.send(key=key, value=payload)
     if failures:
-        app.log.warning(
+        runtime.log.warning(
             "%s: dead-lettered %d message(s), first: %s", processor, len(failures), failures[0][1]
         )
 
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    redis_exceptions.ConnectionError,
-    redis_exceptions.TimeoutError,
-)
-
-
-async def handle_batch(
-    records: Sequence[Consumed], processor: str, handler: Callable[[Sequence[Consumed]], Awaitable[None]]
-) -> None:
-    """Run ``handler`` on a batch without ever letting it crash the agent.
-
-    Faust acks a ``take_events`` batch even when the agent raises, so an escaping exception would silently lose
-    the batch. Instead, outages (connections, timeouts) are retried with capped backoff until they pass, and any
-    other failure dead-letters the batch with the error, so nothing is lost and nothing loops.
-    """
-    for attempt in itertools.count(1):
-        try:
-            await handler(records)
-            return
-        except TRANSIENT_ERRORS as exc:
-            delay = min(30.0, 0.25 * 2**attempt)
-            app.log.warning("%s: %r; retrying the batch in %.1fs (attempt %d)", processor, exc, delay, attempt)
-            await asyncio.sleep(delay)
-        except Exception as exc:
-            app.log.exception("%s: batch of %d failed; dead-lettering it", processor, len(records))
-            reason = f"processing failed: {exc!r}"
-            await dead_letter(records, [(i, reason) for i in range(len(records))], processor, type(exc).__name__)
-            return
+async def handle_batch(records: Sequence[Consumed], processor: str, handler: Handler) -> None:
+    await runtime.handle_batch(records, processor, handler, dead_letter)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from projections.consumed import Consumed
+from schemas.codec import get_registry
 from schemas.events import common_fields, deterministic_event_id, now_ns
 
 DEAD_LETTER_SCHEMA = "tidemark.ops.MessageDeadLettered"
@@ -25,3 +27,17 @@ def dead_letter_record(record: Consumed, reason: str, error_type: str, processor
         "error_type": error_type,
         "processor": processor,
     }
+
+
+def dead_letter_messages(
+    records: Sequence[Consumed], failures: Sequence[tuple[int, str]], processor: str, error_type: str
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) messages for the ``dlq`` topic, keyed by the source topic."""
+    registry = get_registry()
+    return [
+        (
+            records[index].topic.encode(),
+            registry.encode(DEAD_LETTER_SCHEMA, dead_letter_record(records[index], reason, error_type, processor)),
+        )
+        for index, reason in failures
+    ]

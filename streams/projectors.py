@@ -1,4 +1,7 @@
-"""Projection agents: each consumes one topic in batches and writes it exactly once to PostgreSQL and Redis."""
+"""Projection agents: each consumes one topic in batches and writes it exactly once to PostgreSQL and Redis.
+
+The bars projection, by far the largest stream, runs on a plain batch consumer instead (projections/bar_sink.py).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,8 @@ from faust.types import StreamT
 
 from projections.consumed import Consumed
 from schemas.codec import DecodeError, get_registry
-from schemas.fastbars import decode_bars
 from streams.app import app, batches, dead_letter, handle_batch, raw_topic, resources
 
-bars_1m = raw_topic("md.bars.1m")
 stats_topic = raw_topic("analytics.stats")
 correlations_topic = raw_topic("analytics.correlations")
 
@@ -34,13 +35,6 @@ def decode_all(
     return good, decoded, failures
 
 
-async def _project_bars(records: Sequence[Consumed]) -> None:
-    bars, rows, failures = decode_bars([r.value for r in records])
-    await dead_letter(records, failures, "projection.bars")
-    if len(bars):
-        await (await resources()).bars.apply([records[i] for i in rows], bars)
-
-
 async def _project_stats(records: Sequence[Consumed]) -> None:
     good, events, failures = decode_all(records, "tidemark.analytics.SymbolStatsComputed")
     await dead_letter(records, failures, "projection.stats")
@@ -51,12 +45,6 @@ async def _project_correlations(records: Sequence[Consumed]) -> None:
     good, events, failures = decode_all(records, "tidemark.analytics.CorrelationSnapshotTaken")
     await dead_letter(records, failures, "projection.correlations")
     await (await resources()).correlations.apply(good, events)
-
-
-@app.agent(bars_1m, name="project-bars-1m", concurrency=1)
-async def project_bars(stream: StreamT[bytes]) -> None:
-    async for records in batches(stream):
-        await handle_batch(records, "projection.bars", _project_bars)
 
 
 @app.agent(stats_topic, name="project-stats", concurrency=1)

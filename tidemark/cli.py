@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tidemark.ingest import ingest_app
+from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.settings import get_settings
 from tidemark.stack import stack_app
 from tidemark.topics import topics_app
@@ -81,11 +81,13 @@ def db_migrate() -> None:
 
 @app.command()
 def worker(loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug")) -> None:
-    """Run the Faust worker: every stream processor and projection writer of Tidemark."""
+    """Run the worker: the Faust agents (stream processors, projections) and the bars projection's batch sink."""
+    from projections.bar_sink import spawn_bar_sink
     from streams.app import app as faust_app
     from streams.app import load_agents
 
     load_agents()
+    spawn_bar_sink()
     sys.argv = ["tidemark-worker", "worker", "--loglevel", loglevel, "--without-web"]
     faust_app.main()
 
@@ -136,6 +138,21 @@ def query_correlations(
         f"λmax share {view.eigen_share or float('nan'):.3f})"
     )
     _emit(pairs, title, as_json)
+
+
+@app.command()
+def demo(
+    symbols: int = typer.Option(1000, min=85, help="size of the synthetic market"),
+    days: float = typer.Option(1.0, min=0.01, help="calendar days of minute bars"),
+    seed: int = typer.Option(7),
+    start: str = typer.Option(DEFAULT_START, help="first minute, ISO 8601 with time zone"),
+    timeout: float = typer.Option(900, help="seconds to wait for the worker"),
+) -> None:
+    """Run the skeleton on the synthetic market: topics, connector, worker, projections, and what they found."""
+    from tidemark.demo import run_demo
+    from tidemark.ingest import parse_utc
+
+    run_demo(symbols, days, seed, parse_utc(start), timeout)
 
 
 def main() -> None:

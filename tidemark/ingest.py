@@ -33,7 +33,7 @@ console = Console(stderr=True)
 DEFAULT_START = "2025-03-03T00:00:00+00:00"
 
 
-def _parse_utc(value: str) -> datetime:
+def parse_utc(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
@@ -132,7 +132,7 @@ def ingest_synthetic(
 
     settings = get_settings()
     topic = settings.topic("md.bars.1m")
-    first_minute = _parse_utc(start)
+    first_minute = parse_utc(start)
     universe = build_universe(n_symbols=symbols, seed=seed, start=first_minute, days=max(1, math.ceil(days)))
     manifest_path = manifest or settings.state_dir / f"synthetic-seed{seed}-n{symbols}.json"
     manifest_path.parent.mkdir(parents=True, exist_ok=True)

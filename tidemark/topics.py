@@ -99,6 +99,22 @@ def list_topics(settings: Settings) -> list[TopicRow]:
 topics_app = typer.Typer(help="Kafka topics of the event contract.", no_args_is_help=True)
 
 
+def message_count(bootstrap: str, topic: str) -> int:
+    """Messages currently in ``topic``: the sum of its partitions' high minus low watermarks."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tidemark-watermarks"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        total = 0
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
 def _retention(ms: int) -> str:
     if ms < 0:
         return "forever"

@@ -1,23 +1,10 @@
-"""Reading topics back in tests: message counts and every record, through a plain consumer."""
+"""Reading a topic back in tests, through a plain consumer."""
 
 from __future__ import annotations
 
 import time
 
 from confluent_kafka import Consumer, TopicPartition
-
-
-def topic_size(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tidemark-tests-size"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        total = 0
-        for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-            total += high - low
-        return total
-    finally:
-        consumer.close()
 
 
 def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[int, int, bytes | None, bytes]]:

@@ -14,10 +14,11 @@ import pytest
 
 from schemas.fastbars import decode_bars
 from tests.conftest import REPO, settings_env
-from tests.integration.kafka_tools import read_all, topic_size
+from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, expected_bars, fetch, synthetic_args
 from tests.services import eventually
 from tidemark.settings import Settings
+from tidemark.topics import message_count
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
 ) -> None:
     run_cli("topics", "create")
     run_cli(*synthetic_args(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
-    total = topic_size(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
+    total = message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
     assert total == len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
 
     dsn = isolated.postgres_dsn
@@ -85,7 +86,7 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     assert duplicates == 0, (
         "offsets in the same transaction mean a redelivered bar is skipped, not re-inserted"
     )
-    assert topic_size(isolated.kafka_bootstrap, isolated.topic("dlq")) == 0
+    assert message_count(isolated.kafka_bootstrap, isolated.topic("dlq")) == 0
 
 
 def _bar_keys(settings: Settings) -> list[tuple[str, int]]:
@@ -109,9 +110,9 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    eventually(lambda: topic_size(isolated.kafka_bootstrap, topic) > 1000, timeout=60, interval=0.05)
+    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) > 1000, timeout=60, interval=0.05)
     kill(connector)
-    interrupted_at = topic_size(isolated.kafka_bootstrap, topic)
+    interrupted_at = message_count(isolated.kafka_bootstrap, topic)
     assert interrupted_at < expected
 
     rerun = run_cli(*args)
@@ -123,7 +124,7 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     # Without resume the same seed republishes everything: the topic now holds each bar twice, the
     # projection stores each once and counts the rest as recognised duplicates.
     run_cli(*args, "--no-resume")
-    assert topic_size(isolated.kafka_bootstrap, topic) == 2 * expected
+    assert message_count(isolated.kafka_bootstrap, topic) == 2 * expected
     start_worker()
     eventually(
         lambda: (

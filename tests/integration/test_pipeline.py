@@ -16,9 +16,9 @@ import redis
 
 from connectors.synthetic.market import build_universe, generate_bars
 from schemas.bars import BarBatch
-from tests.integration.kafka_tools import topic_size
 from tests.services import eventually
 from tidemark.settings import Settings
+from tidemark.topics import message_count
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     published = run_cli(*synthetic_args())
     expected = expected_bars()
     assert f"published {len(expected):,} bars" in published.stderr
-    assert topic_size(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == len(expected)
+    assert message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == len(expected)
 
     start_worker()
     eventually(
