@@ -62,7 +62,11 @@ def connector_run(settings: Settings, topic: str, batches: list[BarBatch]) -> Fi
     for bars in batches:
         publisher.publish(bars)
     publisher.flush()
-    return Figure("synthetic connector (ids + Avro encode + produce)", sum(map(len, batches)), time.perf_counter() - started)
+    return Figure(
+        "synthetic connector (ids + Avro encode + produce)",
+        sum(map(len, batches)),
+        time.perf_counter() - started,
+    )
 
 
 def raw_producer_run(settings: Settings, topic: str, batches: list[BarBatch]) -> Figure:

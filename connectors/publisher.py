@@ -117,7 +117,10 @@ class BarPublisher:
         # Delivery reports only for failures: a callback per delivered message would cost more than encoding it.
         self._producer = Producer(
             producer_config(
-                bootstrap, on_delivery=self._on_delivery, **{"delivery.report.only.error": True}, **producer_overrides
+                bootstrap,
+                on_delivery=self._on_delivery,
+                **{"delivery.report.only.error": True},
+                **producer_overrides,
             )
         )
         self._ids = BarIds(source)
@@ -142,9 +145,7 @@ class BarPublisher:
     def flush(self, timeout: float = 60.0) -> None:
         remaining = self._producer.flush(timeout)
         if remaining:
-            raise KafkaException(
-                f"{remaining} messages still undelivered to {self.topic} after {timeout:.0f}s"
-            )
+            raise KafkaException(f"{remaining} messages still undelivered to {self.topic} after {timeout:.0f}s")
         if self._errors:
             raise KafkaException(f"{len(self._errors)} messages failed: {'; '.join(self._errors[:3])}")
 

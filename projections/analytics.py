@@ -53,9 +53,7 @@ class StatsProjection:
             LatestValue(
                 key=key("stats", e["timeframe"], str(e["window_bars"]), e["symbol"]),
                 position=position(c.partition, c.offset),
-                fields={
-                    k: str(e[k]) for k in ("as_of_ns", "last_close", "window_return", "volatility_annualised")
-                },
+                fields={k: str(e[k]) for k in ("as_of_ns", "last_close", "window_return", "volatility_annualised")},
             )
             for c in fresh
             for e in (event_of[id(c)],)

@@ -94,7 +94,11 @@ class BarSink:
         return records
 
     async def _dead_letter(
-        self, records: Sequence[Consumed], failures: Sequence[tuple[int, str]], processor: str, error_type: str
+        self,
+        records: Sequence[Consumed],
+        failures: Sequence[tuple[int, str]],
+        processor: str,
+        error_type: str,
     ) -> None:
         for key, value in dead_letter_messages(records, failures, processor, error_type):
             self._dlq.produce(self.settings.topic("dlq"), value, key)

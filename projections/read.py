@@ -96,8 +96,7 @@ def top_pairs(view: CorrelationView, k: int) -> list[dict[str, Any]]:
     chosen = np.argpartition(-np.abs(values), k - 1)[:k]
     chosen = chosen[np.argsort(-np.abs(values[chosen]), kind="stable")]
     return [
-        {"a": view.symbols[upper_i[c]], "b": view.symbols[upper_j[c]], "correlation": float(values[c])}
-        for c in chosen
+        {"a": view.symbols[upper_i[c]], "b": view.symbols[upper_j[c]], "correlation": float(values[c])} for c in chosen
     ]
 
 

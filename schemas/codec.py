@@ -89,9 +89,7 @@ def _collect_definitions(node: Any, namespace: str, into: dict[str, dict[str, An
         _collect_definitions(kind, namespace, into, origin)
 
 
-def _standalone(
-    node: Any, namespace: str, defined: set[str], definitions: Mapping[str, dict[str, Any]]
-) -> Any:
+def _standalone(node: Any, namespace: str, defined: set[str], definitions: Mapping[str, dict[str, Any]]) -> Any:
     """``node`` with every reference to a type not yet defined replaced by its definition (first use only)."""
     if isinstance(node, str):
         if node in _PRIMITIVES:
@@ -114,8 +112,7 @@ def _standalone(
         inner = _namespace_of(full)
         if "fields" in node:
             out["fields"] = [
-                {**field, "type": _standalone(field["type"], inner, defined, definitions)}
-                for field in node["fields"]
+                {**field, "type": _standalone(field["type"], inner, defined, definitions)} for field in node["fields"]
             ]
     elif kind == "array":
         out["items"] = _standalone(node["items"], namespace, defined, definitions)

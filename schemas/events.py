@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import hashlib
+import time
 import uuid
 from typing import Any
 
@@ -30,9 +30,7 @@ def deterministic_event_id(*parts: str | int) -> str:
     return str(uuid.uuid5(TIDEMARK_NAMESPACE, text))
 
 
-def common_fields(
-    source: str, ts_event: int, causation_id: str = "", event_id: str | None = None
-) -> dict[str, Any]:
+def common_fields(source: str, ts_event: int, causation_id: str = "", event_id: str | None = None) -> dict[str, Any]:
     """The common fields of a new event: a random id unless the caller has a deterministic one."""
     return {
         "event_id": event_id if event_id is not None else str(uuid.uuid4()),

@@ -38,9 +38,7 @@ _SLOW = np.int8(-1)
 _NAN_BYTES = np.frombuffer(np.array([np.nan], "<f8").tobytes(), np.uint8)
 
 
-def to_records(
-    batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str]
-) -> list[dict[str, Any]]:
+def to_records(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str]) -> list[dict[str, Any]]:
     """The batch as BarClosed records for the generic codec: the reference ``encode_bars`` must match."""
     if len(event_ids) != len(batch):
         raise EncodeError(f"{len(event_ids)} event ids for {len(batch)} bars")
@@ -126,9 +124,7 @@ def _encode_kernel(
 ) -> tuple[U8, I64]:
     n = codes.shape[0]
     zz_ingest = _zigzag(ts_ingest)
-    fixed = (
-        header.shape[0] + _varint_size(zz_ingest) + middle.shape[0] + 1 + interval.shape[0] + 40 + 1 + 1 + 1
-    )
+    fixed = header.shape[0] + _varint_size(zz_ingest) + middle.shape[0] + 1 + interval.shape[0] + 40 + 1 + 1 + 1
     offsets = np.empty(n + 1, np.int64)
     offsets[0] = 0
     for i in range(n):
@@ -416,9 +412,7 @@ def _checked_ids(event_ids: Sequence[str] | U8) -> tuple[U8, I64]:
     return _u8(b"".join(prefixes)), offsets
 
 
-def encode_bars(
-    batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str] | U8
-) -> list[bytes]:
+def encode_bars(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str] | U8) -> list[bytes]:
     """One BarClosed single-object message per bar, byte-identical to the generic codec's."""
     n = len(batch)
     if len(event_ids) != n:
@@ -431,9 +425,7 @@ def encode_bars(
     try:
         id_blob, id_off = _checked_ids(event_ids)
         distinct: dict[str, int] = {}
-        codes = np.fromiter(
-            (distinct.setdefault(symbol, len(distinct)) for symbol in batch.symbol), np.int64, n
-        )
+        codes = np.fromiter((distinct.setdefault(symbol, len(distinct)) for symbol in batch.symbol), np.int64, n)
         if not all(isinstance(symbol, str) for symbol in distinct):
             raise EncodeError("symbol must be a string")
         encoded = [_string_bytes(symbol) for symbol in distinct]
@@ -511,9 +503,7 @@ def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tu
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     blob = _u8(b"".join(payloads))
-    status, spans, ints, floats, flags = _decode_kernel(
-        blob, offsets, _u8(registry.header(BAR_SCHEMA)), _NAN_BYTES
-    )
+    status, spans, ints, floats, flags = _decode_kernel(blob, offsets, _u8(registry.header(BAR_SCHEMA)), _NAN_BYTES)
     bad: list[tuple[int, str]] = []
     for i in np.flatnonzero(status > 0).tolist():
         code = int(status[i])

@@ -86,8 +86,10 @@ dead_letters = raw_topic("dlq")
 async def batches(stream: faust.StreamT[bytes]) -> AsyncIterator[list[Consumed]]:
     """The stream as batches of raw records: up to ``batch_size``, or what arrived within ``batch_within_s``."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        yield [Consumed(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-               for e in events]
+        yield [
+            Consumed(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+            for e in events
+        ]
 
 
 async def dead_letter(
@@ -100,9 +102,7 @@ async def dead_letter(
     for key, payload in dead_letter_messages(records, failures, processor, error_type):
         await dead_letters.send(key=key, value=payload)
     if failures:
-        runtime.log.warning(
-            "%s: dead-lettered %d message(s), first: %s", processor, len(failures), failures[0][1]
-        )
+        runtime.log.warning("%s: dead-lettered %d message(s), first: %s", processor, len(failures), failures[0][1])
 
 
 async def handle_batch(records: Sequence[Consumed], processor: str, handler: Handler) -> None:

@@ -17,9 +17,7 @@ from tidemark.settings import Settings
 
 T = TypeVar("T")
 
-KAFKA_IMAGE = (
-    "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9; testcontainers' KafkaContainer drives Confluent images
-)
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9; testcontainers' KafkaContainer drives Confluent images
 TIMESCALE_IMAGE = "timescale/timescaledb:latest-pg15"
 REDIS_IMAGE = "redis:7"
 

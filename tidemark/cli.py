@@ -80,7 +80,9 @@ def db_migrate() -> None:
 
 
 @app.command()
-def worker(loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug")) -> None:
+def worker(
+    loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug"),
+) -> None:
     """Run the worker: the Faust agents (stream processors, projections) and the bars projection's batch sink."""
     from projections.bar_sink import spawn_bar_sink
     from streams.app import app as faust_app

@@ -57,8 +57,11 @@ async def _projected(dsn: str) -> tuple[int, int]:
 
 def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen[bytes], timeout: float) -> None:
     with Progress(
-        TextColumn("[bold]worker → PostgreSQL"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} bars"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("[bold]worker → PostgreSQL"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} bars"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         task = progress.add_task("project", total=expected)
         deadline = time.monotonic() + timeout
@@ -99,15 +102,29 @@ def run_demo(symbols: int, days: float, seed: int, start: datetime, timeout: flo
         f"Redis {settings.redis_url.split('@')[-1]}; topics prefixed '{settings.topic_prefix}'"
     )
     _cli(settings, "topics", "create")
-    _cli(settings, "ingest", "synthetic", "--symbols", str(symbols), "--seed", str(seed),
-         "--start", start.isoformat(), "--days", repr(days))
+    _cli(
+        settings,
+        "ingest",
+        "synthetic",
+        "--symbols",
+        str(symbols),
+        "--seed",
+        str(seed),
+        "--start",
+        start.isoformat(),
+        "--days",
+        repr(days),
+    )
     expected = _published_count(settings)
 
     log_path = PROJECT_ROOT / ".tidemark" / "logs" / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "tidemark.cli", "worker"], env=settings_environment(settings), stdout=log, stderr=log
+            [sys.executable, "-m", "tidemark.cli", "worker"],
+            env=settings_environment(settings),
+            stdout=log,
+            stderr=log,
         )
         try:
             _wait_for_worker(settings, expected, worker, timeout)

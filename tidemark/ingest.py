@@ -81,7 +81,7 @@ def published_tail(settings: Settings, topic: str, symbols: tuple[str, ...]) -> 
     rank = {symbol: i for i, symbol in enumerate(symbols)}
     tail: dict[int, tuple[int, int]] = {}
     registry = get_registry()
-    for partition, (key, value) in last_records(settings.kafka_bootstrap, topic).items():
+    for partition, (_key, value) in last_records(settings.kafka_bootstrap, topic).items():
         try:
             record = registry.decode_as(BAR_SCHEMA, value)
         except DecodeError:
@@ -137,9 +137,7 @@ def ingest_synthetic(
     manifest_path = manifest or settings.state_dir / f"synthetic-seed{seed}-n{symbols}.json"
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(universe.to_manifest(), indent=2, default=str))
-    console.print(
-        f"universe of {len(universe.symbols)} symbols; injected regimes recorded in {manifest_path}"
-    )
+    console.print(f"universe of {len(universe.symbols)} symbols; injected regimes recorded in {manifest_path}")
 
     minutes = int(days * 24 * 60)
     symbol_order = tuple(universe.symbols.tolist())
@@ -166,9 +164,7 @@ def ingest_replay(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV or Parquet file of bars"),
     interval: str = typer.Option("1m", help="bar interval of the file: 1s or 1m"),
     symbol: str | None = typer.Option(None, help="symbol of a single-symbol file without a symbol column"),
-    speed: float | None = typer.Option(
-        None, help="pace by bar time (1 = real time); as fast as possible if unset"
-    ),
+    speed: float | None = typer.Option(None, help="pace by bar time (1 = real time); as fast as possible if unset"),
 ) -> None:
     """Replay bars from a CSV or Parquet file into Kafka."""
     from connectors.replay import ReplayError, read_bars
@@ -177,9 +173,7 @@ def ingest_replay(
     topic = settings.topic(f"md.bars.{interval}")
     publisher = BarPublisher(settings.kafka_bootstrap, topic, source="replay")
     try:
-        report = _publish_with_progress(
-            publisher, read_bars(path, interval=interval, symbol=symbol), None, speed
-        )
+        report = _publish_with_progress(publisher, read_bars(path, interval=interval, symbol=symbol), None, speed)
     except ReplayError as exc:
         console.print(f"[red]cannot replay {path}:[/red] {exc}")
         raise typer.Exit(2) from exc

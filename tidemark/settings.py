@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -14,12 +13,54 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # The market's reference instruments: the broad market and sector ETFs, the 28 major FX pairs, CME micro futures.
-DEFAULT_UNIVERSE = (
-    "SPY,XLB,XLC,XLE,XLF,XLI,XLK,XLP,XLRE,XLU,XLV,XLY,"
-    "EURUSD,GBPUSD,AUDUSD,NZDUSD,USDJPY,USDCHF,USDCAD,EURGBP,EURJPY,EURCHF,EURAUD,EURNZD,EURCAD,GBPJPY,"
-    "GBPCHF,GBPAUD,GBPNZD,GBPCAD,AUDJPY,AUDCHF,AUDNZD,AUDCAD,NZDJPY,NZDCHF,NZDCAD,CADJPY,CADCHF,CHFJPY,"
-    "MES,MNQ,M2K,MYM,MGC,MCL"
-).split(",")
+DEFAULT_UNIVERSE = [
+    "SPY",
+    "XLB",
+    "XLC",
+    "XLE",
+    "XLF",
+    "XLI",
+    "XLK",
+    "XLP",
+    "XLRE",
+    "XLU",
+    "XLV",
+    "XLY",
+    "EURUSD",
+    "GBPUSD",
+    "AUDUSD",
+    "NZDUSD",
+    "USDJPY",
+    "USDCHF",
+    "USDCAD",
+    "EURGBP",
+    "EURJPY",
+    "EURCHF",
+    "EURAUD",
+    "EURNZD",
+    "EURCAD",
+    "GBPJPY",
+    "GBPCHF",
+    "GBPAUD",
+    "GBPNZD",
+    "GBPCAD",
+    "AUDJPY",
+    "AUDCHF",
+    "AUDNZD",
+    "AUDCAD",
+    "NZDJPY",
+    "NZDCHF",
+    "NZDCAD",
+    "CADJPY",
+    "CADCHF",
+    "CHFJPY",
+    "MES",
+    "MNQ",
+    "M2K",
+    "MYM",
+    "MGC",
+    "MCL",
+]
 
 
 class Settings(BaseSettings):
@@ -28,9 +69,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
     postgres_dsn: str = Field("postgresql://tidemark@127.0.0.1:15432/tidemark")
     redis_url: str = Field("redis://127.0.0.1:16379/0")
-    state_dir: Path = Field(
-        PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack"
-    )
+    state_dir: Path = Field(PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack")
 
     app_id: str = Field("tidemark", description="Faust application id (consumer group and changelog prefix)")
     topic_prefix: str = Field("", description="prepended to every topic name, to share a cluster")

@@ -270,9 +270,7 @@ def _spawn(paths: _Paths, name: str, argv: list[str], **kwargs: Any) -> int:
     our zombie; the intermediate shell reports the service's pid, which goes to the pid file."""
     logfile = paths.log(name)
     with logfile.open("ab") as out:
-        out.write(
-            f"\n--- tidemark stack: starting {name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode()
-        )
+        out.write(f"\n--- tidemark stack: starting {name} at {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
         out.flush()
         launcher = subprocess.run(
             ["/bin/sh", "-c", _DAEMONIZE, "sh", *argv],
@@ -516,9 +514,7 @@ def _redis_server(paths: _Paths) -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log.info("installing redis-server with apt-get")
     _run_tool([apt, "update", "-q"], "apt-get update", "check the package sources", env=env)
-    _run_tool(
-        [apt, "install", "-y", "-q", "redis-server"], "apt-get install redis-server", "see below", env=env
-    )
+    _run_tool([apt, "install", "-y", "-q", "redis-server"], "apt-get install redis-server", "see below", env=env)
     return _require("redis-server", "apt-get installed redis-server but it is not on PATH")
 
 
@@ -580,8 +576,7 @@ def _await_ready(settings: Settings, paths: _Paths, endpoint: _Endpoint, pid: in
     def answers() -> str | None:
         if pid is not None and not _alive(pid):
             raise StackError(
-                f"{name} (pid {pid}) exited while starting; last lines of "
-                f"{paths.log(name)}:\n{_tail(paths.log(name))}"
+                f"{name} (pid {pid}) exited while starting; last lines of {paths.log(name)}:\n{_tail(paths.log(name))}"
             )
         try:
             return _probe(settings, name, 2.0, maintenance_db=managed)
@@ -660,9 +655,7 @@ def down(settings: Settings) -> None:
                     log.warning("%s (pid %d) ignored the stop signal; killing it", name, pid)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-            wait_until(
-                lambda: not any(_alive(pid) for pid in stopping.values()), 10.0, 0.2, "killed services"
-            )
+            wait_until(lambda: not any(_alive(pid) for pid in stopping.values()), 10.0, 0.2, "killed services")
         for name in stopping:
             paths.pidfile(name).unlink(missing_ok=True)
 
@@ -710,9 +703,7 @@ def _print_status(rows: list[ServiceStatus]) -> None:
 
 @stack_app.command("up")
 def up_command(
-    service: Annotated[
-        list[str] | None, typer.Option("--service", "-s", help="only this service (repeatable)")
-    ] = None,
+    service: Annotated[list[str] | None, typer.Option("--service", "-s", help="only this service (repeatable)")] = None,
 ) -> None:
     """Start the stack (idempotent) and apply the database migrations."""
     settings = Settings()

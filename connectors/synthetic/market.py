@@ -321,9 +321,7 @@ def build_universe(
     etf_exposure = weights @ factor_cov
     volatility[composite] = np.sqrt((etf_exposure**2).sum(axis=1) + (weights**2) @ idio**2)
 
-    regimes = _place_regimes(
-        rng, symbols, stocks, sector_of_stock, i_fut, volatility, start, days, n_pairs, n_trends
-    )
+    regimes = _place_regimes(rng, symbols, stocks, sector_of_stock, i_fut, volatility, start, days, n_pairs, n_trends)
     return Universe(
         seed=seed,
         start=start,
@@ -381,9 +379,7 @@ def _place_regimes(
             "sigma": sigma,
             "spread_sd": sigma / math.sqrt(1.0 - (1.0 - kappa) ** 2),
         }
-        regimes.append(
-            Regime("mean_reverting_pair", (symbols[a], symbols[b]), MappingProxyType(params), lo, hi)
-        )
+        regimes.append(Regime("mean_reverting_pair", (symbols[a], symbols[b]), MappingProxyType(params), lo, hi))
 
     futures = [symbols.index(f) for f in _TRENDABLE_FUTURES]
     candidates = [int(i) for i in stocks if int(i) not in used]
@@ -534,9 +530,7 @@ def _bars(u: Universe, block: _Block, prev_log_close: Float64) -> Iterator[tuple
     low = np.minimum(open_, close) * np.exp(-wick * -np.log1p(-u_lo[mask]))
     vwap = low + (high - low) * (0.25 + 0.5 * u_vwap[mask])
     activity = 0.5 + 0.5 * np.abs(block.returns[mask]) / vol[mask]
-    volume = np.ceil(
-        np.broadcast_to(u.base_volume, mask.shape)[mask] * (0.3 - np.log1p(-u_vol[mask])) * activity
-    )
+    volume = np.ceil(np.broadcast_to(u.base_volume, mask.shape)[mask] * (0.3 - np.log1p(-u_vol[mask])) * activity)
     trade_count = np.ceil(volume / np.broadcast_to(u.trade_size, mask.shape)[mask]).astype(np.int64)
     symbol = np.broadcast_to(u.symbols, mask.shape)[mask]
     asset_class = np.broadcast_to(u.asset_class, mask.shape)[mask]

@@ -24,23 +24,17 @@ async def apply_migrations(dsn: str) -> list[str]:
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {
-            r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")
-        }
+        done = {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
         applied: list[str] = []
         for name, sql in migration_files():
             checksum = hashlib.sha256(sql.encode()).hexdigest()
             if name in done:
                 if done[name] != checksum:
-                    raise RuntimeError(
-                        f"migration {name} was changed after it was applied; add a new migration"
-                    )
+                    raise RuntimeError(f"migration {name} was changed after it was applied; add a new migration")
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", name, checksum
-                )
+                await conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", name, checksum)
             applied.append(name)
         return applied
     finally:

@@ -14,11 +14,11 @@ import numpy as np
 from faust.types import StreamT
 
 from connectors.publisher import partition_for_key
+from projections.consumed import Consumed
 from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
 from schemas.events import common_fields, deterministic_event_id
 from schemas.fastbars import decode_bars
-from projections.consumed import Consumed
 from streams.app import app, batches, dead_letter, handle_batch, raw_topic, settings
 from streams.correlation.processor import BARS_PER_YEAR_1M, RollingProcessor, Snapshot
 
@@ -63,9 +63,7 @@ def _processor(key: bytes) -> RollingProcessor:
     return _processors[key]
 
 
-def snapshot_events(
-    universe: str, snapshot: Snapshot
-) -> tuple[list[tuple[bytes, dict[str, Any]]], dict[str, Any]]:
+def snapshot_events(universe: str, snapshot: Snapshot) -> tuple[list[tuple[bytes, dict[str, Any]]], dict[str, Any]]:
     """The events of one snapshot; ids derive from (universe, timeframe, window, as_of) so a replay repeats them."""
     corr = snapshot.correlation
     as_of = int(corr.as_of_ns or snapshot.boundary_ns)
@@ -131,7 +129,8 @@ async def _roll(records: Sequence[Consumed]) -> None:
         for key, event in per_symbol:
             await stats_out.send(key=key, value=registry.encode("tidemark.analytics.SymbolStatsComputed", event))
         await correlations_out.send(
-            key=universe_key, value=registry.encode("tidemark.analytics.CorrelationSnapshotTaken", correlation)
+            key=universe_key,
+            value=registry.encode("tidemark.analytics.CorrelationSnapshotTaken", correlation),
         )
     # Straight to the changelog (keyed, so partitioned like any producer would): ``send`` waits for the
     # topic's metadata, which a table write with use_partitioner does not. Recovery reads it back into the table.

@@ -69,9 +69,7 @@ class RollingProcessor:
         for boundary in self.clock.due():
             self._apply_before(boundary)
             if self._applied_since_snapshot:
-                snapshots.append(
-                    Snapshot(boundary, self.window.stats(BARS_PER_YEAR_1M), self.window.correlation())
-                )
+                snapshots.append(Snapshot(boundary, self.window.stats(BARS_PER_YEAR_1M), self.window.correlation()))
                 self._applied_since_snapshot = 0
             self.clock.last_boundary_ns = boundary
         return snapshots
@@ -128,9 +126,7 @@ class RollingProcessor:
             last_boundary_ns=meta["last_boundary_ns"],
         )
         window = RollingWindow.from_bytes(arrays["window"].tobytes())
-        processor = cls(
-            meta["universe"], window.capacity - 1, 1, clock.partitions, window_state=window, clock=clock
-        )
+        processor = cls(meta["universe"], window.capacity - 1, 1, clock.partitions, window_state=window, clock=clock)
         processor._pending_symbol = arrays["pending_symbol"].astype(object)
         processor._pending_start = arrays["pending_start"]
         processor._pending_close = arrays["pending_close"]

@@ -315,9 +315,7 @@ class RollingWindow:
             matrix=matrix,
             mean_correlation=_mean_off_diagonal(matrix),
             eigen_share=_eigen_share(matrix),
-            diversification_ratio=float(vol.sum() / np.sqrt(vol @ matrix @ vol))
-            if vol.size
-            else float("nan"),
+            diversification_ratio=float(vol.sum() / np.sqrt(vol @ matrix @ vol)) if vol.size else float("nan"),
         )
 
     def _min_periods(self, window: int | None) -> int:

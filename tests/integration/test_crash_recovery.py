@@ -56,7 +56,7 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     dsn = isolated.postgres_dsn
     victim = start_worker()
     eventually(
-        lambda: 0 < count(dsn, "bars") and count(dsn, "correlation_snapshots") > 0,
+        lambda: count(dsn, "bars") > 0 and count(dsn, "correlation_snapshots") > 0,
         timeout=120,
         interval=0.02,
         what="the worker got going",
@@ -70,22 +70,16 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     snapshots = 95  # every 15 minutes from 00:15 to 23:45 of the day
     eventually(lambda: count(dsn, "correlation_snapshots") == snapshots, timeout=120, what="all snapshots")
 
-    reference = isolated.model_copy(
-        update={"app_id": isolated.app_id + "-reference", "postgres_dsn": new_database()}
-    )
+    reference = isolated.model_copy(update={"app_id": isolated.app_id + "-reference", "postgres_dsn": new_database()})
     start_worker(reference)
     eventually(lambda: count(reference.postgres_dsn, "bars") == total, timeout=240, what="reference bars")
     eventually(lambda: count(reference.postgres_dsn, "correlation_snapshots") == snapshots, timeout=120)
-    eventually(
-        lambda: count(reference.postgres_dsn, "symbol_stats") == count(dsn, "symbol_stats"), timeout=60
-    )
+    eventually(lambda: count(reference.postgres_dsn, "symbol_stats") == count(dsn, "symbol_stats"), timeout=60)
 
     for query, order in ((_BARS, ["symbol", "start_ts"]), (_STATS, ["symbol"]), (_SNAPSHOTS, ["as_of"])):
         pd.testing.assert_frame_equal(table(dsn, query, order), table(reference.postgres_dsn, query, order))
     duplicates = fetch(dsn, "SELECT coalesce(sum(value), 0) AS n FROM projection_counters")[0]["n"]
-    assert duplicates == 0, (
-        "offsets in the same transaction mean a redelivered bar is skipped, not re-inserted"
-    )
+    assert duplicates == 0, "offsets in the same transaction mean a redelivered bar is skipped, not re-inserted"
     assert message_count(isolated.kafka_bootstrap, isolated.topic("dlq")) == 0
 
 
@@ -130,8 +124,7 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
         lambda: (
             fetch(
                 isolated.postgres_dsn,
-                "SELECT coalesce(sum(value), 0) AS n FROM projection_counters"
-                " WHERE counter = 'duplicates_ignored'",
+                "SELECT coalesce(sum(value), 0) AS n FROM projection_counters WHERE counter = 'duplicates_ignored'",
             )[0]["n"]
             == expected
         ),

@@ -84,9 +84,7 @@ def projected_bars(dsn: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def market_time_correlation(
-    bars: pd.DataFrame, symbols: list[str], before_ns: int, window: int
-) -> pd.DataFrame:
+def market_time_correlation(bars: pd.DataFrame, symbols: list[str], before_ns: int, window: int) -> pd.DataFrame:
     """An independent reference: closes on the universe's market-time grid, carried forward, pandas corr."""
     universe = bars[bars.symbol.isin(symbols) & (bars.start_ns < before_ns)]
     closes = universe.pivot(index="start_ns", columns="symbol", values="close").sort_index().ffill()
@@ -104,9 +102,7 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     assert message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == len(expected)
 
     start_worker()
-    eventually(
-        lambda: count(isolated.postgres_dsn, "bars") == len(expected), timeout=180, what="all bars projected"
-    )
+    eventually(lambda: count(isolated.postgres_dsn, "bars") == len(expected), timeout=180, what="all bars projected")
 
     got = projected_bars(isolated.postgres_dsn).sort_values(["symbol", "start_ns"], ignore_index=True)
     want = expected.sort_values(["symbol", "start_ns"], ignore_index=True)
@@ -145,9 +141,7 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     assert top["correlation"] == pytest.approx(reference.loc[top["a"], top["b"]], abs=1e-9)
 
     eventually(lambda: count(isolated.postgres_dsn, "symbol_stats") == len(isolated.universe), timeout=60)
-    spy = fetch(
-        isolated.postgres_dsn, "SELECT window_return, last_close FROM symbol_stats WHERE symbol = 'SPY'"
-    )[0]
+    spy = fetch(isolated.postgres_dsn, "SELECT window_return, last_close FROM symbol_stats WHERE symbol = 'SPY'")[0]
     spy_closes = want[(want.symbol == "SPY") & (want.start_ns < last["as_of_ns"])].close.to_numpy()
     assert spy["last_close"] == spy_closes[-1]
     assert spy["window_return"] == pytest.approx(spy_closes[-1] / spy_closes[-61] - 1, rel=1e-12)
@@ -155,7 +149,5 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     stats = json.loads(run_cli("query", "stats", "SPY", "--json").stdout)
     assert [row["symbol"] for row in stats] == ["SPY"]
     listed = json.loads(run_cli("query", "bars", "SPY", "--limit", "3", "--json").stdout)
-    assert [row["close"] for row in listed] == list(
-        spy_all := want[want.symbol == "SPY"].close.to_numpy()[-3:]
-    )
+    assert [row["close"] for row in listed] == list(spy_all := want[want.symbol == "SPY"].close.to_numpy()[-3:])
     assert len(spy_all) == 3

@@ -142,9 +142,7 @@ def test_defaults_fill_missing_optional_fields() -> None:
         "subject": "acct-1",
         "message": "VaR 99 above limit",
     }
-    decoded = REGISTRY.decode_as(
-        "tidemark.risk.AlertRaised", REGISTRY.encode("tidemark.risk.AlertRaised", record)
-    )
+    decoded = REGISTRY.decode_as("tidemark.risk.AlertRaised", REGISTRY.encode("tidemark.risk.AlertRaised", record))
     assert decoded["causation_id"] == ""
     assert decoded["details"] == {}
     assert decoded["to_value"] is None
@@ -301,9 +299,7 @@ def test_unknown_fingerprints_raise_unknown_schema_error(fingerprint: bytes, bod
 
 def test_registry_resolves_named_types_across_files(tmp_path: Any) -> None:
     (tmp_path / "Side.avsc").write_text(
-        json.dumps(
-            {"type": "enum", "name": "Side", "namespace": "t.x", "symbols": ["A", "B"], "default": "A"}
-        )
+        json.dumps({"type": "enum", "name": "Side", "namespace": "t.x", "symbols": ["A", "B"], "default": "A"})
     )
     (tmp_path / "Order.avsc").write_text(
         json.dumps(
@@ -341,9 +337,7 @@ def test_registry_resolves_named_types_across_files(tmp_path: Any) -> None:
         ({"A.avsc": "{not json"}, "A.avsc"),
     ],
 )
-def test_inconsistent_schema_directories_are_rejected(
-    tmp_path: Any, files: dict[str, Any], message: str
-) -> None:
+def test_inconsistent_schema_directories_are_rejected(tmp_path: Any, files: dict[str, Any], message: str) -> None:
     for name, content in files.items():
         (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(SchemaLoadError, match=message):

@@ -68,9 +68,7 @@ def test_bytes_equal_the_generic_codec(seed: int) -> None:
     n = [1, 2, 17, 300][seed % 4]
     batch, ids = random_batch(seed, n), event_ids(seed, n)
     ts_ingest = [0, -5, 2**63 - 1, 1_755_700_260_123_456_789][seed % 4]
-    assert encode_bars(batch, source="polygon", ts_ingest=ts_ingest, event_ids=ids) == reference(
-        batch, ids, ts_ingest
-    )
+    assert encode_bars(batch, source="polygon", ts_ingest=ts_ingest, event_ids=ids) == reference(batch, ids, ts_ingest)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -134,9 +132,7 @@ def test_bad_payloads_are_reported_by_index() -> None:
             "message": "m",
         },
     )
-    minute = encode_bars(
-        random_batch(5, 1, interval="1s"), source="s", ts_ingest=0, event_ids=event_ids(5, 1)
-    )
+    minute = encode_bars(random_batch(5, 1, interval="1s"), source="s", ts_ingest=0, event_ids=event_ids(5, 1))
     payloads = [
         good[0],
         b"",

@@ -225,9 +225,7 @@ def test_synthetic_bars_round_trip_in_batches(tmp_path: Path, suffix: str) -> No
     assert np.array_equal(starts, expected_starts)
     for field in ("close", "high", "low", "vwap"):
         got = np.concatenate([getattr(b, field) for b in batches])
-        by_key = dict(
-            zip(zip(np.concatenate([b.symbol for b in batches]), starts, strict=True), got, strict=True)
-        )
+        by_key = dict(zip(zip(np.concatenate([b.symbol for b in batches]), starts, strict=True), got, strict=True))
         want = np.concatenate([getattr(b, field) for b in generated])
         keys = zip(np.concatenate([b.symbol for b in generated]), expected_starts, strict=True)
         np.testing.assert_allclose([by_key[k] for k in keys], want, rtol=1e-12)

@@ -39,9 +39,7 @@ def make_bars(
 
 def feed(state: RollingWindow, bars: pd.DataFrame, batch: int) -> list[UpdateResult]:
     return [
-        state.update(
-            chunk["symbol"].to_numpy(object), chunk["start_ns"].to_numpy(np.int64), chunk["close"].to_numpy()
-        )
+        state.update(chunk["symbol"].to_numpy(object), chunk["start_ns"].to_numpy(np.int64), chunk["close"].to_numpy())
         for chunk in (bars.iloc[i : i + batch] for i in range(0, len(bars), batch))
     ]
 
@@ -93,9 +91,7 @@ def test_correlation_matches_pandas_and_numpy(
     assert (snap.window_bars, snap.observations) == (window, window)
     n = len(eligible)
     i, j = np.triu_indices(n, 1)
-    np.testing.assert_array_equal(
-        snap.upper_triangle()[i * n - i * (i + 1) // 2 + (j - i - 1)], snap.matrix[i, j]
-    )
+    np.testing.assert_array_equal(snap.upper_triangle()[i * n - i * (i + 1) // 2 + (j - i - 1)], snap.matrix[i, j])
 
     full = np.flatnonzero(snap.count == window)
     np.testing.assert_allclose(
@@ -134,9 +130,7 @@ def test_stats_match_pandas_rolling(
     std = roll.std().iloc[-1].to_numpy()
     np.testing.assert_allclose(stats.volatility, std, rtol=0, atol=TOL, equal_nan=True)
     np.testing.assert_allclose(stats.mean_return, roll.mean().iloc[-1], rtol=0, atol=TOL, equal_nan=True)
-    np.testing.assert_allclose(
-        stats.window_return, np.expm1(roll.sum().iloc[-1]), rtol=0, atol=TOL, equal_nan=True
-    )
+    np.testing.assert_allclose(stats.window_return, np.expm1(roll.sum().iloc[-1]), rtol=0, atol=TOL, equal_nan=True)
     np.testing.assert_allclose(stats.volatility_annual, std * np.sqrt(252 * 390), rtol=1e-12, equal_nan=True)
     np.testing.assert_array_equal(stats.count, rets.iloc[-w:].count().to_numpy())
 

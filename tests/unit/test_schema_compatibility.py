@@ -21,9 +21,7 @@ RELEASED_ROOT = SCHEMA_DIR.parent / "released"
 
 
 def latest_release(root: Path = RELEASED_ROOT) -> Path:
-    versions = [
-        path for path in root.iterdir() if path.is_dir() and path.name[:1] == "v" and path.name[1:].isdigit()
-    ]
+    versions = [path for path in root.iterdir() if path.is_dir() and path.name[:1] == "v" and path.name[1:].isdigit()]
     return max(versions, key=lambda path: int(path.name[1:]))
 
 
@@ -56,9 +54,7 @@ def incompatibilities(reader: dict[str, Any], writer: dict[str, Any]) -> list[st
         return []
     return [
         f"{kind.name} at {location}: {message}"
-        for kind, location, message in zip(
-            result.incompatibilities, result.locations, result.messages, strict=True
-        )
+        for kind, location, message in zip(result.incompatibilities, result.locations, result.messages, strict=True)
         if kind.name != "missing_enum_symbols"
     ]
 
@@ -118,9 +114,7 @@ def _with_field(schema: dict[str, Any], field: dict[str, Any]) -> dict[str, Any]
 def test_the_checker_catches_an_incompatible_change(change: dict[str, Any], compatible: bool) -> None:
     released = RELEASED.schema("tidemark.marketdata.BarClosed")
     changed = _with_field(released, change)
-    found = incompatibilities(reader=changed, writer=released) + incompatibilities(
-        reader=released, writer=changed
-    )
+    found = incompatibilities(reader=changed, writer=released) + incompatibilities(reader=released, writer=changed)
     assert (found == []) is compatible
 
 
@@ -134,6 +128,4 @@ def test_a_new_enum_symbol_is_read_as_the_default_by_old_readers() -> None:
     buffer = io.BytesIO()
     schemaless_writer(buffer, parse_schema(changed), record)
     buffer.seek(0)
-    assert (
-        schemaless_reader(buffer, parse_schema(changed), parse_schema(released))["asset_class"] == "UNKNOWN"
-    )
+    assert schemaless_reader(buffer, parse_schema(changed), parse_schema(released))["asset_class"] == "UNKNOWN"

@@ -63,9 +63,7 @@ def test_universe_composition(n_symbols: int) -> None:
     assert {s for s, a in zip(symbols, u.asset_class, strict=True) if a == FX} == set(FX_PAIRS)
     assert len(FX_PAIRS) == 28 == len(list(itertools.combinations(CURRENCIES, 2)))
     futures = {s for s, a in zip(symbols, u.asset_class, strict=True) if a == FUTURE}
-    assert (
-        futures == {f[0] for f in FUTURES} >= {"MES", "MNQ", "M2K", "MYM", "MGC", "MCL", "M6E", "M6B", "MBT"}
-    )
+    assert futures == {f[0] for f in FUTURES} >= {"MES", "MNQ", "M2K", "MYM", "MGC", "MCL", "M6E", "M6B", "MBT"}
     etfs = {"SPY", *(e for _, e, _ in SECTORS)}
     assert etfs <= set(symbols)
     assert all(u.asset_class[u.position(e)] == EQUITY for e in etfs)
@@ -234,9 +232,7 @@ def test_resume_equals_uninterrupted(universe: Universe, three_days: dict[str, n
     head = list(generate_bars(universe, MONDAY, m, seed=5))
     tail = list(generate_bars(universe, MONDAY, 2 * 1440, seed=5, skip_minutes=m))
     joined = _concat(head + tail)
-    full = {
-        k: v[three_days["start_ns"] < _ns(MONDAY) + 2 * 1440 * NS_PER_MINUTE] for k, v in three_days.items()
-    }
+    full = {k: v[three_days["start_ns"] < _ns(MONDAY) + 2 * 1440 * NS_PER_MINUTE] for k, v in three_days.items()}
     assert all(np.array_equal(full[k], joined[k]) for k in full)
 
 
@@ -315,15 +311,11 @@ def _controls(universe: Universe) -> list[str]:
 
 
 @pytest.mark.parametrize("k", range(4))
-def test_trending_series_has_significant_drift(
-    universe: Universe, three_days: dict[str, np.ndarray], k: int
-) -> None:
+def test_trending_series_has_significant_drift(universe: Universe, three_days: dict[str, np.ndarray], k: int) -> None:
     trend = [r for r in universe.regimes if r.kind == "trending"][k]
     returns = np.diff(_window(three_days, trend.symbols[0], trend.start, trend.end))
     assert _t_stat(returns) > 2.5
-    assert returns.mean() == pytest.approx(
-        trend.params["drift"], abs=3 * returns.std() / np.sqrt(len(returns))
-    )
+    assert returns.mean() == pytest.approx(trend.params["drift"], abs=3 * returns.std() / np.sqrt(len(returns)))
 
 
 @pytest.mark.parametrize("n", range(3))
@@ -339,9 +331,7 @@ def test_fx_pair_returns_follow_currency_factors(three_days: dict[str, np.ndarra
     assert residual.std() < 0.1 * ret["EURJPY"].std()
 
 
-def test_sector_etf_return_is_the_sector_average(
-    universe: Universe, three_days: dict[str, np.ndarray]
-) -> None:
+def test_sector_etf_return_is_the_sector_average(universe: Universe, three_days: dict[str, np.ndarray]) -> None:
     sector = next(k for k, (_, etf, _) in enumerate(SECTORS) if etf == "XLK")
     members = [
         str(s)

@@ -1,0 +1,104 @@
+"""Every message a processor cannot decode lands in ``dlq`` with its bytes, coordinates and reason; the good
+ones around it are projected as usual."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from connectors.publisher import BarIds
+from schemas.bars import BarBatch
+from schemas.codec import get_registry
+from schemas.events import common_fields, now_ns
+from schemas.fastbars import encode_bars
+from tests.integration.kafka_tools import read_all
+from tests.integration.test_pipeline import count
+from tests.services import eventually
+from tidemark.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+MINUTE = 60_000_000_000
+
+
+def good_bars(n: int) -> BarBatch:
+    start = np.arange(n, dtype=np.int64) * MINUTE + 1_741_010_400_000_000_000
+    close = 100 + np.arange(n, dtype=np.float64)
+    return BarBatch(
+        symbol=np.array(["SPY"] * n, dtype=object),
+        asset_class=np.full(n, 1, np.int8),
+        interval="1m",
+        start_ns=start,
+        end_ns=start + MINUTE,
+        open=close,
+        high=close + 1,
+        low=close - 1,
+        close=close,
+        volume=np.full(n, 1000.0),
+        vwap=np.full(n, np.nan),
+        trade_count=np.full(n, -1, np.int64),
+        regular_session=np.ones(n, bool),
+    )
+
+
+def test_undecodable_bars_are_dead_lettered_with_their_bytes_and_reason(
+    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any]
+) -> None:
+    run_cli("topics", "create")
+    topic = isolated.topic("md.bars.1m")
+    bars = good_bars(4)
+    valid = encode_bars(bars, source="test", ts_ingest=now_ns(), event_ids=BarIds("test")(bars))
+    wrong_schema = get_registry().encode(
+        "tidemark.risk.AlertRaised",
+        {
+            **common_fields("test", now_ns()),
+            "kind": "test",
+            "severity": "INFO",
+            "subject": "SPY",
+            "message": "x",
+            "from_value": None,
+            "to_value": None,
+            "since_ns": None,
+            "details": {},
+        },
+    )
+    bad = {
+        "random bytes": b"\x00\x01not avro at all",
+        "truncated": valid[0][:-5],
+        "unknown fingerprint": b"\xc3\x01" + b"\xff" * 8 + valid[0][10:],
+        "another event type": wrong_schema,
+    }
+    sequence = [valid[0], *bad.values(), *valid[1:]]
+    producer = Producer({"bootstrap.servers": isolated.kafka_bootstrap})
+    for value in sequence:
+        producer.produce(topic, value, b"SPY", partition=0)
+    assert producer.flush(30) == 0
+
+    start_worker()
+    eventually(lambda: count(isolated.postgres_dsn, "bars") == len(valid), timeout=120, what="good bars projected")
+    # Both consumers of the bars topic (the projection and the rolling statistics) report each bad message.
+    processors = {"projection.bars", "analytics.rolling"}
+    dlq = isolated.topic("dlq")
+    letters = eventually(
+        lambda: (found := read_all(isolated.kafka_bootstrap, dlq)) and len(found) >= len(bad) * 2 and found,
+        timeout=120,
+        what="dead letters",
+    )
+    assert len(letters) == len(bad) * len(processors)
+    registry = get_registry()
+    offsets_of_bad = {value: offset for offset, value in enumerate(sequence) if value in bad.values()}
+    seen = set()
+    for _, _, key, value in letters:
+        letter = registry.decode_as("tidemark.ops.MessageDeadLettered", value)
+        assert key == topic.encode()
+        assert letter["source_topic"] == topic
+        assert letter["partition"] == 0
+        assert letter["offset"] == offsets_of_bad[letter["original_value"]]
+        assert letter["original_key"] == b"SPY"
+        assert letter["reason"] and letter["error_type"]
+        seen.add((letter["processor"], letter["offset"]))
+    assert seen == {(p, o) for p in processors for o in offsets_of_bad.values()}
