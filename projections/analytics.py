@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -36,29 +36,61 @@ ON CONFLICT (universe, timeframe, as_of) DO NOTHING
 """
 
 
-class StatsProjection:
-    def __init__(self, pool: asyncpg.Pool, redis: RedisProjection) -> None:
+RowOf = Callable[[dict[str, Any]], tuple[Any, ...]]
+LatestOf = Callable[[dict[str, Any]], tuple[str, dict[str, str]]]
+
+
+class EventProjection:
+    """Decoded events into one table (``statement`` per event) and their latest value into Redis, exactly once."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, redis: RedisProjection, consumer: str, statement: str, row: RowOf, latest: LatestOf
+    ) -> None:
         self._pool = pool
         self._redis = redis
+        self._consumer = consumer
+        self._statement = statement
+        self._row = row
+        self._latest = latest
 
     async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]]) -> int:
         """``events[i]`` was decoded from ``records[i]``; returns how many records were new."""
         event_of = {id(r): e for r, e in zip(records, events, strict=True)}
 
         async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
-            await conn.executemany(_UPSERT_STATS, [_stats_row(event_of[id(c)]) for c in fresh])
+            await conn.executemany(self._statement, [self._row(event_of[id(c)]) for c in fresh])
 
-        fresh = await apply_exactly_once(self._pool, STATS_CONSUMER, records, write)
-        await self._redis.set_latest(
-            LatestValue(
-                key=key("stats", e["timeframe"], str(e["window_bars"]), e["symbol"]),
-                position=position(c.partition, c.offset),
-                fields={k: str(e[k]) for k in ("as_of_ns", "last_close", "window_return", "volatility_annualised")},
-            )
-            for c in fresh
-            for e in (event_of[id(c)],)
-        )
+        fresh = await apply_exactly_once(self._pool, self._consumer, records, write)
+        values = []
+        for record in fresh:
+            redis_key, fields = self._latest(event_of[id(record)])
+            values.append(LatestValue(redis_key, position(record.partition, record.offset), fields))
+        await self._redis.set_latest(values)
         return len(fresh)
+
+
+def stats_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
+    return EventProjection(pool, redis, STATS_CONSUMER, _UPSERT_STATS, _stats_row, _stats_latest)
+
+
+def correlation_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
+    return EventProjection(pool, redis, CORRELATIONS_CONSUMER, _INSERT_SNAPSHOT, _snapshot_row, _snapshot_latest)
+
+
+def _stats_latest(e: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    fields = ("as_of_ns", "last_close", "window_return", "volatility_annualised")
+    return key("stats", e["timeframe"], str(e["window_bars"]), e["symbol"]), {k: str(e[k]) for k in fields}
+
+
+def _snapshot_latest(e: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    return key("correlations", e["universe"], e["timeframe"]), {
+        "as_of_ns": str(e["as_of_ns"]),
+        "window_bars": str(e["window_bars"]),
+        "average_correlation": repr(e["average_correlation"]),
+        "largest_eigenvalue_share": repr(e["largest_eigenvalue_share"]),
+        "symbols": json.dumps(e["symbols"]),
+        "upper_triangle": json.dumps(e["matrix"]),
+    }
 
 
 def _stats_row(e: dict[str, Any]) -> tuple[Any, ...]:
@@ -76,37 +108,6 @@ def _stats_row(e: dict[str, Any]) -> tuple[Any, ...]:
         e["max_drawdown"],
         e["event_id"],
     )
-
-
-class CorrelationProjection:
-    def __init__(self, pool: asyncpg.Pool, redis: RedisProjection) -> None:
-        self._pool = pool
-        self._redis = redis
-
-    async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]]) -> int:
-        event_of = {id(r): e for r, e in zip(records, events, strict=True)}
-
-        async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
-            await conn.executemany(_INSERT_SNAPSHOT, [_snapshot_row(event_of[id(c)]) for c in fresh])
-
-        fresh = await apply_exactly_once(self._pool, CORRELATIONS_CONSUMER, records, write)
-        await self._redis.set_latest(
-            LatestValue(
-                key=key("correlations", e["universe"], e["timeframe"]),
-                position=position(c.partition, c.offset),
-                fields={
-                    "as_of_ns": str(e["as_of_ns"]),
-                    "window_bars": str(e["window_bars"]),
-                    "average_correlation": repr(e["average_correlation"]),
-                    "largest_eigenvalue_share": repr(e["largest_eigenvalue_share"]),
-                    "symbols": json.dumps(e["symbols"]),
-                    "upper_triangle": json.dumps(e["matrix"]),
-                },
-            )
-            for c in fresh
-            for e in (event_of[id(c)],)
-        )
-        return len(fresh)
 
 
 def _snapshot_row(e: dict[str, Any]) -> tuple[Any, ...]:

@@ -78,6 +78,8 @@ def square_matrix(upper_triangle: Sequence[float], n: int) -> np.ndarray:
     matrix = np.eye(n)
     rows, cols = np.triu_indices(n, k=1)
     values = np.asarray(upper_triangle, dtype=np.float64)
+    if len(values) != len(rows):
+        raise ValueError(f"{len(values)} values are not the upper triangle of a {n} x {n} matrix")
     matrix[rows, cols] = values
     matrix[cols, rows] = values
     return matrix

@@ -244,6 +244,8 @@ class SchemaRegistry:
         try:
             record = cast(dict[str, Any], schemaless_reader(stream, entry.parsed, None))
             end = stream.tell()
+            # The reader does not range-check: a corrupted varint can decode to an int outside 32 bits.
+            validate(record, entry.parsed, raise_errors=True)
             echo = io.BytesIO()
             schemaless_writer(echo, entry.parsed, record)
         except Exception as exc:

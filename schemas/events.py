@@ -54,7 +54,7 @@ def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 
 def stream_hash(*parts: str) -> int:
     """A stable 64-bit hash of an event stream's identity, e.g. (source, symbol, interval)."""
-    text = "\x1f".join(parts).encode()
+    text = "".join(f"{len(part)}:{part}" for part in parts).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8, person=b"tidemark-ids").digest(), "little")
 
 

@@ -10,7 +10,7 @@ import asyncpg
 import faust
 import redis.asyncio as aioredis
 
-from projections.analytics import CorrelationProjection, StatsProjection
+from projections.analytics import EventProjection, correlation_projection, stats_projection
 from projections.consumed import Consumed
 from projections.redis_store import RedisProjection
 from streams import runtime
@@ -24,6 +24,7 @@ app = faust.App(
     settings.app_id,
     broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
     store=settings.store,
+    datadir=str(settings.state_dir / "faust" / settings.app_id),
     processing_guarantee="at_least_once",
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=settings.replication_factor,
@@ -51,8 +52,8 @@ def raw_topic(name: str) -> faust.TopicT:
 @dataclass(frozen=True)
 class Resources:
     pool: asyncpg.Pool
-    stats: StatsProjection
-    correlations: CorrelationProjection
+    stats: EventProjection
+    correlations: EventProjection
 
 
 _resources: Resources | None = None
@@ -68,8 +69,8 @@ async def resources() -> Resources:
             redis = RedisProjection(aioredis.from_url(settings.redis_url))
             _resources = Resources(
                 pool=pool,
-                stats=StatsProjection(pool, redis),
-                correlations=CorrelationProjection(pool, redis),
+                stats=stats_projection(pool, redis),
+                correlations=correlation_projection(pool, redis),
             )
         return _resources
 

@@ -64,7 +64,8 @@ class RollingProcessor:
         self._pending_start = np.concatenate([self._pending_start, start_ns[member]])
         self._pending_close = np.concatenate([self._pending_close, close[member]])
         if self.clock.last_boundary_ns is not None:
-            self._apply_before(self.clock.last_boundary_ns)  # late bars: they only shape later snapshots
+            # Late or redelivered bars: they only shape later snapshots and never cause one by themselves.
+            self._apply_before(self.clock.last_boundary_ns, fresh=False)
         snapshots = []
         for boundary in self.clock.due():
             self._apply_before(boundary)
@@ -74,7 +75,7 @@ class RollingProcessor:
             self.clock.last_boundary_ns = boundary
         return snapshots
 
-    def _apply_before(self, boundary_ns: int) -> None:
+    def _apply_before(self, boundary_ns: int, fresh: bool = True) -> None:
         ready = self._pending_start < boundary_ns
         if not ready.any():
             return
@@ -84,7 +85,8 @@ class RollingProcessor:
             self._pending_start[ready][order],
             self._pending_close[ready][order],
         )
-        self._applied_since_snapshot += result.applied
+        if fresh:
+            self._applied_since_snapshot += result.applied
         keep = ~ready
         self._pending_symbol = self._pending_symbol[keep]
         self._pending_start = self._pending_start[keep]

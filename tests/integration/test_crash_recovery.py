@@ -54,20 +54,20 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     assert total == len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
 
     dsn = isolated.postgres_dsn
+    snapshots = 95  # every 15 minutes from 00:15 to 23:45 of the day
+    # First kill: while the bars projection is part-way through the topic.
     victim = start_worker()
-    eventually(
-        lambda: count(dsn, "bars") > 0 and count(dsn, "correlation_snapshots") > 0,
-        timeout=120,
-        interval=0.02,
-        what="the worker got going",
-    )
+    eventually(lambda: count(dsn, "bars") > 0, timeout=120, interval=0.02, what="the bars projection got going")
     kill(victim)
-    at_kill = count(dsn, "bars")
-    assert at_kill < total, "the kill came too late to interrupt anything"
+    assert count(dsn, "bars") < total, "the first kill came too late to interrupt the bars projection"
+    # Second kill: while the rolling-statistics agent is part-way through its snapshots.
+    victim = start_worker()
+    eventually(lambda: count(dsn, "correlation_snapshots") > 0, timeout=120, interval=0.02, what="snapshots began")
+    kill(victim)
+    assert count(dsn, "correlation_snapshots") < snapshots, "the second kill came too late to interrupt the agent"
 
     start_worker()
     eventually(lambda: count(dsn, "bars") == total, timeout=240, what="restarted worker finished the bars")
-    snapshots = 95  # every 15 minutes from 00:15 to 23:45 of the day
     eventually(lambda: count(dsn, "correlation_snapshots") == snapshots, timeout=120, what="all snapshots")
 
     reference = isolated.model_copy(update={"app_id": isolated.app_id + "-reference", "postgres_dsn": new_database()})
