@@ -21,10 +21,11 @@ from collections.abc import Sequence
 
 import asyncpg
 import redis.asyncio as aioredis
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from projections.bars import CONSUMER, BarsProjection
 from projections.consumed import Consumed
+from projections.offsets import applied_offsets
 from projections.redis_store import RedisProjection
 from schemas.fastbars import decode_bars
 from streams import runtime
@@ -50,6 +51,7 @@ class BarSink:
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
             }
         )
+        self._resume_at: dict[int, int] = {}
         self._dlq = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
 
     def run(self) -> None:
@@ -67,7 +69,8 @@ class BarSink:
             if len(bars):
                 await projection.apply([records[i] for i in rows], bars)
 
-        self._consumer.subscribe([self.topic])
+        self._resume_at = await applied_offsets(pool, CONSUMER, self.topic)
+        self._consumer.subscribe([self.topic], on_assign=self._seek_to_applied)
         try:
             while not self.stopping.is_set():
                 messages = self._consumer.consume(self.settings.batch_size, timeout=self.settings.batch_within_s)
@@ -80,6 +83,13 @@ class BarSink:
             self._consumer.close()
             await pool.close()
             await redis_client.aclose()
+
+    def _seek_to_applied(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each assigned partition where the projection's own offsets say, not where Kafka's commit does:
+        a restored or recreated database is then refilled from the log instead of silently missing rows."""
+        for partition in partitions:
+            partition.offset = self._resume_at.get(partition.partition, OFFSET_BEGINNING)
+        consumer.assign(partitions)
 
     def _records(self, messages: list[Message]) -> list[Consumed]:
         records = []
@@ -113,6 +123,7 @@ class BarSink:
         positions: dict[tuple[str, int], int] = {}
         for record in records:
             positions[(record.topic, record.partition)] = record.offset + 1
+            self._resume_at[record.partition] = record.offset + 1
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
         self._consumer.commit(offsets=offsets, asynchronous=True)
 

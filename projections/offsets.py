@@ -56,3 +56,11 @@ async def add_counter(conn: asyncpg.Connection, consumer: str, counter: str, amo
             counter,
             amount,
         )
+
+
+async def applied_offsets(pool: asyncpg.Pool, consumer: str, topic: str) -> dict[int, int]:
+    """Per partition of ``topic``, the next offset ``consumer`` has to apply."""
+    rows = await pool.fetch(
+        "SELECT partition, next_offset FROM applied_offsets WHERE consumer = $1 AND topic = $2", consumer, topic
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}

@@ -19,12 +19,14 @@ from streams.runtime import Handler
 from tidemark.settings import Settings, get_settings
 
 settings: Settings = get_settings()
+datadir = settings.state_dir / "faust" / settings.app_id
+datadir.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
     store=settings.store,
-    datadir=str(settings.state_dir / "faust" / settings.app_id),
+    datadir=str(datadir),
     processing_guarantee="at_least_once",
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=settings.replication_factor,

@@ -145,7 +145,7 @@ def query_correlations(
 @app.command()
 def demo(
     symbols: int = typer.Option(1000, min=85, help="size of the synthetic market"),
-    days: float = typer.Option(1.0, min=0.01, help="calendar days of minute bars"),
+    hours: float = typer.Option(20.5, min=1.0, help="hours of minute bars (the default ends in US trading hours)"),
     seed: int = typer.Option(7),
     start: str = typer.Option(DEFAULT_START, help="first minute, ISO 8601 with time zone"),
     timeout: float = typer.Option(900, help="seconds to wait for the worker"),
@@ -154,7 +154,7 @@ def demo(
     from tidemark.demo import run_demo
     from tidemark.ingest import parse_utc
 
-    run_demo(symbols, days, seed, parse_utc(start), timeout)
+    run_demo(symbols, hours, seed, parse_utc(start), timeout)
 
 
 def main() -> None:

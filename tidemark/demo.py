@@ -17,15 +17,52 @@ from rich.table import Table
 
 from connectors.synthetic.market import Regime, build_universe
 from projections import read
+from projections.migrations import apply_migrations
 from tidemark.settings import DEFAULT_UNIVERSE, PROJECT_ROOT, Settings, get_settings
-from tidemark.topics import message_count
+from tidemark.topics import consumer_lag, message_count
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
+DEMO_DATABASE = "tidemark_demo"
+
+
 def demo_settings(base: Settings, universe: list[str]) -> Settings:
-    """The demo's own topics and consumer group, so it can be rerun and never touches other data."""
-    return base.model_copy(update={"topic_prefix": "demo.", "app_id": "tidemark-demo", "universe": universe})
+    """The demo's own topics, consumer group and database, so it can be rerun and never touches other data."""
+    return base.model_copy(
+        update={
+            "topic_prefix": "demo.",
+            "app_id": "tidemark-demo",
+            "universe": universe,
+            "postgres_dsn": base.postgres_dsn.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}",
+        }
+    )
+
+
+async def _ensure_database(server_dsn: str, dsn: str) -> bool:
+    """Create and migrate the demo database; True when it had to be created."""
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        created = not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEMO_DATABASE)
+        if created:
+            await conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+    finally:
+        await conn.close()
+    await apply_migrations(dsn)
+    return created
+
+
+def _forget_consumer_offsets(settings: Settings) -> None:
+    """A new database is rebuilt from the log: the worker's agents must read their topics from the start."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for future in admin.delete_consumer_groups([settings.app_id], request_timeout=30).values():
+        try:
+            future.result()
+        except Exception as exc:  # a group that never existed is the usual case
+            if "GROUP_ID_NOT_FOUND" not in str(exc):
+                raise
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -36,6 +73,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             "TIDEMARK_APP_ID": settings.app_id,
             "TIDEMARK_UNIVERSE": ",".join(settings.universe),
             "TIDEMARK_STORE": settings.store,
+            "TIDEMARK_POSTGRES_DSN": settings.postgres_dsn,
         }
     )
     return env
@@ -45,12 +83,10 @@ def _cli(settings: Settings, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "tidemark.cli", *args], env=settings_environment(settings), check=True)
 
 
-async def _projected(dsn: str) -> tuple[int, int]:
+async def _projected_bars(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        bars = int(await conn.fetchval("SELECT count(*) FROM bars"))
-        snapshots = int(await conn.fetchval("SELECT count(*) FROM correlation_snapshots"))
-        return bars, snapshots
+        return await read.bar_count(conn)
     finally:
         await conn.close()
 
@@ -65,12 +101,14 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
     ) as progress:
         task = progress.add_task("project", total=expected)
         deadline = time.monotonic() + timeout
+        agent_topics = [settings.topic(name) for name in ("md.bars.1m", "analytics.stats", "analytics.correlations")]
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise typer.Exit(f"the worker exited with code {worker.returncode}; see .tidemark/logs/demo-worker.log")
-            bars, snapshots = asyncio.run(_projected(settings.postgres_dsn))
+            bars = asyncio.run(_projected_bars(settings.postgres_dsn))
             progress.update(task, completed=bars)
-            if bars >= expected and snapshots:
+            # The agents trail the bars projection: done when they too have committed everything.
+            if bars >= expected and consumer_lag(settings.kafka_bootstrap, settings.app_id, agent_topics) == 0:
                 return
             time.sleep(0.5)
     raise typer.Exit(f"the worker had not projected {expected:,} bars after {timeout:.0f}s")
@@ -91,7 +129,8 @@ def _regime_table(regimes: tuple[Regime, ...], view: read.CorrelationView | None
     return table
 
 
-def run_demo(symbols: int, days: float, seed: int, start: datetime, timeout: float) -> None:
+def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: float) -> None:
+    days = hours / 24
     base = get_settings()
     universe = build_universe(n_symbols=symbols, seed=seed, start=start, days=max(1, int(days + 0.999)))
     regime_symbols = [s for regime in universe.regimes for s in regime.symbols]
@@ -101,6 +140,8 @@ def run_demo(symbols: int, days: float, seed: int, start: datetime, timeout: flo
         f"Kafka {settings.kafka_bootstrap} · PostgreSQL {settings.postgres_dsn.split('@')[-1]} · "
         f"Redis {settings.redis_url.split('@')[-1]}; topics prefixed '{settings.topic_prefix}'"
     )
+    if asyncio.run(_ensure_database(base.postgres_dsn, settings.postgres_dsn)):
+        _forget_consumer_offsets(settings)
     _cli(settings, "topics", "create")
     _cli(
         settings,

@@ -59,7 +59,6 @@ INITDB_OPTIONS: tuple[str, ...] = ("--encoding=UTF8", "--locale=C", "--no-instru
 POSTGRES_OPTIONS: dict[str, str] = {
     "unix_socket_directories": "",  # TCP only: no dependency on /var/run/postgresql
     "max_connections": "200",
-    "synchronous_commit": "off",  # a crash may lose the last commits, never corrupts; sinks are idempotent
     "timezone": "UTC",
     "shared_buffers": "128MB",
 }

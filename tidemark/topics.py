@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 
 import typer
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
@@ -101,8 +101,6 @@ topics_app = typer.Typer(help="Kafka topics of the event contract.", no_args_is_
 
 def message_count(bootstrap: str, topic: str) -> int:
     """Messages currently in ``topic``: the sum of its partitions' high minus low watermarks."""
-    from confluent_kafka import Consumer, TopicPartition
-
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tidemark-watermarks"})
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
@@ -111,6 +109,29 @@ def message_count(bootstrap: str, topic: str) -> int:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
             total += high - low
         return total
+    finally:
+        consumer.close()
+
+
+def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Messages of ``topics`` the consumer group has not committed yet (all of them when it never committed)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    metadata = admin.list_topics(timeout=30).topics
+    partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
+    request = [ConsumerGroupTopicPartitions(group, partitions)]
+    committed = admin.list_consumer_group_offsets(request)[group].result(timeout=30).topic_partitions
+    position = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+    ends = {(tp.topic, tp.partition): tp.offset for tp in _end_offsets(bootstrap, partitions)}
+    return sum(end - position.get(key, 0) for key, end in ends.items())
+
+
+def _end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tidemark-watermarks"})
+    try:
+        return [
+            TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=30)[1])
+            for tp in partitions
+        ]
     finally:
         consumer.close()
 

@@ -56,10 +56,17 @@ def _new_processor() -> RollingProcessor:
 
 
 def _processor(key: bytes) -> RollingProcessor:
-    """The in-memory processor, rebuilt from the recovered table entry after a restart or rebalance."""
+    """The in-memory processor, rebuilt from the recovered table entry after a restart or rebalance.
+
+    A stored state for another symbol list (the universe was reconfigured) is set aside: the snapshots start over.
+    """
     if key not in _processors:
         stored = state_table.get(key)
-        _processors[key] = RollingProcessor.from_bytes(stored) if stored else _new_processor()
+        recovered = RollingProcessor.from_bytes(stored) if stored else None
+        if recovered is not None and recovered.universe != tuple(settings.universe):
+            app.log.warning("universe %s was reconfigured; its rolling state starts over", key.decode())
+            recovered = None
+        _processors[key] = recovered or _new_processor()
     return _processors[key]
 
 
