@@ -3,6 +3,7 @@ publishes nothing twice; duplicates that do reach the topic are ignored downstre
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -131,3 +132,32 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
         timeout=240,
     )
     assert count(isolated.postgres_dsn, "bars") == expected
+
+
+def test_connector_stopped_by_sigterm_flushes_everything_it_reports(
+    isolated: Settings, run_cli: Callable[..., Any]
+) -> None:
+    run_cli("topics", "create")
+    topic = isolated.topic("md.bars.1m")
+    connector = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tidemark.cli",
+            *synthetic_args(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES),
+            "--speed",
+            "20000",
+        ],
+        env=settings_env(isolated),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) > 1000, timeout=60, interval=0.05)
+    connector.send_signal(signal.SIGTERM)
+    _, stderr = connector.communicate(timeout=60)
+    assert connector.returncode == 130
+    reported = re.search(r"interrupted after publishing ([\d,]+) bars", stderr.replace("\n", " "))
+    assert reported, stderr
+    assert message_count(isolated.kafka_bootstrap, topic) == int(reported.group(1).replace(",", ""))
