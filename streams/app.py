@@ -1,18 +1,12 @@
-"""The Faust application: one worker process runs every agent; projections and topics are shared resources."""
+"""The Faust application: the stateful stream processors (agents) run here; projections run in projections/sink.py."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
-import asyncpg
 import faust
-import redis.asyncio as aioredis
 
-from projections.analytics import EventProjection, correlation_projection, stats_projection
 from projections.consumed import Consumed
-from projections.redis_store import RedisProjection
 from streams import runtime
 from streams.deadletter import dead_letter_messages
 from streams.runtime import Handler
@@ -51,35 +45,8 @@ def raw_topic(name: str) -> faust.TopicT:
     )
 
 
-@dataclass(frozen=True)
-class Resources:
-    pool: asyncpg.Pool
-    stats: EventProjection
-    correlations: EventProjection
-
-
-_resources: Resources | None = None
-_resources_lock = asyncio.Lock()
-
-
-async def resources() -> Resources:
-    """Connections opened on first use by any agent and shared by all of them."""
-    global _resources
-    async with _resources_lock:
-        if _resources is None:
-            pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=4)
-            redis = RedisProjection(aioredis.from_url(settings.redis_url))
-            _resources = Resources(
-                pool=pool,
-                stats=stats_projection(pool, redis),
-                correlations=correlation_projection(pool, redis),
-            )
-        return _resources
-
-
 def load_agents() -> None:
     """Importing the agent modules registers them with ``app``."""
-    from streams import projectors  # noqa: F401
     from streams.correlation import agent  # noqa: F401
 
 

@@ -83,13 +83,13 @@ def db_migrate() -> None:
 def worker(
     loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug"),
 ) -> None:
-    """Run the worker: the Faust agents (stream processors, projections) and the bars projection's batch sink."""
-    from projections.bar_sink import spawn_bar_sink
+    """Run the worker: the Faust stream processors, and the projection writers in a batch-consuming process."""
+    from projections.sink import spawn_projection_sink
     from streams.app import app as faust_app
     from streams.app import load_agents
 
     load_agents()
-    spawn_bar_sink()
+    spawn_projection_sink()
     sys.argv = ["tidemark-worker", "worker", "--loglevel", loglevel, "--without-web"]
     faust_app.main()
 

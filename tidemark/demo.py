@@ -39,30 +39,14 @@ def demo_settings(base: Settings, universe: list[str]) -> Settings:
     )
 
 
-async def _ensure_database(server_dsn: str, dsn: str) -> bool:
-    """Create and migrate the demo database; True when it had to be created."""
+async def _ensure_database(server_dsn: str, dsn: str) -> None:
     conn = await asyncpg.connect(server_dsn)
     try:
-        created = not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEMO_DATABASE)
-        if created:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEMO_DATABASE):
             await conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
     finally:
         await conn.close()
     await apply_migrations(dsn)
-    return created
-
-
-def _forget_consumer_offsets(settings: Settings) -> None:
-    """A new database is rebuilt from the log: the worker's agents must read their topics from the start."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    for future in admin.delete_consumer_groups([settings.app_id], request_timeout=30).values():
-        try:
-            future.result()
-        except Exception as exc:  # a group that never existed is the usual case
-            if "GROUP_ID_NOT_FOUND" not in str(exc):
-                raise
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -101,14 +85,19 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
     ) as progress:
         task = progress.add_task("project", total=expected)
         deadline = time.monotonic() + timeout
-        agent_topics = [settings.topic(name) for name in ("md.bars.1m", "analytics.stats", "analytics.correlations")]
+        agent_topics = [settings.topic("md.bars.1m")]
+        sink_topics = [settings.topic(name) for name in ("md.bars.1m", "analytics.stats", "analytics.correlations")]
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise typer.Exit(f"the worker exited with code {worker.returncode}; see .tidemark/logs/demo-worker.log")
             bars = asyncio.run(_projected_bars(settings.postgres_dsn))
             progress.update(task, completed=bars)
-            # The agents trail the bars projection: done when they too have committed everything.
-            if bars >= expected and consumer_lag(settings.kafka_bootstrap, settings.app_id, agent_topics) == 0:
+            # The agents and the projections of their output trail the bars: done when all have caught up.
+            if (
+                bars >= expected
+                and consumer_lag(settings.kafka_bootstrap, settings.app_id, agent_topics) == 0
+                and consumer_lag(settings.kafka_bootstrap, f"{settings.app_id}-projections", sink_topics) == 0
+            ):
                 return
             time.sleep(0.5)
     raise typer.Exit(f"the worker had not projected {expected:,} bars after {timeout:.0f}s")
@@ -140,8 +129,7 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         f"Kafka {settings.kafka_bootstrap} · PostgreSQL {settings.postgres_dsn.split('@')[-1]} · "
         f"Redis {settings.redis_url.split('@')[-1]}; topics prefixed '{settings.topic_prefix}'"
     )
-    if asyncio.run(_ensure_database(base.postgres_dsn, settings.postgres_dsn)):
-        _forget_consumer_offsets(settings)
+    asyncio.run(_ensure_database(base.postgres_dsn, settings.postgres_dsn))
     _cli(settings, "topics", "create")
     _cli(
         settings,

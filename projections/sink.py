@@ -1,0 +1,225 @@
+"""The projection writers' consumer: a plain Kafka consumer feeding whole batches to each topic's projection.
+
+A per-event stream framework spends far more time per message than decoding and projecting one costs (Faust tops
+out near 12k messages/s per process here; see bench/), so the projections read batches straight from librdkafka,
+decode them (bars columnar), and apply them exactly once: the applied offsets commit in the same PostgreSQL
+transaction as the rows. Each partition starts from those stored offsets, so the Kafka commit is only
+bookkeeping, anything redelivered after a crash is skipped, and a recreated database is refilled from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from projections.analytics import (
+    CORRELATIONS_CONSUMER,
+    STATS_CONSUMER,
+    EventProjection,
+    correlation_projection,
+    stats_projection,
+)
+from projections.bars import CONSUMER as BARS_CONSUMER
+from projections.bars import BarsProjection
+from projections.consumed import Consumed
+from projections.offsets import applied_offsets
+from projections.redis_store import RedisProjection
+from schemas.codec import DecodeError, get_registry
+from schemas.fastbars import decode_bars
+from streams import runtime
+from streams.deadletter import dead_letter_messages
+from tidemark.settings import Settings, get_settings
+
+log = logging.getLogger("tidemark.projections")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one topic's records go: the projection (its offsets are stored under ``consumer``) and how."""
+
+    consumer: str
+    project: runtime.Handler
+
+
+def decode_all(
+    records: Sequence[Consumed], schema: str
+) -> tuple[list[Consumed], list[dict[str, Any]], list[tuple[int, str]]]:
+    """Decode each record as ``schema``; the ones that fail are returned as (index, reason) for the DLQ."""
+    registry = get_registry()
+    good: list[Consumed] = []
+    decoded: list[dict[str, Any]] = []
+    failures: list[tuple[int, str]] = []
+    for index, record in enumerate(records):
+        try:
+            decoded.append(registry.decode_as(schema, record.value))
+            good.append(record)
+        except DecodeError as exc:
+            failures.append((index, str(exc)))
+    return good, decoded, failures
+
+
+class ProjectionSink:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopping = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.app_id}-projections",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            }
+        )
+        self._resume_at: dict[tuple[str, int], int] = {}
+        self._dlq = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
+
+    def run(self) -> None:
+        """Consume until ``stopping`` is set."""
+        asyncio.run(self._run())
+
+    def _routes(self, pool: asyncpg.Pool, redis: RedisProjection) -> dict[str, Route]:
+        bars = BarsProjection(pool, redis)
+        stats = stats_projection(pool, redis)
+        correlations = correlation_projection(pool, redis)
+
+        async def project_bars(records: Sequence[Consumed]) -> None:
+            batch, rows, failures = decode_bars([r.value for r in records])
+            await self._dead_letter(records, failures, BARS_CONSUMER, "DecodeError")
+            if len(batch):
+                await bars.apply([records[i] for i in rows], batch)
+
+        def project_events(consumer: str, schema: str, projection: EventProjection) -> runtime.Handler:
+            async def project(records: Sequence[Consumed]) -> None:
+                good, events, failures = decode_all(records, schema)
+                await self._dead_letter(records, failures, consumer, "DecodeError")
+                await projection.apply(good, events)
+
+            return project
+
+        topic = self.settings.topic
+        return {
+            topic("md.bars.1m"): Route(BARS_CONSUMER, project_bars),
+            topic("analytics.stats"): Route(
+                STATS_CONSUMER, project_events(STATS_CONSUMER, "tidemark.analytics.SymbolStatsComputed", stats)
+            ),
+            topic("analytics.correlations"): Route(
+                CORRELATIONS_CONSUMER,
+                project_events(CORRELATIONS_CONSUMER, "tidemark.analytics.CorrelationSnapshotTaken", correlations),
+            ),
+        }
+
+    async def _run(self) -> None:
+        pool = await asyncpg.create_pool(self.settings.postgres_dsn, min_size=1, max_size=2)
+        redis_client = aioredis.from_url(self.settings.redis_url)
+        routes = self._routes(pool, RedisProjection(redis_client))
+        for topic, route in routes.items():
+            for partition, offset in (await applied_offsets(pool, route.consumer, topic)).items():
+                self._resume_at[(topic, partition)] = offset
+        self._consumer.subscribe(list(routes), on_assign=self._seek_to_applied)
+        try:
+            while not self.stopping.is_set():
+                messages = self._consumer.consume(self.settings.batch_size, timeout=self.settings.batch_within_s)
+                by_topic: dict[str, list[Consumed]] = {}
+                for record in self._records(messages):
+                    by_topic.setdefault(record.topic, []).append(record)
+                for topic, records in by_topic.items():
+                    route = routes[topic]
+                    await runtime.handle_batch(records, route.consumer, route.project, self._dead_letter)
+                    self._commit(records)
+        finally:
+            self._consumer.close()
+            await pool.close()
+            await redis_client.aclose()
+
+    def _seek_to_applied(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each assigned partition where the projection's own offsets say, not where Kafka's commit does."""
+        for partition in partitions:
+            partition.offset = self._resume_at.get((partition.topic, partition.partition), OFFSET_BEGINNING)
+        consumer.assign(partitions)
+
+    def _records(self, messages: list[Message]) -> list[Consumed]:
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(
+                    Consumed(message.topic(), message.partition(), message.offset(), message.key(), message.value())
+                )
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("projections: consumer error: %s", error)
+        return records
+
+    async def _dead_letter(
+        self,
+        records: Sequence[Consumed],
+        failures: Sequence[tuple[int, str]],
+        processor: str,
+        error_type: str,
+    ) -> None:
+        for key, value in dead_letter_messages(records, failures, processor, error_type):
+            self._dlq.produce(self.settings.topic("dlq"), value, key)
+        if failures:
+            remaining = self._dlq.flush(30)
+            if remaining:
+                raise OSError(f"{remaining} dead letters not acknowledged by Kafka")
+            log.warning("%s: dead-lettered %d message(s), first: %s", processor, len(failures), failures[0][1])
+
+    def _commit(self, records: Sequence[Consumed]) -> None:
+        """Tell Kafka where to resume (best effort: the stored offsets, not this, guarantee exactly once)."""
+        positions: dict[tuple[str, int], int] = {}
+        for record in records:
+            positions[(record.topic, record.partition)] = record.offset + 1
+            self._resume_at[(record.topic, record.partition)] = record.offset + 1
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
+        self._consumer.commit(offsets=offsets, asynchronous=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL to the sink when the worker that started it dies, even by kill -9."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def spawn_projection_sink() -> subprocess.Popen[bytes]:
+    """The sink in a process of its own, so it does not share a GIL with the Faust worker's agents."""
+    sink = subprocess.Popen([sys.executable, "-m", "projections.sink"], preexec_fn=_die_with_parent)
+    atexit.register(_stop, sink)
+    return sink
+
+
+def _stop(sink: subprocess.Popen[bytes]) -> None:
+    if sink.poll() is None:
+        sink.terminate()
+        try:
+            sink.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sink.kill()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    sink = ProjectionSink(get_settings())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sink.stopping.set())
+    sink.run()
+
+
+if __name__ == "__main__":
+    main()
