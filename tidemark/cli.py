@@ -134,12 +134,13 @@ def query_correlations(
         _emit([], "correlations", as_json)
         return
     pairs = read.top_pairs(view, top)
-    title = (
-        f"top {len(pairs)} pairs of {view.universe} as of {view.as_of:%Y-%m-%d %H:%M} UTC "
-        f"({view.window_bars} bars, avg {view.avg_correlation or float('nan'):.3f}, "
-        f"λmax share {view.eigen_share or float('nan'):.3f})"
-    )
-    _emit(pairs, title, as_json)
+    if not as_json:
+        console.print(
+            f"universe {view.universe}: {len(view.symbols)} symbols, {view.window_bars}-bar window as of "
+            f"{view.as_of:%Y-%m-%d %H:%M} UTC; average correlation {view.avg_correlation or float('nan'):.3f}, "
+            f"largest-eigenvalue share {view.eigen_share or float('nan'):.3f}"
+        )
+    _emit(pairs, f"top {len(pairs)} pairs", as_json)
 
 
 @app.command()
