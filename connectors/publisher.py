@@ -217,6 +217,8 @@ def last_records(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int,
     """The last (key, value) of every non-empty partition of ``topic``: where an interrupted publisher stopped."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from tidemark.topics import watermarks
+
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -231,7 +233,7 @@ def last_records(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int,
             return {}
         wanted: list[TopicPartition] = []
         for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            low, high = watermarks(consumer, TopicPartition(topic, partition), timeout)
             if high > low:
                 wanted.append(TopicPartition(topic, partition, high - 1))
         consumer.assign(wanted)

@@ -8,6 +8,7 @@ co-partitioned with the topics the agents read. Every other topic gets the catal
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 
 import typer
@@ -73,7 +74,25 @@ def create_topics(settings: Settings) -> list[str]:
                 raise
         else:
             created.append(name)
+    _wait_for_leaders(admin, created)
     return sorted(created)
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float = ADMIN_TIMEOUT_S) -> None:
+    """A new topic's partitions take a moment to elect leaders; until then producers and offset look-ups fail."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        topics = admin.list_topics(timeout=timeout).topics
+        pending = {
+            name
+            for name in pending
+            if name not in topics or any(p.leader < 0 for p in topics[name].partitions.values())
+        }
+        if pending and time.monotonic() > deadline:
+            raise KafkaException(f"no partition leaders after {timeout:.0f}s for: {', '.join(sorted(pending))}")
+        if pending:
+            time.sleep(0.05)
 
 
 def list_topics(settings: Settings) -> list[TopicRow]:
@@ -106,11 +125,31 @@ def message_count(bootstrap: str, topic: str) -> int:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         total = 0
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            low, high = watermarks(consumer, TopicPartition(topic, partition))
             total += high - low
         return total
     finally:
         consumer.close()
+
+
+_LEADERSHIP_SETTLING = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
+
+
+def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+    """Low and high watermark, retrying the retriable errors of a partition whose leadership is still settling."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            return low, high
+        except KafkaException as exc:
+            error = exc.args[0]
+            settling = error.retriable() or error.code() in _LEADERSHIP_SETTLING
+            if not settling or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
@@ -128,10 +167,7 @@ def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
 def _end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> list[TopicPartition]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tidemark-watermarks"})
     try:
-        return [
-            TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=30)[1])
-            for tp in partitions
-        ]
+        return [TopicPartition(tp.topic, tp.partition, watermarks(consumer, tp)[1]) for tp in partitions]
     finally:
         consumer.close()
 

@@ -6,6 +6,8 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
+from tidemark.topics import watermarks
+
 
 def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[int, int, bytes | None, bytes]]:
     """Every (partition, offset, key, value) currently in ``topic``."""
@@ -16,7 +18,7 @@ def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[in
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         ends = {}
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            low, high = watermarks(consumer, TopicPartition(topic, partition))
             if high > low:
                 ends[partition] = high
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
