@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 import numpy as np
@@ -75,7 +75,6 @@ class PublishReport:
     skipped: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    failed: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:

@@ -9,8 +9,6 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from projections.redis_store import key
-
 
 async def bars(conn: asyncpg.Connection, symbol: str, interval: str, limit: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
@@ -100,8 +98,3 @@ def top_pairs(view: CorrelationView, k: int) -> list[dict[str, Any]]:
     return [
         {"a": view.symbols[upper_i[c]], "b": view.symbols[upper_j[c]], "correlation": float(values[c])} for c in chosen
     ]
-
-
-async def latest_bar_from_redis(client: Any, interval: str, symbol: str) -> dict[str, str]:
-    raw = await client.hgetall(key("bar", interval, symbol))
-    return {k.decode(): v.decode() for k, v in raw.items()}

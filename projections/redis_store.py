@@ -55,6 +55,3 @@ class RedisProjection:
         if not count:
             return 0
         return int(sum(await pipe.execute()))
-
-    async def publish(self, channel: str, message: str) -> None:
-        await self._client.publish(key("alerts", channel), message)
