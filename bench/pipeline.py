@@ -6,7 +6,6 @@ Each figure is printed beside its baseline, measured in the same process on the 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -138,13 +137,9 @@ def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Fig
         return dsn
 
     dsn = asyncio.run(prepare())
-    env = {
-        **os.environ,
-        "TIDEMARK_TOPIC_PREFIX": settings.topic_prefix,
-        "TIDEMARK_APP_ID": f"bench-{tag}",
-        "TIDEMARK_POSTGRES_DSN": dsn,
-        "TIDEMARK_STORE": "memory://",
-    }
+    env = settings.model_copy(
+        update={"app_id": f"bench-{tag}", "postgres_dsn": dsn, "store": "memory://"}
+    ).environment()
     log = open(REPO / ".tidemark" / f"bench-worker-{tag}.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "-m", "tidemark.cli", "worker"], env=env, stdout=log, stderr=log)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import subprocess
 import sys
 import uuid
@@ -21,20 +20,6 @@ from tidemark.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 _redis_db = itertools.count(1)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a subprocess (worker, CLI, connector) use exactly these settings."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            env.pop(f"TIDEMARK_{name.upper()}", None)
-            continue
-        secret = getattr(value, "get_secret_value", None)
-        if secret is not None:
-            value = secret()
-        env[f"TIDEMARK_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +79,7 @@ def run_cli(isolated: Settings) -> Callable[..., subprocess.CompletedProcess[str
     def run(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "tidemark.cli", *args],
-            env=settings_env(isolated),
+            env=isolated.environment(),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -116,7 +101,7 @@ def start_worker(isolated: Settings, tmp_path: Path) -> Iterator[Callable[..., s
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "tidemark.cli", "worker", "--loglevel", "info"],
-            env=settings_env(settings or isolated),
+            env=(settings or isolated).environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

@@ -4,13 +4,11 @@ bounded polling helpers every asynchronous assertion uses instead of sleeps."""
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 from tidemark import stack
 from tidemark.settings import Settings
@@ -83,26 +81,3 @@ def eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"not true within {timeout:g}s: {what or predicate!r} (last: {last})")
         time.sleep(interval)
-
-
-async def eventually_async(
-    predicate: Callable[[], Awaitable[T | bool | None] | T | bool | None],
-    timeout: float = 30,
-    interval: float = 0.1,
-    what: str = "",
-) -> T:
-    """The async twin of `eventually`: ``predicate`` may be sync or async; the loop runs meanwhile."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last: str = "returned a falsy value"
-        try:
-            result: Any = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return cast(T, result)
-        except AssertionError as exc:
-            last = f"AssertionError: {exc}"
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout:g}s: {what or predicate!r} (last: {last})")
-        await asyncio.sleep(interval)

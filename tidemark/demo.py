@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -49,22 +48,8 @@ async def _ensure_database(server_dsn: str, dsn: str) -> None:
     await apply_migrations(dsn)
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "TIDEMARK_TOPIC_PREFIX": settings.topic_prefix,
-            "TIDEMARK_APP_ID": settings.app_id,
-            "TIDEMARK_UNIVERSE": ",".join(settings.universe),
-            "TIDEMARK_STORE": settings.store,
-            "TIDEMARK_POSTGRES_DSN": settings.postgres_dsn,
-        }
-    )
-    return env
-
-
 def _cli(settings: Settings, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "tidemark.cli", *args], env=settings_environment(settings), check=True)
+    subprocess.run([sys.executable, "-m", "tidemark.cli", *args], env=settings.environment(), check=True)
 
 
 async def _projected_bars(dsn: str) -> int:
@@ -151,7 +136,7 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "tidemark.cli", "worker"],
-            env=settings_environment(settings),
+            env=settings.environment(),
             stdout=log,
             stderr=log,
         )

@@ -3,6 +3,7 @@ so pointing Tidemark at an existing cluster is one variable."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -98,6 +99,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [symbol.strip() for symbol in value.split(",") if symbol.strip()]
         return value
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment with every setting pinned, so a child (worker, CLI) uses exactly these."""
+        env = dict(os.environ)
+        for name, value in self.model_dump().items():
+            variable = f"TIDEMARK_{name.upper()}"
+            if value is None:
+                env.pop(variable, None)
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[variable] = ",".join(value) if isinstance(value, list) else str(value)
+        return env
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

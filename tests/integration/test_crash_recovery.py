@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from schemas.fastbars import decode_bars
-from tests.conftest import REPO, settings_env
+from tests.conftest import REPO
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, expected_bars, fetch, synthetic_args
 from tests.services import eventually
@@ -100,7 +100,7 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     topic = isolated.topic("md.bars.1m")
     connector = subprocess.Popen(
         [sys.executable, "-m", "tidemark.cli", *args, "--speed", "20000"],
-        env=settings_env(isolated),
+        env=isolated.environment(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -148,7 +148,7 @@ def test_connector_stopped_by_sigterm_flushes_everything_it_reports(
             "--speed",
             "20000",
         ],
-        env=settings_env(isolated),
+        env=isolated.environment(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

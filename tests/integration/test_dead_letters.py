@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
 from confluent_kafka import Producer
 
@@ -15,6 +14,7 @@ from schemas.bars import BarBatch
 from schemas.codec import get_registry
 from schemas.events import common_fields, now_ns
 from schemas.fastbars import encode_bars
+from tests.factories import minute_bars
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count
 from tests.services import eventually
@@ -26,23 +26,7 @@ MINUTE = 60_000_000_000
 
 
 def good_bars(n: int) -> BarBatch:
-    start = np.arange(n, dtype=np.int64) * MINUTE + 1_741_010_400_000_000_000
-    close = 100 + np.arange(n, dtype=np.float64)
-    return BarBatch(
-        symbol=np.array(["SPY"] * n, dtype=object),
-        asset_class=np.full(n, 1, np.int8),
-        interval="1m",
-        start_ns=start,
-        end_ns=start + MINUTE,
-        open=close,
-        high=close + 1,
-        low=close - 1,
-        close=close,
-        volume=np.full(n, 1000.0),
-        vwap=np.full(n, np.nan),
-        trade_count=np.full(n, -1, np.int64),
-        regular_session=np.ones(n, bool),
-    )
+    return minute_bars(["SPY"] * n, [1_741_010_400_000_000_000 + i * MINUTE for i in range(n)])
 
 
 def test_undecodable_bars_are_dead_lettered_with_their_bytes_and_reason(

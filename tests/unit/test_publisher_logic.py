@@ -11,30 +11,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from connectors.publisher import BarIds, keep_after_positions, partition_for_key
 from schemas.bars import BarBatch
 from schemas.events import deterministic_event_ids_array, stream_hash
+from tests.factories import minute_bars
 
 M = 60_000_000_000
 T0 = 1_700_000_100 * 1_000_000_000
 
 
 def batch(symbols: list[str], starts: list[int], interval: str = "1m") -> BarBatch:
-    n = len(symbols)
-    start = np.asarray(starts, dtype=np.int64)
-    close = 100.0 + np.arange(n, dtype=np.float64)
-    return BarBatch(
-        symbol=np.array(symbols, dtype=object),
-        asset_class=np.ones(n, dtype=np.int8),
-        interval=interval,
-        start_ns=start,
-        end_ns=start + M,
-        open=close,
-        high=close + 1,
-        low=close - 1,
-        close=close,
-        volume=np.full(n, 10.0),
-        vwap=np.full(n, np.nan),
-        trade_count=np.full(n, -1, dtype=np.int64),
-        regular_session=np.ones(n, dtype=np.bool_),
-    )
+    return minute_bars(symbols, starts, interval)
 
 
 # ---------------------------------------------------------------------------------------------- keep_after_positions
