@@ -1,0 +1,52 @@
+"""The contract between the analytics agent and the pure processors it hosts.
+
+One agent reads each bar batch once, decodes it once (columnar), and hands the same ``BarFrame`` to every
+processor: correlations, currency strength, sector rotation, pattern scans. Per-message stream overhead is the
+cost that dominates a Faust worker, so the processors share it instead of each running an agent of its own.
+
+A processor is pure: no Kafka, database or Redis code. It turns bars into events (topic name from the catalogue,
+key, full Avro schema name, event dict with a deterministic ``event_id``) and serialises its whole state to bytes,
+which the agent keeps in a Faust table whose changelog is the recovery path. Given the same bars it must emit the
+same events whatever the batching, so a crashed and restarted worker repeats exactly what it would have emitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class BarFrame:
+    """One decoded batch of bars of any symbols, in delivery order; ``partition`` is the source partition."""
+
+    partition: npt.NDArray[np.int32]
+    symbol: npt.NDArray[np.object_]
+    start_ns: npt.NDArray[np.int64]
+    close: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """An event a processor wants published: ``topic`` is the catalogue name (the agent adds the prefix)."""
+
+    topic: str
+    key: bytes
+    schema: str
+    event: dict[str, Any]
+
+
+class BarProcessor(Protocol):
+    """What the analytics agent hosts. ``name`` keys its state in the agent's table."""
+
+    name: str
+
+    def process(self, bars: BarFrame) -> list[Emitted]: ...
+
+    def to_bytes(self) -> bytes: ...
