@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.5, gt=0)
 
     polygon_api_key: SecretStr | None = None
+    polygon_rest_url: str = Field("https://api.polygon.io", description="Polygon REST base URL")
+    polygon_ws_feed: str = Field("socket.polygon.io", description="Polygon WebSocket host[:port] (the client's feed)")
+    polygon_ws_secure: bool = Field(True, description="wss:// (True) or ws:// (False) for the WebSocket feed")
     alpaca_api_key: SecretStr | None = None
     alpaca_secret_key: SecretStr | None = None
     alpaca_paper: bool = True
