@@ -13,10 +13,13 @@ same events whatever the batching, so a crashed and restarted worker repeats exa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from tidemark.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +53,17 @@ class BarProcessor(Protocol):
     def process(self, bars: BarFrame) -> list[Emitted]: ...
 
     def to_bytes(self) -> bytes: ...
+
+
+class ProcessorFactory(Protocol):
+    """How the agent makes a processor fresh, or rebuilds it from the bytes its table recovered.
+
+    ``restore`` raises ValueError when the stored state no longer fits the settings (a reconfigured universe, an
+    older state version); the agent then logs it and starts that processor over.
+    """
+
+    name: str
+
+    def create(self, settings: Settings) -> BarProcessor: ...
+
+    def restore(self, data: bytes, settings: Settings) -> BarProcessor: ...
