@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from connectors.synthetic.market import sessions_open
+from connectors.sessions import market_of, regular_session_mask
 from schemas.bars import ASSET_CLASSES, BarBatch, Int64
 
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -167,6 +167,25 @@ def _asset_classes(path: Path, frame: pd.DataFrame, column: str | None, default:
     return np.asarray(names.map(lookup).to_numpy(), dtype=np.int8)
 
 
+def _regular_hours(
+    path: Path, column: str, classes: npt.NDArray[np.int8], start_ns: Int64, step: int
+) -> npt.NDArray[np.bool_]:
+    """Intraday bars are regular when they start inside their market's session; daily and longer bars are the
+    session's own bar, and an UNKNOWN asset class has no calendar to say otherwise."""
+    regular = np.ones(len(start_ns), dtype=np.bool_)
+    if step >= _INTERVAL_NS["d"]:
+        return regular
+    for k, name in enumerate(ASSET_CLASSES):
+        rows = classes == k
+        if name == "UNKNOWN" or not rows.any():
+            continue
+        try:
+            regular[rows] = regular_session_mask(market_of(name), start_ns[rows])
+        except ValueError as exc:  # a time the calendars do not cover
+            raise ReplayError(path, str(exc), column=column) from exc
+    return regular
+
+
 def _check_bars(path: Path, cols: dict[str, str], v: dict[str, npt.NDArray[np.float64]]) -> None:
     checks = (
         ("open", v["open"] <= 0, "price must be positive"),
@@ -198,8 +217,9 @@ def read_bars(
     ``timestamp`` is the bar start. ``symbol`` names the instrument of a file without a symbol column;
     with a symbol column it keeps only that symbol's rows. ``tz`` is the zone of naive timestamps
     (without it they are an error). ``asset_class`` applies when the file has no such column.
-    ``regular_session`` comes from the file when present, else equities' 09:30-16:00 New York hours,
-    else True. vwap is checked for sign only: venues compute it over trades that OHLC may exclude.
+    ``regular_session`` comes from the file when present, else from the asset class's session calendar
+    (``connectors.sessions``; True for daily and longer bars and for UNKNOWN). vwap is checked for sign
+    only: venues compute it over trades that OHLC may exclude.
     """
     step = interval_ns(interval)
     frame = _load(path)
@@ -226,8 +246,7 @@ def read_bars(
         flags = frame[cols["regular_session"]].astype(str).str.strip().str.lower()
         regular = flags.isin(("true", "1", "t", "yes")).to_numpy()
     else:
-        equity_hours = sessions_open(start_ns)[:, ASSET_CLASSES.index("EQUITY")]
-        regular = np.where(classes == ASSET_CLASSES.index("EQUITY"), equity_hours, True)
+        regular = _regular_hours(path, cols["timestamp"], classes, start_ns, step)
 
     order = np.lexsort((sym.astype(str), start_ns))
     dup = (np.diff(start_ns[order]) == 0) & (sym[order][1:] == sym[order][:-1])

@@ -23,7 +23,7 @@ from connectors.publisher import (
     publish_batches,
     stop_on_signals,
 )
-from schemas.bars import BAR_SCHEMA, BarBatch
+from schemas.bars import ASSET_CLASSES, BAR_SCHEMA, BarBatch
 from schemas.codec import DecodeError, get_registry
 from tidemark.settings import Settings, get_settings
 
@@ -165,15 +165,22 @@ def ingest_replay(
     interval: str = typer.Option("1m", help="bar interval of the file: 1s or 1m"),
     symbol: str | None = typer.Option(None, help="symbol of a single-symbol file without a symbol column"),
     speed: float | None = typer.Option(None, help="pace by bar time (1 = real time); as fast as possible if unset"),
+    asset_class: str = typer.Option(
+        "UNKNOWN", help="EQUITY, FX or FUTURE for a file without an asset_class column; picks the session calendar"
+    ),
 ) -> None:
     """Replay bars from a CSV or Parquet file into Kafka."""
     from connectors.replay import ReplayError, read_bars
 
+    if asset_class.upper() not in ASSET_CLASSES:
+        known = ", ".join(ASSET_CLASSES)
+        raise typer.BadParameter(f"{asset_class!r} is not one of {known}", param_hint="--asset-class")
     settings = get_settings()
     topic = settings.topic(f"md.bars.{interval}")
     publisher = BarPublisher(settings.kafka_bootstrap, topic, source="replay")
     try:
-        report = _publish_with_progress(publisher, read_bars(path, interval=interval, symbol=symbol), None, speed)
+        bars = read_bars(path, interval=interval, symbol=symbol, asset_class=asset_class.upper())
+        report = _publish_with_progress(publisher, bars, None, speed)
     except ReplayError as exc:
         console.print(f"[red]cannot replay {path}:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -13,9 +13,10 @@ for 1,000 symbols). Work is done in blocks of ``BLOCK_MINUTES`` aligned to ``sta
 so a resumed run performs exactly the same floating-point operations as an uninterrupted one and yields
 bit-identical bars.
 
-Sessions are UTC, derived from America/New_York wall-clock rules through zoneinfo (DST included); exchange
-holidays are ignored. Futures are continuous roots (``MES``, no contract month); prices move only while
-their market is open, so equities open where they closed (no overnight gap).
+Sessions come from the market calendars in ``connectors.sessions`` (NYSE and CME holidays and early closes,
+DST, the CME daily break, the FX week), so every generated bar is a regular-session bar. Futures are
+continuous roots (``MES``, no contract month); prices move only while their market is open, so equities
+open where they closed (no overnight gap).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 from scipy.signal import lfilter
 
+from connectors.sessions import market_of, regular_session_mask
 from schemas.bars import ASSET_CLASSES, BarBatch, Float64, Int64
 
 EQUITY = ASSET_CLASSES.index("EQUITY")
@@ -40,7 +41,6 @@ FUTURE = ASSET_CLASSES.index("FUTURE")
 
 NS_PER_MINUTE = 60_000_000_000
 BLOCK_MINUTES = 120
-NEW_YORK = ZoneInfo("America/New_York")
 
 SECTORS: tuple[tuple[str, str, float], ...] = (
     # (sector, ETF, share of single stocks)
@@ -200,31 +200,16 @@ def _to_ns(ts: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
-def _new_york_offset_minutes(epoch_hour: int) -> int:
-    """UTC offset of New York during a UTC hour; DST switches happen on whole UTC hours."""
-    offset = datetime.fromtimestamp(epoch_hour * 3600, UTC).astimezone(NEW_YORK).utcoffset()
-    assert offset is not None
-    return offset // timedelta(minutes=1)
-
-
 def sessions_open(start_ns: Int64) -> npt.NDArray[np.bool_]:
     """Whether each market is open for a bar starting at each time: shape (len(start_ns), len(ASSET_CLASSES)).
 
-    Equities 09:30-16:00 New York on weekdays; FX Sunday 17:00 to Friday 17:00 New York; CME futures
-    Sunday 18:00 to Friday 17:00 with the daily 17:00-18:00 break. UNKNOWN is never open. Holidays ignored.
+    Each asset class follows its calendar (``connectors.sessions.market_of``); UNKNOWN is never open.
     """
-    minutes = np.asarray(start_ns, dtype=np.int64) // NS_PER_MINUTE
-    hours, inverse = np.unique(minutes // 60, return_inverse=True)
-    offsets = np.array([_new_york_offset_minutes(int(h)) for h in hours], dtype=np.int64)
-    local = minutes + offsets[inverse]
-    weekday = (local // 1440 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    tod = local % 1440
-    weekdays = weekday < 5
-    out = np.zeros((len(minutes), len(ASSET_CLASSES)), dtype=np.bool_)
-    out[:, EQUITY] = weekdays & (tod >= 570) & (tod < 960)
-    fx_closed = (weekday == 5) | ((weekday == 4) & (tod >= 1020)) | ((weekday == 6) & (tod < 1020))
-    out[:, FX] = ~fx_closed
-    out[:, FUTURE] = ~fx_closed & ~((tod >= 1020) & (tod < 1080))
+    t = np.asarray(start_ns, dtype=np.int64)
+    out = np.zeros((len(t), len(ASSET_CLASSES)), dtype=np.bool_)
+    for k, name in enumerate(ASSET_CLASSES):
+        if name != "UNKNOWN":
+            out[:, k] = regular_session_mask(market_of(name), t)
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from schemas.bars import ASSET_CLASSES
 from schemas.fastbars import decode_bars
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import expected_bars
@@ -72,3 +73,21 @@ def test_a_bad_file_is_rejected_with_its_row_and_publishes_nothing(
     assert result.returncode == 2
     assert "row 42" in result.stderr.replace("\n", " ")
     assert message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == 0
+
+
+def test_replayed_equity_bars_carry_the_nyse_session_flag(
+    isolated: Settings, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    run_cli("topics", "create")
+    stamps = ["2024-11-27T09:29:00-05:00", "2024-11-27T09:30:00-05:00", "2024-11-28T10:00:00-05:00"]  # Thanksgiving
+    path = tmp_path / "spy.csv"
+    pd.DataFrame({"timestamp": stamps, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 5}).to_csv(
+        path, index=False
+    )
+    run_cli("ingest", "replay", str(path), "--symbol", "SPY", "--asset-class", "equity")
+    values = [value for _, _, _, value in read_all(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))]
+    bars, _, failures = decode_bars(values)
+    assert not failures
+    order = np.argsort(bars.start_ns)
+    assert bars.regular_session[order].tolist() == [False, True, False]
+    assert (bars.asset_class == ASSET_CLASSES.index("EQUITY")).all()

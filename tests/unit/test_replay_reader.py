@@ -144,6 +144,29 @@ def test_equity_regular_session_from_hours(tmp_path: Path) -> None:
     assert list(bars.regular_session) == [False, True, False]
 
 
+@pytest.mark.parametrize(
+    ("asset_class", "stamp", "interval", "regular"),
+    [
+        ("EQUITY", "2024-11-28T10:00:00-05:00", "1m", False),  # Thanksgiving: NYSE closed
+        ("EQUITY", "2024-11-29T12:59:00-05:00", "1m", True),  # the day after closes at 13:00
+        ("EQUITY", "2024-11-29T13:00:00-05:00", "1m", False),
+        ("EQUITY", "2024-11-28T00:00:00-05:00", "1d", True),  # a daily bar is the session's own bar
+        ("FUTURE", "2024-03-12T15:59:00-05:00", "1m", True),  # Globex: 16:00-17:00 Chicago break
+        ("FUTURE", "2024-03-12T16:00:00-05:00", "1m", False),
+        ("FUTURE", "2024-03-12T17:00:00-05:00", "1m", True),
+        ("FX", "2024-03-09T12:00:00-05:00", "1m", False),  # Saturday
+        ("FX", "2024-03-10T17:00:00-04:00", "1m", True),  # FX week opens Sunday 17:00 New York
+        ("UNKNOWN", "2024-03-09T12:00:00-05:00", "1m", True),
+    ],
+)
+def test_regular_session_from_the_calendar(
+    tmp_path: Path, asset_class: str, stamp: str, interval: str, regular: bool
+) -> None:
+    frame = _frame([stamp]).drop(columns="symbol")
+    bars = _read(_write(frame, tmp_path / "bars.csv"), asset_class=asset_class, symbol="X", interval=interval)
+    assert list(bars.regular_session) == [regular]
+
+
 @pytest.mark.parametrize("missing", ["close", "timestamp", "volume"])
 def test_missing_column_is_named(tmp_path: Path, missing: str) -> None:
     path = _write(_frame(ISO).drop(columns=missing), tmp_path / "bars.csv")

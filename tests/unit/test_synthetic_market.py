@@ -114,10 +114,13 @@ def test_manifest_is_json_and_records_regimes(universe: Universe) -> None:
         (datetime(2024, 7, 15, 13, 29), EQUITY, False),
         (datetime(2024, 7, 15, 19, 59), EQUITY, True),
         (datetime(2024, 7, 15, 20, 0), EQUITY, False),
-        (datetime(2024, 1, 15, 14, 30), EQUITY, True),
-        (datetime(2024, 1, 15, 14, 29), EQUITY, False),
-        (datetime(2024, 1, 15, 20, 59), EQUITY, True),
-        (datetime(2024, 1, 15, 21, 0), EQUITY, False),
+        (datetime(2024, 1, 16, 14, 30), EQUITY, True),
+        (datetime(2024, 1, 16, 14, 29), EQUITY, False),
+        (datetime(2024, 1, 16, 20, 59), EQUITY, True),
+        (datetime(2024, 1, 16, 21, 0), EQUITY, False),
+        (datetime(2024, 1, 15, 15, 0), EQUITY, False),  # Martin Luther King Jr. Day: NYSE closed
+        (datetime(2024, 11, 29, 17, 59), EQUITY, True),  # day after Thanksgiving: closes 13:00 New York
+        (datetime(2024, 11, 29, 18, 0), EQUITY, False),
         (datetime(2024, 3, 8, 13, 30), EQUITY, False),  # Friday before DST starts (EST)
         (datetime(2024, 3, 11, 13, 30), EQUITY, True),  # Monday after DST starts (EDT)
         (datetime(2024, 7, 13, 15, 0), EQUITY, False),  # Saturday
@@ -140,6 +143,8 @@ def test_manifest_is_json_and_records_regimes(universe: Universe) -> None:
         (datetime(2024, 7, 14, 21, 30), FUTURE, False),
         (datetime(2024, 7, 14, 22, 0), FUTURE, True),
         (datetime(2024, 7, 13, 12, 0), FUTURE, False),
+        (datetime(2024, 1, 15, 17, 59), FUTURE, True),  # Martin Luther King Jr. Day: Globex halts 12:00 Chicago
+        (datetime(2024, 1, 15, 18, 0), FUTURE, False),
         (datetime(2024, 7, 15, 15, 0), ASSET_CLASSES.index("UNKNOWN"), False),
     ],
 )
@@ -188,6 +193,17 @@ def test_futures_skip_the_daily_break(dst_weekend: dict[str, np.ndarray]) -> Non
     monday_break = _ns(datetime(2024, 3, 11, 21, 0, tzinfo=UTC))  # 17:00 EDT
     assert not ((mes >= monday_break) & (mes < monday_break + 60 * NS_PER_MINUTE)).any()
     assert (mes == monday_break + 60 * NS_PER_MINUTE).any()
+
+
+def test_generated_bars_follow_holidays(universe: Universe) -> None:
+    """Thanksgiving 2024: NYSE closed all day, Globex halts at 12:00 Chicago and reopens at 17:00, FX trades."""
+    bars = _concat(list(generate_bars(universe, datetime(2024, 11, 28, tzinfo=UTC), 1440, seed=2)))
+    assert not (bars["symbol"] == "SPY").any()
+    mes = bars["start_ns"][bars["symbol"] == "MES"]
+    halt, reopen = _ns(datetime(2024, 11, 28, 18, 0, tzinfo=UTC)), _ns(datetime(2024, 11, 28, 23, 0, tzinfo=UTC))
+    assert mes.max() == reopen + 59 * NS_PER_MINUTE and not ((mes >= halt) & (mes < reopen)).any()
+    assert (mes == halt - NS_PER_MINUTE).any() and (mes == reopen).any()
+    assert (bars["symbol"] == "EURUSD").sum() == 1440
 
 
 # --- bars -------------------------------------------------------------------------------------------------
