@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,59 @@ async def bars(conn: asyncpg.Connection, symbol: str, interval: str, limit: int)
         limit,
     )
     return [dict(r) for r in reversed(rows)]
+
+
+# Each action of the symbol with the close its dividend factor divides by: the last daily close before the ex-date,
+# else the last regular-session close of the queried interval (the ex-date starts at New York midnight).
+_ACTIONS = """
+SELECT a.action_id, a.action_type, a.ex_date, a.split_from::float8 AS split_from, a.split_to::float8 AS split_to,
+       a.cash_amount::float8 AS cash_amount,
+       COALESCE(
+           (SELECT b.close FROM bars b WHERE b.symbol = a.symbol AND b.interval = '1d'
+              AND b.start_ts < (a.ex_date::timestamp AT TIME ZONE 'America/New_York') ORDER BY b.start_ts DESC LIMIT 1),
+           (SELECT b.close FROM bars b WHERE b.symbol = a.symbol AND b.interval = $2 AND b.regular_session
+              AND b.start_ts < (a.ex_date::timestamp AT TIME ZONE 'America/New_York') ORDER BY b.start_ts DESC LIMIT 1)
+       ) AS prev_close
+FROM corporate_actions a WHERE a.symbol = $1 ORDER BY a.ex_date, a.action_id
+"""
+_PRICES = ("open", "high", "low", "close", "vwap")
+
+
+async def adjusted_bars(
+    conn: asyncpg.Connection, symbol: str, interval: str, limit: int
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The latest bars adjusted for the symbol's splits and dividends (computed here; raw rows are untouched),
+    and a note for each action that could not be applied."""
+    from projections.adjust import action_factors, cumulative, cutoff_ns
+
+    rows = await bars(conn, symbol, interval, limit)
+    actions = await conn.fetch(_ACTIONS, symbol, interval)
+    # Actions are few: one row each; NULL fields become NaN, which action_factors treats as "does not apply".
+    numeric = ("split_from", "split_to", "cash_amount", "prev_close")
+    columns = {n: np.array([a[n] for a in actions], dtype=np.float64) for n in numeric}
+    factors = action_factors(
+        [a["action_type"] for a in actions],
+        np.array([cutoff_ns(a["ex_date"], "America/New_York") for a in actions], dtype=np.int64),
+        columns["split_from"],
+        columns["split_to"],
+        columns["cash_amount"],
+        columns["prev_close"],
+    )
+    start_ns = np.array([int(r["start_ts"].timestamp() * 1_000_000) * 1000 for r in rows], dtype=np.int64)
+    price, volume = cumulative(factors, start_ns)
+    for i, row in enumerate(rows):
+        for name in _PRICES:
+            if row[name] is not None:
+                row[name] = row[name] * float(price[i])
+        row["volume"] = row["volume"] * float(volume[i])
+        row["price_factor"] = float(price[i])
+    # Sorted by ex-date in SQL, so the factors (sorted by cutoff) line up with the rows.
+    notes = [
+        f"{a['action_type']} {a['action_id']} (ex {a['ex_date']}) not applied: no ratio, amount or previous close"
+        for a, ignored in zip(actions, factors.ignored.tolist(), strict=True)
+        if ignored
+    ]
+    return rows, notes
 
 
 async def bar_count(conn: asyncpg.Connection) -> int:
@@ -48,15 +102,13 @@ class CorrelationView:
     diversification_ratio: float | None
 
 
-async def latest_correlation(conn: asyncpg.Connection, universe: str | None) -> CorrelationView | None:
-    row = await conn.fetchrow(
-        "SELECT universe, timeframe, as_of, window_bars, observations, symbols, upper_triangle, avg_correlation,"
-        " eigen_share, diversification_ratio FROM correlation_snapshots"
-        " WHERE $1::text IS NULL OR universe = $1 ORDER BY as_of DESC LIMIT 1",
-        universe,
-    )
-    if row is None:
-        return None
+_VIEW_COLUMNS = (
+    "universe, timeframe, as_of, window_bars, observations, symbols, {matrix}, avg_correlation, eigen_share,"
+    " diversification_ratio"
+)
+
+
+def _view(row: asyncpg.Record, upper: np.ndarray) -> CorrelationView:
     return CorrelationView(
         universe=row["universe"],
         timeframe=row["timeframe"],
@@ -64,11 +116,70 @@ async def latest_correlation(conn: asyncpg.Connection, universe: str | None) -> 
         window_bars=row["window_bars"],
         observations=row["observations"],
         symbols=list(row["symbols"]),
-        matrix=square_matrix(row["upper_triangle"], len(row["symbols"])),
+        matrix=square_matrix(upper, len(row["symbols"])),
         avg_correlation=row["avg_correlation"],
         eigen_share=row["eigen_share"],
         diversification_ratio=row["diversification_ratio"],
     )
+
+
+async def latest_correlation(
+    conn: asyncpg.Connection, universe: str | None, timeframe: str | None = None, window: int | None = None
+) -> CorrelationView | None:
+    """The latest snapshot at full precision; by default the shortest minute window of the newest universe."""
+    row = await conn.fetchrow(
+        f"SELECT {_VIEW_COLUMNS.format(matrix='upper_f64')} FROM correlation_latest"
+        " WHERE ($1::text IS NULL OR universe = $1) AND ($2::text IS NULL OR timeframe = $2)"
+        " AND ($3::int IS NULL OR window_bars = $3)"
+        " ORDER BY as_of DESC, timeframe <> '1m', window_bars LIMIT 1",
+        universe,
+        timeframe,
+        window,
+    )
+    return None if row is None else _view(row, np.frombuffer(row["upper_f64"], dtype="<f8"))
+
+
+async def correlation_history(
+    conn: asyncpg.Connection, universe: str, timeframe: str, window: int, limit: int
+) -> list[CorrelationView]:
+    """The window's most recent snapshots from the compact history (int16-quantised: 3e-5 resolution), oldest first."""
+    from projections.analytics import dequantise
+
+    rows = await conn.fetch(
+        f"SELECT {_VIEW_COLUMNS.format(matrix='upper_q')} FROM correlation_snapshots"
+        " WHERE universe = $1 AND timeframe = $2 AND window_bars = $3 ORDER BY as_of DESC LIMIT $4",
+        universe,
+        timeframe,
+        window,
+        limit,
+    )
+    return [_view(row, dequantise(row["upper_q"])) for row in reversed(rows)]
+
+
+async def symbol_volatility(conn: asyncpg.Connection, view: CorrelationView) -> dict[str, float]:
+    """Per-bar return volatility of the view's symbols from the stats of the same window (minute windows only)."""
+    rows = await conn.fetch(
+        "SELECT symbol, stdev_return FROM symbol_stats WHERE timeframe = $1 AND window_bars = $2"
+        " AND symbol = ANY($3::text[]) AND stdev_return > 0",
+        view.timeframe,
+        view.window_bars,
+        view.symbols,
+    )
+    return {r["symbol"]: float(r["stdev_return"]) for r in rows}
+
+
+async def alerts(conn: asyncpg.Connection, kind: str | None, since_ns: int | None, limit: int) -> list[dict[str, Any]]:
+    """The newest alerts (optionally of one kind, or a kind prefix such as ``correlation.``), newest first."""
+    rows = await conn.fetch(
+        "SELECT ts_event, kind, severity, subject, message, from_value, to_value, since, details, event_id"
+        " FROM alerts WHERE ($1::text IS NULL OR kind = $1 OR kind LIKE $1 || '%')"
+        " AND ($2::bigint IS NULL OR ts_event >= timestamptz 'epoch' + ($2::bigint / 1000) * interval '1 microsecond')"
+        " ORDER BY ts_event DESC, event_id LIMIT $3",
+        kind,
+        since_ns,
+        limit,
+    )
+    return [{**dict(r), "details": json.loads(r["details"]), "event_id": str(r["event_id"])} for r in rows]
 
 
 def square_matrix(upper_triangle: Sequence[float], n: int) -> np.ndarray:

@@ -55,3 +55,7 @@ class RedisProjection:
         if not count:
             return 0
         return int(sum(await pipe.execute()))
+
+    async def publish(self, channel: str, message: str) -> int:
+        """Announce on pub/sub; returns how many subscribers heard it."""
+        return int(await self._client.publish(channel, message))

@@ -25,9 +25,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from projections.alerts import CONSUMER as ALERTS_CONSUMER
+from projections.alerts import AlertsProjection
 from projections.analytics import (
     CORRELATIONS_CONSUMER,
     STATS_CONSUMER,
+    CorrelationProjection,
     EventProjection,
     correlation_projection,
     stats_projection,
@@ -35,8 +38,21 @@ from projections.analytics import (
 from projections.bars import CONSUMER as BARS_CONSUMER
 from projections.bars import BarsProjection
 from projections.consumed import Consumed
+from projections.corporate_actions import CONSUMER as ACTIONS_CONSUMER
+from projections.corporate_actions import SCHEMA as ACTIONS_SCHEMA
+from projections.corporate_actions import corporate_actions_projection
 from projections.offsets import applied_offsets
 from projections.redis_store import RedisProjection
+from projections.rotation import (
+    ROTATION_CONSUMER,
+    STRENGTH_CONSUMER,
+    SnapshotProjection,
+    rotation_projection,
+    strength_projection,
+)
+from projections.signals import CONSUMER as SIGNALS_CONSUMER
+from projections.signals import SCHEMA as SIGNALS_SCHEMA
+from projections.signals import signals_projection
 from schemas.codec import DecodeError, get_registry
 from schemas.fastbars import decode_bars
 from streams import runtime
@@ -97,6 +113,11 @@ class ProjectionSink:
         bars = BarsProjection(pool, redis)
         stats = stats_projection(pool, redis)
         correlations = correlation_projection(pool, redis)
+        alerts = AlertsProjection(pool, redis)
+        strength = strength_projection(pool, redis)
+        rotation = rotation_projection(pool, redis)
+        signals = signals_projection(pool, redis)
+        actions = corporate_actions_projection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -104,7 +125,11 @@ class ProjectionSink:
             if len(batch):
                 await bars.apply([records[i] for i in rows], batch)
 
-        def project_events(consumer: str, schema: str, projection: EventProjection) -> runtime.Handler:
+        def project_events(
+            consumer: str,
+            schema: str,
+            projection: EventProjection | SnapshotProjection | CorrelationProjection | AlertsProjection,
+        ) -> runtime.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
                 await self._dead_letter(records, failures, consumer, "DecodeError")
@@ -115,12 +140,30 @@ class ProjectionSink:
         topic = self.settings.topic
         return {
             topic("md.bars.1m"): Route(BARS_CONSUMER, project_bars),
+            topic("md.bars.1d"): Route(BARS_CONSUMER, project_bars),
+            topic("md.corporate_actions"): Route(
+                ACTIONS_CONSUMER, project_events(ACTIONS_CONSUMER, ACTIONS_SCHEMA, actions)
+            ),
             topic("analytics.stats"): Route(
                 STATS_CONSUMER, project_events(STATS_CONSUMER, "tidemark.analytics.SymbolStatsComputed", stats)
+            ),
+            topic("alerts"): Route(
+                ALERTS_CONSUMER, project_events(ALERTS_CONSUMER, "tidemark.risk.AlertRaised", alerts)
             ),
             topic("analytics.correlations"): Route(
                 CORRELATIONS_CONSUMER,
                 project_events(CORRELATIONS_CONSUMER, "tidemark.analytics.CorrelationSnapshotTaken", correlations),
+            ),
+            topic("analytics.currency_strength"): Route(
+                STRENGTH_CONSUMER,
+                project_events(STRENGTH_CONSUMER, "tidemark.analytics.CurrencyStrengthComputed", strength),
+            ),
+            topic("analytics.sector_rotation"): Route(
+                ROTATION_CONSUMER,
+                project_events(ROTATION_CONSUMER, "tidemark.analytics.SectorRotationComputed", rotation),
+            ),
+            topic("signals.patterns"): Route(
+                SIGNALS_CONSUMER, project_events(SIGNALS_CONSUMER, SIGNALS_SCHEMA, signals)
             ),
         }
 

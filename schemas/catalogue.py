@@ -58,6 +58,15 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "Per-minute bars: the market history discovery and replay read.",
     ),
     TopicSpec(
+        "md.bars.1d",
+        SYMBOL,
+        KEYED_PARTITIONS,
+        INFINITE,
+        "delete",
+        (_MD + "BarClosed",),
+        "Daily bars from historical backfills: long history at one bar per session.",
+    ),
+    TopicSpec(
         "md.trades",
         SYMBOL,
         KEYED_PARTITIONS,

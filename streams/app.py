@@ -47,7 +47,7 @@ def raw_topic(name: str) -> faust.TopicT:
 
 def load_agents() -> None:
     """Importing the agent modules registers them with ``app``."""
-    from streams.correlation import agent  # noqa: F401
+    from streams import agent  # noqa: F401
 
 
 dead_letters = raw_topic("dlq")

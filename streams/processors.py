@@ -24,12 +24,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class BarFrame:
-    """One decoded batch of bars of any symbols, in delivery order; ``partition`` is the source partition."""
+    """One decoded batch of bars of any symbols, in delivery order; ``partition`` is the source partition.
+
+    ``asset_class`` holds indices into ``schemas.bars.ASSET_CLASSES`` (the bar decoder's column); None only where
+    a caller built a frame without it, and then session-aware processors treat every bar as an equity's.
+    """
 
     partition: npt.NDArray[np.int32]
     symbol: npt.NDArray[np.object_]
     start_ns: npt.NDArray[np.int64]
     close: npt.NDArray[np.float64]
+    asset_class: npt.NDArray[np.int8] | None = None
 
     def __len__(self) -> int:
         return len(self.symbol)

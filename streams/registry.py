@@ -5,6 +5,9 @@ Each processing area adds its factory here; the agent keeps one table entry of s
 
 from __future__ import annotations
 
+from streams.correlation.factory import FACTORY as CORRELATION
+from streams.patterns.factory import FACTORY as PATTERNS
 from streams.processors import ProcessorFactory
+from streams.rotation.factory import CURRENCY_STRENGTH, SECTOR_ROTATION
 
-FACTORIES: list[ProcessorFactory] = []
+FACTORIES: list[ProcessorFactory] = [CORRELATION, CURRENCY_STRENGTH, SECTOR_ROTATION, PATTERNS]

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -14,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.settings import get_settings
 from tidemark.stack import stack_app
@@ -26,7 +28,11 @@ db_app = typer.Typer(help="The PostgreSQL projections.", no_args_is_help=True)
 query_app = typer.Typer(help="Query the projections.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
+app.command("backfill")(backfill_command)
+ingest_app.command("corporate-actions")(corporate_actions_command)
 app.add_typer(query_app, name="query")
+plot_app = typer.Typer(help="Pictures of the projections.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
@@ -100,12 +106,19 @@ def query_bars(
     interval: str = typer.Option("1m"),
     limit: int = typer.Option(20, min=1),
     as_json: bool = typer.Option(False, "--json"),
+    adjusted: bool = typer.Option(False, "--adjusted", help="adjust for splits and dividends (raw bars unchanged)"),
 ) -> None:
     """The most recent bars of SYMBOL."""
     from projections import read
 
-    rows = _run_db(lambda conn: read.bars(conn, symbol, interval, limit))
-    _emit(rows, f"{symbol} {interval} bars", as_json)
+    if not adjusted:
+        rows = _run_db(lambda conn: read.bars(conn, symbol, interval, limit))
+        _emit(rows, f"{symbol} {interval} bars", as_json)
+        return
+    rows, notes = _run_db(lambda conn: read.adjusted_bars(conn, symbol, interval, limit))
+    for note in notes:
+        err_console.print(f"[yellow]{note}[/yellow]")
+    _emit(rows, f"{symbol} {interval} bars, split- and dividend-adjusted", as_json)
 
 
 @query_app.command("stats")
@@ -122,25 +135,170 @@ def query_stats(
 
 @query_app.command("correlations")
 def query_correlations(
-    top: int = typer.Option(20, min=1),
+    top: int | None = typer.Option(None, min=1, help="the N most correlated pairs (the default, N=20)"),
+    bottom: int | None = typer.Option(None, min=1, help="the N least correlated pairs"),
+    symbol: str | None = typer.Option(None, help="this symbol's most and least correlated neighbours"),
+    clusters: bool = typer.Option(False, "--clusters", help="hierarchical clusters (average linkage)"),
+    min_correlation: float = typer.Option(0.5, help="with --clusters: the average correlation inside a cluster"),
+    weights: str | None = typer.Option(None, help="diversification ratio of SYM=w,SYM=w,..."),
     universe: str | None = typer.Option(None),
+    timeframe: str | None = typer.Option(None, help="1m or 1d (default: the latest, shortest minute window)"),
+    window: int | None = typer.Option(None, help="window length in bars of the timeframe"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The most strongly correlated pairs of the latest snapshot."""
-    from projections import read
+    """The latest correlation snapshot: extreme pairs, a symbol's neighbours, clusters or a diversification ratio."""
+    from projections import correlations, read
 
-    view = _run_db(lambda conn: read.latest_correlation(conn, universe))
+    async def load(conn: asyncpg.Connection) -> tuple[read.CorrelationView | None, dict[str, float]]:
+        view = await read.latest_correlation(conn, universe, timeframe, window)
+        return view, (await read.symbol_volatility(conn, view) if view is not None and weights else {})
+
+    view, volatility = _run_db(load)
     if view is None:
         _emit([], "correlations", as_json)
         return
-    pairs = read.top_pairs(view, top)
     if not as_json:
         console.print(
-            f"universe {view.universe}: {len(view.symbols)} symbols, {view.window_bars}-bar window as of "
-            f"{view.as_of:%Y-%m-%d %H:%M} UTC; average correlation {view.avg_correlation or float('nan'):.3f}, "
-            f"largest-eigenvalue share {view.eigen_share or float('nan'):.3f}"
+            f"universe {view.universe}: {len(view.symbols)} symbols, {view.window_bars}-bar {view.timeframe} window "
+            f"as of {view.as_of:%Y-%m-%d %H:%M} UTC; average correlation {_number(view.avg_correlation)}, "
+            f"largest-eigenvalue share {_number(view.eigen_share)}, "
+            f"equal-weight diversification ratio {_number(view.diversification_ratio)}"
         )
-    _emit(pairs, f"top {len(pairs)} pairs", as_json)
+    try:
+        if weights:
+            ratio, with_vols = correlations.diversification_ratio(
+                view.symbols, view.matrix, correlations.parse_weights(weights), volatility
+            )
+            basis = "window volatilities" if with_vols else "correlations only (no volatility for every symbol)"
+            _emit([{"weights": weights, "diversification_ratio": ratio, "basis": basis}], "diversification", as_json)
+        elif symbol:
+            rows = correlations.neighbours(view.symbols, view.matrix, symbol, top or bottom or 10)
+            _emit(rows, f"neighbours of {symbol}", as_json)
+        elif clusters:
+            found = correlations.clusters(view.symbols, view.matrix, min_correlation)
+            rows = [
+                {
+                    "cluster": i + 1,
+                    "size": len(c.members),
+                    "average_correlation": c.average_correlation,
+                    "members": " ".join(c.members),
+                }
+                for i, c in enumerate(found)
+            ]
+            _emit(rows, f"{len(rows)} clusters (average correlation >= {min_correlation:g})", as_json)
+        else:
+            rows = []
+            if top or not bottom:
+                rows += [
+                    {"side": "top", **p} for p in correlations.extreme_pairs(view.symbols, view.matrix, top or 20, True)
+                ]
+            if bottom:
+                rows += [
+                    {"side": "bottom", **p}
+                    for p in correlations.extreme_pairs(view.symbols, view.matrix, bottom, False)
+                ]
+            _emit(rows, "most and least correlated pairs", as_json)
+    except (KeyError, ValueError) as exc:
+        err_console.print(f"[red]{exc.args[0] if exc.args else exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@query_app.command("alerts")
+def query_alerts(
+    kind: str | None = typer.Option(None, help="a kind, or its prefix (e.g. correlation.)"),
+    since: str | None = typer.Option(None, help="only alerts at or after this ISO 8601 time"),
+    limit: int = typer.Option(50, min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The newest alerts: what moved, from what to what, and since when."""
+    from projections import read
+    from tidemark.ingest import parse_utc
+
+    since_ns = int(parse_utc(since).timestamp() * 1_000_000) * 1000 if since else None
+    rows = _run_db(lambda conn: read.alerts(conn, kind, since_ns, limit))
+    if not as_json:
+        rows = [{k: v for k, v in r.items() if k not in ("details", "event_id")} for r in rows]
+    _emit(rows, "alerts", as_json)
+
+
+@plot_app.command("correlations")
+def plot_correlations(
+    output: Path = typer.Option(..., "-o", "--output", help="the PNG to write"),
+    universe: str | None = typer.Option(None),
+    timeframe: str | None = typer.Option(None),
+    window: int | None = typer.Option(None),
+) -> None:
+    """A clustered heat map of the latest correlation snapshot."""
+    from projections import read
+    from tidemark.plots import correlation_heatmap
+
+    view = _run_db(lambda conn: read.latest_correlation(conn, universe, timeframe, window))
+    if view is None:
+        err_console.print("[yellow]no correlation snapshot yet[/yellow]")
+        raise typer.Exit(1)
+    correlation_heatmap(view, output)
+    console.print(f"wrote {output} ({len(view.symbols)} symbols, {view.timeframe}:{view.window_bars})")
+
+
+@query_app.command("currency-strength")
+def query_currency_strength(
+    basket: str | None = typer.Option(None, help="basket name (default: the most recent snapshot's)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Each currency's mean log return against the rest of its basket in the latest snapshot, strongest first."""
+    from projections import rotation
+
+    view = _run_db(lambda conn: rotation.latest_currency_strength(conn, basket))
+    _emit_snapshot(view, "basket", "currency strength", as_json)
+
+
+@query_app.command("sectors")
+def query_sectors(
+    universe: str | None = typer.Option(None, help="sector universe (default: the most recent snapshot's)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Sector rotation: relative strength and momentum against the benchmark, quadrant, and the snapshot before."""
+    from projections import rotation
+
+    view = _run_db(lambda conn: rotation.latest_sector_rotation(conn, universe))
+    _emit_snapshot(view, "universe", "sector rotation", as_json)
+
+
+@query_app.command("signals")
+def query_signals(
+    symbol: str | None = typer.Option(None, help="only patterns involving this symbol"),
+    family: str | None = typer.Option(None, help="MEAN_REVERSION, MOMENTUM or PAIRS_MEAN_REVERSION"),
+    timeframe: str | None = typer.Option(None, help="1m, 15m, 1h or 1d"),
+    limit: int = typer.Option(50, min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The latest signal of each pattern that survived the multiple-testing correction, newest first."""
+    from projections import signals
+
+    rows = _run_db(lambda conn: signals.latest_signals(conn, symbol, family and family.upper(), timeframe, limit))
+    if not as_json:
+        rows = [{k: v for k, v in r.items() if k not in ("params", "event_id", "correction")} for r in rows]
+    _emit(rows, "pattern signals", as_json)
+
+
+def _emit_snapshot(view: Any, kind: str, title: str, as_json: bool) -> None:
+    """A summary line and the ranked rows; as JSON, each row carries its snapshot's name and time."""
+    if view is None:
+        _emit([], title, as_json)
+        return
+    if as_json:
+        header = {kind: view.name, "as_of": view.as_of, "timeframe": view.timeframe, "window_bars": view.window_bars}
+        _emit([{**header, **row} for row in view.rows], title, as_json)
+        return
+    console.print(
+        f"{kind} {view.name}: {len(view.rows)} ranked, {view.window_bars}-bar {view.timeframe} window as of "
+        f"{view.as_of:%Y-%m-%d %H:%M} UTC"
+    )
+    _emit(view.rows, title, as_json)
 
 
 @app.command()

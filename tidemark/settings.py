@@ -83,8 +83,37 @@ class Settings(BaseSettings):
         description="symbols of the rolling correlation universe, comma separated",
     )
     universe_name: str = Field("core", description="name the universe's snapshots are published under")
-    correlation_window: int = Field(60, ge=3, description="bars in the rolling correlation window")
+    correlation_windows: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["1m:60", "1m:390", "1d:5", "1d:21"],
+        description="rolling correlation windows as TIMEFRAME:BARS (1m or 1d), comma separated",
+    )
+    correlation_min_coverage: float = Field(
+        0.5, gt=0, le=1, description="share of a window's returns a symbol needs to enter its matrix"
+    )
+    watched_pairs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="correlation alerts, e.g. SPY:XLK>0.9,EURUSD:GBPUSD<0.3"
+    )
+    alert_hysteresis: float = Field(0.05, ge=0, description="how far back past its threshold a pair re-arms")
+    regime_threshold: float = Field(0.1, gt=0, description="distance from the baseline that is a regime change")
+    regime_baseline: int = Field(8, ge=1, description="span in snapshots of the correlation baseline")
+    regime_metric: str = Field("mad", description="mad (mean absolute difference) or frobenius")
     snapshot_every: int = Field(15, ge=1, description="market minutes between correlation snapshots")
+    currency_basket: str = Field("G8", description="name the currency-strength snapshots are published under")
+    currency_pairs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [s for s in DEFAULT_UNIVERSE if len(s) == 6 and s.isalpha()],
+        description="FX pairs (BASEQUOTE) the currency strengths are computed from, comma separated",
+    )
+    strength_window: int = Field(60, ge=2, description="bars over which currency strength is measured")
+    sector_universe: str = Field("spdr_sectors", description="name the sector-rotation snapshots are published under")
+    sector_benchmark: str = Field("SPY", description="the broad market the sectors are measured against")
+    sector_etfs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [s for s in DEFAULT_UNIVERSE if s.startswith("XL")],
+        description="sector ETFs of the rotation view, comma separated",
+    )
+    rotation_window: int = Field(60, ge=1, description="bars of relative performance behind the RS-ratio")
+    rotation_momentum: int = Field(15, ge=1, description="bars over which the RS-momentum measures the RS-ratio's move")
+    rotation_top_k: int = Field(1, ge=1, description="a sector entering or leaving the top k is a rotation signal")
+    rotation_band: float = Field(0.25, ge=0, description="RS points around 100 within which a quadrant is kept")
     batch_size: int = Field(5000, ge=1)
     batch_within_s: float = Field(0.5, gt=0)
 
@@ -96,7 +125,7 @@ class Settings(BaseSettings):
     alpaca_secret_key: SecretStr | None = None
     alpaca_paper: bool = True
 
-    @field_validator("universe", mode="before")
+    @field_validator("universe", "currency_pairs", "sector_etfs", "correlation_windows", "watched_pairs", mode="before")
     @classmethod
     def _split_symbols(cls, value: object) -> object:
         if isinstance(value, str):

@@ -47,6 +47,9 @@ _VERSION = 1
 _HEADER = struct.Struct("<4sHIIIIqI")
 # Below this size a full symmetric eigendecomposition is as fast as Lanczos and always applicable.
 _LANCZOS_MIN_SIZE = 64
+# Columns sharing a pattern of present rows get block products when there are at least this many of them.
+_BLOCK_MIN_COLUMNS = 8
+_POWER_ITERATIONS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,13 +277,30 @@ class RollingWindow:
         as_of = (int(self._times[-1]) + 1) * self.bar_ns if rows else None
         return bars, as_of, closes, np.diff(np.log(closes), axis=0)
 
-    def stats(self, bars_per_year: float, window: int | None = None) -> SymbolStats:
-        """Per-symbol stats over the last ``window`` returns (default: the configured window)."""
+    def window_times(self, window: int | None = None) -> Int64:
+        """Grid times (in ``bar_ns`` units) of the closes ``_window`` returns: one more than the returns."""
+        bars = self.window if window is None else window
+        return self._times[max(self._times.size - bars - 1, 0) :].copy()
+
+    def stats(
+        self,
+        bars_per_year: float,
+        window: int | None = None,
+        *,
+        min_periods: int | None = None,
+        valid: npt.NDArray[np.bool_] | None = None,
+    ) -> SymbolStats:
+        """Per-symbol stats over the last ``window`` returns (default: the configured window).
+
+        ``valid`` (returns x symbols, as ``window_times`` lays them out) keeps only the returns a caller counts,
+        e.g. those inside each symbol's trading session; ``min_periods`` overrides the configured one.
+        """
         bars, as_of, closes, returns = self._window(window)
+        returns = _masked(returns, valid)
         count, total, centred = _moments(returns)
         var = np.einsum("ij,ij->j", centred, centred) / np.maximum(count - 1, 1)
         drawdown = np.fmax.reduce(1.0 - closes / np.fmax.accumulate(closes, axis=0), axis=0)
-        enough = count >= self._min_periods(window)
+        enough = count >= (min_periods or self._min_periods(window))
         nan = np.full(count.size, np.nan)
         vol = np.where(enough, np.sqrt(var), nan)
         return SymbolStats(
@@ -296,14 +316,25 @@ class RollingWindow:
             count=count,
         )
 
-    def correlation(self, window: int | None = None) -> CorrelationSnapshot:
-        """Correlation snapshot over the last ``window`` returns (default: the configured window)."""
+    def correlation(
+        self,
+        window: int | None = None,
+        *,
+        min_periods: int | None = None,
+        valid: npt.NDArray[np.bool_] | None = None,
+    ) -> CorrelationSnapshot:
+        """Correlation snapshot over the last ``window`` returns (default: the configured window).
+
+        ``valid`` and ``min_periods`` as in ``stats``; pairs then use the returns both symbols have.
+        """
         bars, as_of, _, returns = self._window(window)
+        returns = _masked(returns, valid)
         count, _, centred = _moments(returns)
         norm2 = np.einsum("ij,ij->j", centred, centred)
-        keep = np.flatnonzero((count >= self._min_periods(window)) & (norm2 > 0))
+        keep = np.flatnonzero((count >= (min_periods or self._min_periods(window))) & (norm2 > 0))
         x, count, norm2 = centred[:, keep], count[keep], norm2[keep]
-        matrix = _correlate(x, norm2, returns.shape[0] - count)
+        present = ~np.isnan(returns[:, keep])
+        matrix = _correlate(x, norm2, present)
         vol = np.sqrt(norm2 / (count - 1))
         return CorrelationSnapshot(
             as_of_ns=as_of,
@@ -364,31 +395,63 @@ def _moments(returns: Float64) -> tuple[Int64, Float64, Float64]:
     return count, total, np.where(valid, filled - total / np.maximum(count, 1), 0.0)
 
 
-def _correlate(x: Float64, norm2: Float64, first: Int64) -> Float64:
-    """Pearson matrix of centred columns: one BLAS product for full columns, pairwise sums for the rest.
+def _masked(returns: Float64, valid: npt.NDArray[np.bool_] | None) -> Float64:
+    return returns if valid is None else np.where(valid, returns, np.nan)
 
-    ``first`` is each column's first present row: returns are missing only before a symbol's first bar.
+
+def _correlate(x: Float64, norm2: Float64, present: npt.NDArray[np.bool_]) -> Float64:
+    """Pearson matrix of centred columns over the rows each pair has in common (``present``).
+
+    Columns are grouped by their pattern of present rows (a market's session, a full window): every pair of
+    large groups is one BLAS product over the rows both groups have, re-centred there; the columns of small
+    groups (late starters, odd gaps) go through the pairwise moment sums against every column.
     """
     z = x / np.sqrt(norm2)
-    matrix = z.T @ z  # one transposed self-product: numpy runs BLAS syrk, so it is exactly symmetric
-    p = np.flatnonzero(first > 0)
-    if p.size:
-        block = _pairwise(z, first, p)
-        block[p] = 0.5 * (block[p] + block[p].T)
-        matrix[:, p] = block
-        matrix[p, :] = block.T
+    if present.all():
+        matrix = z.T @ z  # one transposed self-product: numpy runs BLAS syrk, so it is exactly symmetric
+    else:
+        matrix = np.full((z.shape[1], z.shape[1]), np.nan)
+        patterns, group = np.unique(np.packbits(present, axis=0), axis=1, return_inverse=True)
+        members = [np.flatnonzero(group == g) for g in range(patterns.shape[1])]
+        large = [m for m in members if m.size >= _BLOCK_MIN_COLUMNS]
+        for i, a in enumerate(large):
+            for b in large[i:]:
+                block = _block(z, present, a, b)
+                matrix[np.ix_(a, b)] = block
+                matrix[np.ix_(b, a)] = block.T
+        p = np.concatenate([m for m in members if m.size < _BLOCK_MIN_COLUMNS] or [np.empty(0, np.intp)])
+        if p.size:
+            pairs = _pairwise(z, present.astype(np.float64), p)
+            pairs[p] = 0.5 * (pairs[p] + pairs[p].T)
+            matrix[:, p] = pairs
+            matrix[p, :] = pairs.T
     np.clip(matrix, -1.0, 1.0, out=matrix)
     np.fill_diagonal(matrix, 1.0)
     return matrix
 
 
-def _pairwise(z: Float64, first: Int64, p: IntP) -> Float64:
-    """Correlation of every column with columns ``p`` over the rows both have (missing rows are 0 in z).
+def _block(z: Float64, present: npt.NDArray[np.bool_], a: IntP, b: IntP) -> Float64:
+    """Correlation of columns ``a`` with ``b`` (each group fully present on its rows) over their common rows."""
+    rows = np.flatnonzero(present[:, a[0]] & present[:, b[0]])
+    if rows.size < 2:
+        return np.full((a.size, b.size), np.nan)
+    za = _unit(z[np.ix_(rows, a)])
+    zb = za if a is b else _unit(z[np.ix_(rows, b)])
+    return za.T @ zb
+
+
+def _unit(x: Float64) -> Float64:
+    centred = x - x.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit: Float64 = centred / np.sqrt(np.einsum("ij,ij->j", centred, centred))
+    return unit
+
+
+def _pairwise(z: Float64, m: Float64, p: IntP) -> Float64:
+    """Correlation of every column with columns ``p`` over the rows both have (missing rows are 0 in z and m).
 
     z is pre-centred per column, so the overlap sums below are small and the moment formula is stable.
     """
-    rows = np.arange(z.shape[0])[:, None]
-    m = (rows >= first).astype(np.float64)
     zp, mp = z[:, p], m[:, p]
     n = m.T @ mp
     sx = z.T @ mp
@@ -412,15 +475,35 @@ def _mean_off_diagonal(matrix: Float64) -> float:
 
 
 def _eigen_share(matrix: Float64) -> float:
-    """lambda_max / trace; Lanczos (ARPACK) for large matrices, a full eigvalsh for small ones."""
+    """lambda_max / trace: power iteration (a market factor usually dominates, so it converges in a few dozen
+    matrix-vector products), else Lanczos (ARPACK) for large matrices and a full eigvalsh for small ones."""
     n = matrix.shape[0]
     if n == 0 or np.isnan(matrix).any():
         return float("nan")
     if n < _LANCZOS_MIN_SIZE:
         top = float(np.linalg.eigvalsh(matrix)[-1])
     else:
-        top = float(eigsh(matrix, k=1, which="LA", return_eigenvectors=False, v0=np.ones(n))[0])
+        top = _power_iteration(matrix)
+        if np.isnan(top):
+            top = float(eigsh(matrix, k=1, which="LA", return_eigenvectors=False, v0=np.ones(n))[0])
     return top / float(np.trace(matrix))
+
+
+def _power_iteration(matrix: Float64) -> float:
+    """The largest eigenvalue (Rayleigh quotient) once it settles to 1e-12, else NaN; deterministic start."""
+    vector = np.full(matrix.shape[0], 1.0 / np.sqrt(matrix.shape[0]))
+    previous = np.nan
+    for _ in range(_POWER_ITERATIONS):
+        product = matrix @ vector
+        value = float(vector @ product)
+        norm = float(np.linalg.norm(product))
+        if norm == 0 or value <= 0:
+            return float("nan")
+        vector = product / norm
+        if abs(value - previous) <= 1e-12 * value:
+            return value
+        previous = value
+    return float("nan")
 
 
 def _shuffle(array: npt.NDArray[np.generic]) -> bytes:

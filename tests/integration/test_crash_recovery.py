@@ -28,10 +28,14 @@ CRASH_MINUTES = 1440
 
 _BARS = "SELECT symbol, interval, start_ts, open, high, low, close, volume, vwap, trade_count, source_offset FROM bars"
 _STATS = "SELECT * FROM symbol_stats"
-_SNAPSHOTS = (
-    "SELECT universe, timeframe, as_of, window_bars, observations, symbols, upper_triangle, avg_correlation,"
-    " eigen_share, diversification_ratio, event_id FROM correlation_snapshots"
+_SNAPSHOT_COLUMNS = (
+    "universe, timeframe, as_of, window_bars, observations, symbols, {}, avg_correlation, eigen_share,"
+    " diversification_ratio, event_id"
 )
+_SNAPSHOTS = f"SELECT {_SNAPSHOT_COLUMNS.format('upper_q')} FROM correlation_snapshots"
+_LATEST = f"SELECT {_SNAPSHOT_COLUMNS.format('upper_f64')} FROM correlation_latest"
+_ALERTS = "SELECT * FROM alerts"
+_SNAPSHOT_ORDER = ["timeframe", "window_bars", "as_of"]
 
 
 def table(dsn: str, query: str, order: list[str]) -> pd.DataFrame:
@@ -55,7 +59,9 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     assert total == len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
 
     dsn = isolated.postgres_dsn
-    snapshots = 95  # every 15 minutes from 00:15 to 23:45 of the day
+    # Minute windows (60, 390): every 15 minutes from 00:15 to 23:45 of the day (FX trades throughout); daily
+    # windows (5, 21): after the NYSE close (21:00 UTC) and the CME and FX closes (22:00 UTC).
+    snapshots = 95 * 2 + 2 * 2
     # First kill: while the bars projection is part-way through the topic.
     victim = start_worker()
     eventually(lambda: count(dsn, "bars") > 0, timeout=120, interval=0.02, what="the bars projection got going")
@@ -77,7 +83,14 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     eventually(lambda: count(reference.postgres_dsn, "correlation_snapshots") == snapshots, timeout=120)
     eventually(lambda: count(reference.postgres_dsn, "symbol_stats") == count(dsn, "symbol_stats"), timeout=60)
 
-    for query, order in ((_BARS, ["symbol", "start_ts"]), (_STATS, ["symbol"]), (_SNAPSHOTS, ["as_of"])):
+    compared = (
+        (_BARS, ["symbol", "start_ts"]),
+        (_STATS, ["symbol", "timeframe", "window_bars"]),
+        (_SNAPSHOTS, _SNAPSHOT_ORDER),
+        (_LATEST, _SNAPSHOT_ORDER),
+        (_ALERTS, ["event_id"]),
+    )
+    for query, order in compared:
         pd.testing.assert_frame_equal(table(dsn, query, order), table(reference.postgres_dsn, query, order))
     duplicates = fetch(dsn, "SELECT coalesce(sum(value), 0) AS n FROM projection_counters")[0]["n"]
     assert duplicates == 0, "offsets in the same transaction mean a redelivered bar is skipped, not re-inserted"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ import pytest
 import redis
 
 from connectors.synthetic.market import build_universe, generate_bars
+from projections.analytics import dequantise
 from schemas.bars import BarBatch
 from tests.services import eventually
 from tidemark.settings import Settings
@@ -113,10 +115,15 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     assert int(latest[b"start_ns"]) == last_spy.start_ns
     assert float(latest[b"close"]) == last_spy.close
 
-    # Snapshots every 15 market minutes from 13:15 to 15:45: the watermark reaches 15:59, not 16:00.
+    # Snapshots every 15 market minutes from 13:15 to 15:45 (the watermark reaches 15:59, not 16:00), for each
+    # minute window; no market closed a session before 16:00 UTC, so no daily window has a snapshot yet.
     boundaries = 11
+    per_window = "SELECT timeframe, window_bars, count(*) AS n FROM correlation_snapshots GROUP BY 1, 2 ORDER BY 1, 2"
     eventually(
-        lambda: count(isolated.postgres_dsn, "correlation_snapshots") == boundaries,
+        lambda: (
+            fetch(isolated.postgres_dsn, per_window)
+            == [{"timeframe": "1m", "window_bars": w, "n": boundaries} for w in (60, 390)]
+        ),
         timeout=60,
         what="every correlation snapshot projected",
     )
@@ -126,8 +133,8 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
 
     last = fetch(
         isolated.postgres_dsn,
-        "SELECT (extract(epoch FROM as_of) * 1e9)::bigint AS as_of_ns, symbols, upper_triangle, window_bars"
-        " FROM correlation_snapshots ORDER BY as_of DESC LIMIT 1",
+        "SELECT (extract(epoch FROM as_of) * 1e9)::bigint AS as_of_ns, symbols, upper_f64, window_bars"
+        " FROM correlation_latest WHERE timeframe = '1m' AND window_bars = 60",
     )[0]
     assert last["as_of_ns"] == int(pd.Timestamp("2025-03-03T15:45Z").value)
     symbols = list(last["symbols"])
@@ -136,18 +143,30 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     n = len(symbols)
     rows, cols = np.triu_indices(n, 1)
     reference_upper = reference.loc[symbols, symbols].to_numpy()[rows, cols]
-    np.testing.assert_allclose(np.asarray(last["upper_triangle"]), reference_upper, atol=1e-9)
+    np.testing.assert_allclose(np.frombuffer(last["upper_f64"], dtype="<f8"), reference_upper, atol=1e-9)
+    history = fetch(
+        isolated.postgres_dsn,
+        "SELECT upper_q FROM correlation_snapshots WHERE timeframe = '1m' AND window_bars = 60 ORDER BY as_of DESC",
+    )[0]
+    np.testing.assert_allclose(dequantise(history["upper_q"]), reference_upper, atol=0.5 / 32767 + 1e-12)
+    cached = redis.Redis.from_url(isolated.redis_url).hgetall(f"tm:correlations:{isolated.universe_name}:1m:60")
+    assert int(cached[b"as_of_ns"]) == last["as_of_ns"]
+    upper_f32 = np.frombuffer(base64.b64decode(cached[b"upper_triangle_f32le_base64"]), dtype="<f4")
+    np.testing.assert_allclose(upper_f32, reference_upper, atol=1e-6)
     top = pairs[0]
     assert top["correlation"] == pytest.approx(reference.loc[top["a"], top["b"]], abs=1e-9)
 
-    eventually(lambda: count(isolated.postgres_dsn, "symbol_stats") == len(isolated.universe), timeout=60)
-    spy = fetch(isolated.postgres_dsn, "SELECT window_return, last_close FROM symbol_stats WHERE symbol = 'SPY'")[0]
+    eventually(lambda: count(isolated.postgres_dsn, "symbol_stats") == 2 * len(isolated.universe), timeout=60)
+    spy = fetch(
+        isolated.postgres_dsn,
+        "SELECT window_return, last_close FROM symbol_stats WHERE symbol = 'SPY' AND window_bars = 60",
+    )[0]
     spy_closes = want[(want.symbol == "SPY") & (want.start_ns < last["as_of_ns"])].close.to_numpy()
     assert spy["last_close"] == spy_closes[-1]
     assert spy["window_return"] == pytest.approx(spy_closes[-1] / spy_closes[-61] - 1, rel=1e-12)
 
     stats = json.loads(run_cli("query", "stats", "SPY", "--json").stdout)
-    assert [row["symbol"] for row in stats] == ["SPY"]
+    assert [(row["symbol"], row["window_bars"]) for row in stats] == [("SPY", 60), ("SPY", 390)]
     listed = json.loads(run_cli("query", "bars", "SPY", "--limit", "3", "--json").stdout)
     assert [row["close"] for row in listed] == list(spy_all := want[want.symbol == "SPY"].close.to_numpy()[-3:])
     assert len(spy_all) == 3

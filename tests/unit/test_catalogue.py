@@ -10,6 +10,7 @@ from schemas.codec import get_registry
 DESIGN_TOPICS = (
     "md.bars.1s",
     "md.bars.1m",
+    "md.bars.1d",
     "md.trades",
     "md.corporate_actions",
     "broker.order_updates",
