@@ -189,6 +189,50 @@ def ingest_replay(
         raise typer.Exit(130)
 
 
+@ingest_app.command("polygon")
+def ingest_polygon(
+    symbols: str | None = typer.Option(None, help="comma-separated: AAPL, EURUSD (EUR/USD, C:EURUSD), MESZ5, FUT:MES"),
+    universe: Path | None = typer.Option(None, exists=True, dir_okay=False, help="file of symbols (# comments)"),
+    intervals: str = typer.Option("1s,1m", help="aggregates to stream: 1s, 1m or 1s,1m"),
+    trades: bool = typer.Option(False, help="also stream trades to md.trades"),
+    backfill: bool = typer.Option(True, help="fill the minute bars missed during a reconnect or restart via REST"),
+    progress: float = typer.Option(10.0, min=0.1, help="seconds between progress lines"),
+) -> None:
+    """Stream live aggregates (and trades) from Polygon's WebSocket feeds until Ctrl-C; each bar is published once."""
+    import asyncio
+
+    from rich.markup import escape
+
+    from connectors.polygon.live import LiveConnector, LiveOptions
+    from connectors.polygon.rest import PolygonAuthError
+    from connectors.polygon.symbols import Interval, parse_symbols
+
+    if (symbols is None) == (universe is None):
+        raise typer.BadParameter("give either --symbols or --universe")
+    try:
+        instruments = parse_symbols(universe.read_text().splitlines() if universe is not None else [symbols or ""])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    chosen: list[Interval] = []
+    for part in filter(None, (p.strip() for p in intervals.split(","))):
+        if part not in ("1s", "1m"):
+            raise typer.BadParameter(f"interval {part!r} is not 1s or 1m")
+        chosen.append("1s" if part == "1s" else "1m")
+    settings = get_settings()
+    options = LiveOptions(intervals=tuple(dict.fromkeys(chosen)), trades=trades, backfill=backfill, progress_s=progress)
+    with stop_on_signals() as stop:
+        try:
+            connector = LiveConnector(settings, instruments, options, stop=stop)
+            markets = ", ".join(f"{len(u)} {m}" for m, u in connector.universes.items())
+            console.print(f"streaming {markets} from {settings.polygon_ws_feed}; Ctrl-C stops", soft_wrap=True)
+            asyncio.run(connector.run())
+        except PolygonAuthError as exc:
+            console.print(f"[red]cannot stream from Polygon:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    connector.report()
+    console.print("stopped; every message was flushed", soft_wrap=True)
+
+
 def _partitions(settings: Settings, topic: str) -> int:
     from confluent_kafka.admin import AdminClient
 

@@ -3,8 +3,8 @@
 Bars wait in a pending buffer until the event-time ``SnapshotClock`` (the same market clock as the correlation
 processor: the partitions of the configured universe) says no earlier bar can still arrive; they are then applied
 to one ``BarGrid`` per (timeframe, market): 1-minute, 15-minute and hourly buckets (epoch aligned), and trading
-sessions from ``connectors.sessions`` for daily bars. Every ``SCAN_EVERY_MINUTES`` market minutes (boundary T, epoch aligned)
-one scan runs over the bars before T: each (timeframe, market) with a row it has not scanned yet — for daily
+sessions from ``connectors.sessions`` for daily bars. Every ``SCAN_EVERY_MINUTES`` market minutes (boundary T, epoch
+aligned) one scan runs over the bars before T: each (timeframe, market) with a row it has not scanned yet — for daily
 bars, a session that has closed by T — contributes a panel of the symbols with a complete window, and the
 scan's candidates are corrected as one family. A scan is a function of the bars before T alone, so the events
 (ids included) are the same whatever the batching, and after a restart.
