@@ -64,7 +64,7 @@ def reference_single(panel: Panel, column: int) -> tuple[float, float]:
     vr = var_c / var_a
     theta = sum((2 * (q - j) / q) ** 2 * n * (e**2 * (e**2).shift(j)).sum() / (e**2).sum() ** 2 for j in range(1, q))
     z = np.sqrt(n) * (vr - 1) / np.sqrt(theta)
-    _reference_extras(price, panel.bars_per_year)
+    _reference_extras(price, panel.bars_per_year, tf.lookback)
     t = sps.ttest_1samp(r, 0.0)
     momentum = np.sign(r.rolling(tf.lookback).sum().shift(1)) * r
     _sharpe_psr(momentum.iloc[tf.lookback :], panel.bars_per_year)
@@ -79,17 +79,18 @@ def reference_pair(panel: Panel, a: int, b: int) -> float:
         stat = coint(y, x, trend="c", maxlag=tf.adf_lags, autolag=None)[0]
     scale = stats.finite_sample_scale(len(y) - 1 - tf.adf_lags, 2)
     fit = OLS(y, add_constant(x)).fit()
-    _reference_extras(pd.Series(y - fit.params[1] * x - fit.params[0]), panel.bars_per_year)
+    _reference_extras(pd.Series(y - fit.params[1] * x - fit.params[0]), panel.bars_per_year, panel.timeframe.lookback)
     return float(mackinnonp(stat * scale, regression="c", N=2))
 
 
-def _reference_extras(series: pd.Series, bars_per_year: float) -> None:
+def _reference_extras(series: pd.Series, bars_per_year: float, lookback: int) -> None:
     """Half-life (OLS AR(1)), Hurst (polyfit), z-score and the mean-reversion trade's Sharpe and PSR."""
     values = series.to_numpy()
     OLS(np.diff(values), add_constant(values[:-1])).fit()
     lags = stats.hurst_lags(len(values))
     np.polyfit(np.log(lags), [np.log(np.std(values[lag:] - values[:-lag])) for lag in lags], 1)
-    z = (series - series.mean()) / series.std()
+    trailing = series.rolling(lookback)
+    z = (series - trailing.mean()) / trailing.std()
     _sharpe_psr((-z.shift(1) * series.diff()).dropna(), bars_per_year)
 
 

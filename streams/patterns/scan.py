@@ -256,7 +256,7 @@ def _detect(k: int, panel: Panel, config: ScanConfig) -> dict[str, Float64]:
 
     vr, z_vr = stats.variance_ratio(returns, tf.vr_q)
     hurst = stats.hurst(log_price)
-    reversion = stats.reversion_returns(log_price)
+    reversion = stats.reversion_returns(log_price, tf.lookback)
     single = {
         "family": np.full(n, MEAN_REVERSION, dtype=np.float64),
         "first": cols,
@@ -307,7 +307,7 @@ def _pairs(log_price: Float64, returns: Float64, panel: Panel, config: ScanConfi
     else:
         stat = p = beta = alpha = np.empty(0)
     spread = y - beta * x - alpha
-    trade = stats.reversion_returns(spread)
+    trade = stats.reversion_returns(spread, tf.lookback)
     return {
         "family": np.full(m, PAIRS, dtype=np.float64),
         "first": a.astype(np.float64),

@@ -215,11 +215,20 @@ def tsmom_returns(returns: Float64, lookback: int) -> Float64:
     return held
 
 
-def reversion_returns(series: Float64) -> Float64:
-    """Returns of the linear mean-reversion rule: hold ``-z_t`` units of the series (z over the window) for a bar."""
+def reversion_returns(series: Float64, lookback: int) -> Float64:
+    """Returns of the linear mean-reversion rule: hold ``-z_t`` units of the series for a bar.
+
+    ``z_t`` uses only the trailing ``lookback`` values up to t, never the window's own mean: a z-score against the
+    whole window knows where the series ends, which makes even a random walk look like it reverts.
+    """
+    if not 2 <= lookback < series.shape[0]:
+        raise ValueError("lookback must be between 2 and the number of values - 1")
+    trailing = np.lib.stride_tricks.sliding_window_view(series, lookback, axis=0)
+    mean = trailing.mean(axis=-1)
+    deviation = np.sqrt(((trailing - mean[..., None]) ** 2).sum(axis=-1) / (lookback - 1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = (series - series.mean(axis=0)) / series.std(axis=0, ddof=1)
-    held: Float64 = -z[:-1] * np.diff(series, axis=0)
+        z = (series[lookback - 1 :] - mean) / deviation
+    held: Float64 = -z[:-1] * np.diff(series[lookback - 1 :], axis=0)
     return held
 
 

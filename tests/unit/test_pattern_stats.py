@@ -179,12 +179,14 @@ def test_trading_rule_returns_match_a_direct_loop() -> None:
     r = np.diff(s, axis=0)
     lookback = 20
     mom = stats.tsmom_returns(r, lookback)
-    rev = stats.reversion_returns(s)
+    rev = stats.reversion_returns(s, lookback)
     for j in range(s.shape[1]):
         expected_mom = [np.sign(r[t - lookback : t, j].sum()) * r[t, j] for t in range(lookback, len(r))]
         np.testing.assert_allclose(mom[:, j], expected_mom, rtol=RTOL)
-        z = (s[:, j] - s[:, j].mean()) / s[:, j].std(ddof=1)
-        np.testing.assert_allclose(rev[:, j], [-z[t] * (s[t + 1, j] - s[t, j]) for t in range(len(s) - 1)], rtol=RTOL)
+        trailing = pd.Series(s[:, j]).rolling(lookback)
+        z = ((s[:, j] - trailing.mean()) / trailing.std(ddof=1)).to_numpy()
+        expected_rev = [-z[t] * (s[t + 1, j] - s[t, j]) for t in range(lookback - 1, len(s) - 1)]
+        np.testing.assert_allclose(rev[:, j], expected_rev, rtol=1e-7)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
