@@ -164,17 +164,16 @@ class RollingProcessor:
         self._pending_close = self._pending_close[keep]
         usable = np.isfinite(close) & (close > 0)
         column, start, close = column[usable], start[usable], close[usable]
-        symbols = np.asarray(self.universe, dtype=object)[column]
         labels = self._labels(column, start)
         if self.minute is not None:
-            self.minute.update(symbols, start, close)
+            self.minute.update_columns(column, start, close)
             if fresh:
                 self._minute_fresh += int(np.count_nonzero(labels >= 0))
         if self.daily is not None:
             # A day's close is its latest bar: an older bar (redelivered, late) never replaces a newer one.
             take = (labels >= 0) & (start > self._daily_last_ns[column])
             if take.any():
-                self.daily.update(symbols[take], labels[take] * NS_PER_DAY, close[take])
+                self.daily.update_columns(column[take], labels[take] * NS_PER_DAY, close[take])
                 np.maximum.at(self._daily_last_ns, column[take], start[take])
                 if fresh:
                     self._daily_fresh += int(np.count_nonzero(take))

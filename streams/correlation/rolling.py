@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numba
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse.linalg import eigsh
+from scipy.linalg import eigh_tridiagonal
 
 Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]
@@ -49,7 +50,9 @@ _HEADER = struct.Struct("<4sHIIIIqI")
 _LANCZOS_MIN_SIZE = 64
 # Columns sharing a pattern of present rows get block products when there are at least this many of them.
 _BLOCK_MIN_COLUMNS = 8
-_POWER_ITERATIONS = 300
+# Lanczos steps before giving up for a full eigvalsh; a dominant factor needs a handful, a flat spectrum a few dozen.
+_LANCZOS_STEPS = 120
+_LANCZOS_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,9 @@ class RollingWindow:
 
     Raw observations are kept (not running sums) so that late and repeated bars land exactly and the
     outputs are bit-identical whatever the batching; a full recomputation at U=1000 costs a few ms of
-    BLAS, paid once per snapshot rather than per bar.
+    BLAS, paid once per snapshot rather than per bar. The rows live in a buffer with ``capacity`` rows of
+    headroom, so a new grid time (the usual case: one more minute) is appended and the oldest row dropped
+    without copying the window.
     """
 
     def __init__(
@@ -183,7 +188,10 @@ class RollingWindow:
         self._column = {symbol: i for i, symbol in enumerate(universe)}
         size = len(universe)
         self._times: Int64 = np.empty(0, dtype=np.int64)
-        self._obs: Float64 = np.empty((0, size), dtype=np.float64)
+        self._buffer: Float64 = np.empty((0, size), dtype=np.float64)
+        self._first = 0  # buffer row of the oldest grid time
+        # The last window built, for the stats and correlation of one snapshot; any update invalidates it.
+        self._built: tuple[int, int | None, Float64, Float64] | None = None
         self._base_close: Float64 = np.full(size, np.nan)
         self._base_time: Int64 = np.full(size, _NO_TIME, dtype=np.int64)
 
@@ -192,13 +200,24 @@ class RollingWindow:
         return self.window + 1
 
     @property
+    def _obs(self) -> Float64:
+        """Closes delivered per grid time (rows) and symbol; NaN where none."""
+        return self._buffer[self._first : self._first + self._times.size]
+
+    @property
     def latest_ns(self) -> int | None:
         return int(self._times[-1]) * self.bar_ns if self._times.size else None
 
     def update(self, symbols: Objects, start_ns: Int64, close: Float64) -> UpdateResult:
         """Apply a batch of bars (parallel columns) and report how market time moved."""
+        return self.update_columns(
+            np.fromiter((self._column.get(s, -1) for s in symbols), np.intp, len(symbols)), start_ns, close
+        )
+
+    def update_columns(self, column: IntP, start_ns: Int64, close: Float64) -> UpdateResult:
+        """``update`` of bars whose symbols are given as universe columns (-1: not in the universe)."""
         previous = self.latest_ns
-        column = np.fromiter((self._column.get(s, -1) for s in symbols), np.intp, len(symbols))
+        self._built = None
         usable = (column >= 0) & np.isfinite(close) & (close > 0)
         ignored = int(usable.size - np.count_nonzero(usable))
         col, time, value = self._last_per_key(
@@ -244,9 +263,18 @@ class RollingWindow:
 
     def _insert_times(self, new_times: Int64) -> None:
         times = np.union1d(self._times, new_times)
-        obs = np.full((times.size, self.universe.size), np.nan)
-        obs[np.searchsorted(times, self._times)] = self._obs
-        self._times, self._obs = times, obs
+        rows = self._times.size
+        if rows and new_times[0] < self._times[-1]:
+            buffer = np.full((times.size + self.capacity, self.universe.size), np.nan)
+            buffer[np.searchsorted(times, self._times)] = self._obs
+            self._buffer, self._first = buffer, 0
+        else:  # appended after the latest grid time
+            if self._first + times.size > self._buffer.shape[0]:
+                buffer = np.empty((max(times.size, self.capacity) + self.capacity, self.universe.size))
+                buffer[:rows] = self._obs
+                self._buffer, self._first = buffer, 0
+            self._buffer[self._first + rows : self._first + times.size] = np.nan
+        self._times = times
 
     def _drop_oldest(self) -> None:
         """Fold grid rows beyond capacity into the carried close before the window."""
@@ -259,23 +287,21 @@ class RollingWindow:
         self._base_close[cols] = old[last[cols], cols]
         self._base_time[cols] = self._times[last[cols]]
         self._times = self._times[drop:].copy()
-        self._obs = self._obs[drop:].copy()
+        self._first += drop
 
     def _window(self, window: int | None) -> tuple[int, int | None, Float64, Float64]:
-        """(bars, as-of ns, carried-forward closes, log returns) of the last ``window`` grid steps."""
+        """(bars, as-of ns, carried-forward closes, their logs) of the last ``window`` grid steps."""
         bars = self.window if window is None else window
         if not 2 <= bars <= self.window:
             raise ValueError("window must be between 2 and the configured window")
-        rows = self._times.size
-        if not rows:
-            closes = self._base_close[None, :].copy()
-        else:
-            seen = np.where(np.isnan(self._obs), -1, np.arange(rows)[:, None])
-            seen = np.maximum.accumulate(seen, axis=0)[max(rows - bars - 1, 0) :]
-            closes = np.take_along_axis(self._obs, np.maximum(seen, 0), axis=0)
-            closes = np.where(seen >= 0, closes, self._base_close)
-        as_of = (int(self._times[-1]) + 1) * self.bar_ns if rows else None
-        return bars, as_of, closes, np.diff(np.log(closes), axis=0)
+        if self._built is None or self._built[0] != bars:
+            rows = self._times.size
+            closes = _carried(self._obs, self._base_close, max(rows - bars - 1, 0))
+            as_of = (int(self._times[-1]) + 1) * self.bar_ns if rows else None
+            logs = np.log(closes)
+            closes.flags.writeable = logs.flags.writeable = False  # shared by the callers until the next update
+            self._built = (bars, as_of, closes, logs)
+        return self._built
 
     def window_times(self, window: int | None = None) -> Int64:
         """Grid times (in ``bar_ns`` units) of the closes ``_window`` returns: one more than the returns."""
@@ -295,11 +321,10 @@ class RollingWindow:
         ``valid`` (returns x symbols, as ``window_times`` lays them out) keeps only the returns a caller counts,
         e.g. those inside each symbol's trading session; ``min_periods`` overrides the configured one.
         """
-        bars, as_of, closes, returns = self._window(window)
-        returns = _masked(returns, valid)
-        count, total, centred = _moments(returns)
-        var = np.einsum("ij,ij->j", centred, centred) / np.maximum(count - 1, 1)
-        drawdown = np.fmax.reduce(1.0 - closes / np.fmax.accumulate(closes, axis=0), axis=0)
+        bars, as_of, closes, logs = self._window(window)
+        count, total, _, _, norm2 = _centred_returns(logs, *_mask(valid))
+        var = norm2 / np.maximum(count - 1, 1)
+        drawdown = _max_drawdown(closes)
         enough = count >= (min_periods or self._min_periods(window))
         nan = np.full(count.size, np.nan)
         vol = np.where(enough, np.sqrt(var), nan)
@@ -327,19 +352,18 @@ class RollingWindow:
 
         ``valid`` and ``min_periods`` as in ``stats``; pairs then use the returns both symbols have.
         """
-        bars, as_of, _, returns = self._window(window)
-        returns = _masked(returns, valid)
-        count, _, centred = _moments(returns)
-        norm2 = np.einsum("ij,ij->j", centred, centred)
+        bars, as_of, _, logs = self._window(window)
+        count, _, x, present, norm2 = _centred_returns(logs, *_mask(valid))
         keep = np.flatnonzero((count >= (min_periods or self._min_periods(window))) & (norm2 > 0))
-        x, count, norm2 = centred[:, keep], count[keep], norm2[keep]
-        present = ~np.isnan(returns[:, keep])
-        matrix = _correlate(x, norm2, present)
+        if keep.size < count.size:
+            x, count, norm2, present = x[:, keep], count[keep], norm2[keep], present[:, keep]
+        x /= np.sqrt(norm2)
+        matrix = _correlate(x, None if (count == x.shape[0]).all() else present)
         vol = np.sqrt(norm2 / (count - 1))
         return CorrelationSnapshot(
             as_of_ns=as_of,
             window_bars=bars,
-            observations=returns.shape[0],
+            observations=logs.shape[0] - 1,
             symbol=self.universe[keep],
             count=count,
             volatility=vol,
@@ -382,33 +406,88 @@ class RollingWindow:
         state._times = _unshuffle(raw[cut[0] : cut[1]], np.int64).reshape(rows)
         state._base_time = _unshuffle(raw[cut[1] : cut[2]], np.int64)
         state._base_close = _unshuffle(raw[cut[2] : cut[3]], np.float64)
-        state._obs = _unshuffle(raw[cut[3] : cut[4]], np.float64).reshape(rows, size)
+        state._buffer = _unshuffle(raw[cut[3] : cut[4]], np.float64).reshape(rows, size)
         return state
 
 
-def _moments(returns: Float64) -> tuple[Int64, Float64, Float64]:
-    """Valid count, sum, and returns centred on their mean with missing set to 0, per column."""
-    valid = ~np.isnan(returns)
-    count = valid.sum(axis=0).astype(np.int64)
-    filled = np.where(valid, returns, 0.0)
-    total = filled.sum(axis=0)
-    return count, total, np.where(valid, filled - total / np.maximum(count, 1), 0.0)
+@numba.njit(cache=True)
+def _carried(obs: Float64, base: Float64, start: int) -> Float64:
+    """Closes of rows ``start`` on, a missing one carrying the previous (before row 0: ``base``); one pass."""
+    rows, cols = obs.shape
+    closes = np.empty((max(rows - start, 1), cols))
+    last = base.copy()
+    closes[0] = last
+    for i in range(rows):
+        for j in range(cols):
+            if not np.isnan(obs[i, j]):
+                last[j] = obs[i, j]
+        if i >= start:
+            closes[i - start] = last
+    return closes
 
 
-def _masked(returns: Float64, valid: npt.NDArray[np.bool_] | None) -> Float64:
-    return returns if valid is None else np.where(valid, returns, np.nan)
+def _mask(valid: npt.NDArray[np.bool_] | None) -> tuple[npt.NDArray[np.bool_], bool]:
+    """(mask, apply it): the numba kernel takes an array either way."""
+    return (np.ones((1, 1), np.bool_), False) if valid is None else (valid, True)
 
 
-def _correlate(x: Float64, norm2: Float64, present: npt.NDArray[np.bool_]) -> Float64:
-    """Pearson matrix of centred columns over the rows each pair has in common (``present``).
+@numba.njit(cache=True)
+def _centred_returns(
+    logs: Float64, valid: npt.NDArray[np.bool_], masked: bool
+) -> tuple[Int64, Float64, Float64, npt.NDArray[np.bool_], Float64]:
+    """Per column: count and sum of the returns present (not NaN, ``valid`` if ``masked``), the returns centred on
+    their mean with missing ones 0, which are present, and the centred sum of squares. Two passes, no temporaries."""
+    rows, cols = logs.shape[0] - 1, logs.shape[1]
+    count = np.zeros(cols, np.int64)
+    total = np.zeros(cols)
+    centred = np.zeros((rows, cols))
+    present = np.zeros((rows, cols), np.bool_)
+    for i in range(rows):
+        for j in range(cols):
+            value = logs[i + 1, j] - logs[i, j]
+            if not np.isnan(value) and (not masked or valid[i, j]):
+                present[i, j] = True
+                count[j] += 1
+                total[j] += value
+                centred[i, j] = value
+    mean = total / np.maximum(count, 1)
+    norm2 = np.zeros(cols)
+    for i in range(rows):
+        for j in range(cols):
+            if present[i, j]:
+                value = centred[i, j] - mean[j]
+                centred[i, j] = value
+                norm2[j] += value * value
+    return count, total, centred, present, norm2
+
+
+@numba.njit(cache=True)
+def _max_drawdown(closes: Float64) -> Float64:
+    """Largest fall from the running peak per column, NaN-skipping like ``np.fmax``; one pass."""
+    peak = np.full(closes.shape[1], np.nan)
+    worst = np.full(closes.shape[1], np.nan)
+    for i in range(closes.shape[0]):
+        for j in range(closes.shape[1]):
+            close = closes[i, j]
+            if np.isnan(peak[j]) or close > peak[j]:
+                peak[j] = close
+            fall = 1.0 - close / peak[j]
+            if np.isnan(worst[j]) or fall > worst[j]:
+                worst[j] = fall
+    return worst
+
+
+def _correlate(z: Float64, present: npt.NDArray[np.bool_] | None) -> Float64:
+    """Pearson matrix of centred unit columns over the rows each pair has in common (``present``; None: all).
 
     Columns are grouped by their pattern of present rows (a market's session, a full window): every pair of
     large groups is one BLAS product over the rows both groups have, re-centred there; the columns of small
     groups (late starters, odd gaps) go through the pairwise moment sums against every column.
     """
-    z = x / np.sqrt(norm2)
-    if present.all():
-        matrix = z.T @ z  # one transposed self-product: numpy runs BLAS syrk, so it is exactly symmetric
+    if present is None or (present == present[:, :1]).all():
+        # Every column has the same rows (zero elsewhere) and is centred and unit there: one transposed self-product,
+        # which numpy runs as BLAS syrk, so it is exactly symmetric.
+        matrix = z.T @ z
     else:
         matrix = np.full((z.shape[1], z.shape[1]), np.nan)
         patterns, group = np.unique(np.packbits(present, axis=0), axis=1, return_inverse=True)
@@ -432,12 +511,13 @@ def _correlate(x: Float64, norm2: Float64, present: npt.NDArray[np.bool_]) -> Fl
 
 def _block(z: Float64, present: npt.NDArray[np.bool_], a: IntP, b: IntP) -> Float64:
     """Correlation of columns ``a`` with ``b`` (each group fully present on its rows) over their common rows."""
+    if a is b:  # the group's own rows, where its columns are already centred and unit
+        za = z[:, a]
+        return za.T @ za
     rows = np.flatnonzero(present[:, a[0]] & present[:, b[0]])
     if rows.size < 2:
         return np.full((a.size, b.size), np.nan)
-    za = _unit(z[np.ix_(rows, a)])
-    zb = za if a is b else _unit(z[np.ix_(rows, b)])
-    return za.T @ zb
+    return _unit(z[np.ix_(rows, a)]).T @ _unit(z[np.ix_(rows, b)])
 
 
 def _unit(x: Float64) -> Float64:
@@ -475,35 +555,40 @@ def _mean_off_diagonal(matrix: Float64) -> float:
 
 
 def _eigen_share(matrix: Float64) -> float:
-    """lambda_max / trace: power iteration (a market factor usually dominates, so it converges in a few dozen
-    matrix-vector products), else Lanczos (ARPACK) for large matrices and a full eigvalsh for small ones."""
+    """lambda_max / trace: Lanczos for large matrices, a full eigvalsh for small ones."""
     n = matrix.shape[0]
     if n == 0 or np.isnan(matrix).any():
         return float("nan")
-    if n < _LANCZOS_MIN_SIZE:
-        top = float(np.linalg.eigvalsh(matrix)[-1])
-    else:
-        top = _power_iteration(matrix)
-        if np.isnan(top):
-            top = float(eigsh(matrix, k=1, which="LA", return_eigenvectors=False, v0=np.ones(n))[0])
+    top = float(np.linalg.eigvalsh(matrix)[-1]) if n < _LANCZOS_MIN_SIZE else _largest_eigenvalue(matrix)
     return top / float(np.trace(matrix))
 
 
-def _power_iteration(matrix: Float64) -> float:
-    """The largest eigenvalue (Rayleigh quotient) once it settles to 1e-12, else NaN; deterministic start."""
-    vector = np.full(matrix.shape[0], 1.0 / np.sqrt(matrix.shape[0]))
-    previous = np.nan
-    for _ in range(_POWER_ITERATIONS):
-        product = matrix @ vector
-        value = float(vector @ product)
-        norm = float(np.linalg.norm(product))
-        if norm == 0 or value <= 0:
-            return float("nan")
-        vector = product / norm
-        if abs(value - previous) <= 1e-12 * value:
-            return value
-        previous = value
-    return float("nan")
+def _largest_eigenvalue(matrix: Float64) -> float:
+    """Lanczos with full reorthogonalisation from a fixed start (so deterministic): the largest Ritz value once its
+    residual is below ``_LANCZOS_TOLERANCE`` of it, or once the Krylov space is invariant (a low-rank matrix: a
+    window shorter than the universe); a full eigvalsh if it has not settled in ``_LANCZOS_STEPS``.
+
+    Unlike power iteration it does not stall when the top eigenvalues are close (no dominant factor).
+    """
+    n = matrix.shape[0]
+    steps = min(n, _LANCZOS_STEPS)
+    basis = np.empty((steps, n))
+    alpha, beta = np.empty(steps), np.empty(steps)
+    start = 1.0 + 0.5 * np.cos(np.arange(n))  # mostly the market direction, but not an eigenvector of a block matrix
+    basis[0] = start / np.linalg.norm(start)
+    for j in range(steps):
+        product = matrix @ basis[j]
+        alpha[j] = basis[j] @ product
+        known = basis[: j + 1]
+        product -= known.T @ (known @ product)
+        product -= known.T @ (known @ product)  # twice is enough to keep the basis orthogonal to rounding
+        beta[j] = np.linalg.norm(product)
+        ritz, vectors = eigh_tridiagonal(alpha[: j + 1], beta[:j])
+        if beta[j] * abs(vectors[-1, -1]) <= _LANCZOS_TOLERANCE * abs(ritz[-1]):
+            return float(ritz[-1])
+        if j + 1 < steps:
+            basis[j + 1] = product / beta[j]
+    return float(np.linalg.eigvalsh(matrix)[-1])
 
 
 def _shuffle(array: npt.NDArray[np.generic]) -> bytes:
@@ -513,4 +598,4 @@ def _shuffle(array: npt.NDArray[np.generic]) -> bytes:
 
 def _unshuffle(raw: bytes, dtype: type[_Scalar]) -> npt.NDArray[_Scalar]:
     planes = np.frombuffer(raw, dtype=np.uint8).reshape(8, -1)
-    return np.ascontiguousarray(planes.T).view(dtype).reshape(-1)
+    return planes.T.copy().view(dtype).reshape(-1)  # a copy, so the state is writable

@@ -111,6 +111,50 @@ def test_correlation_matches_pandas_and_numpy(
 
 
 @pytest.mark.parametrize(
+    ("n_symbols", "window", "factor"),
+    [(100, 30, 0.0), (100, 150, 0.0), (70, 40, 1.0), (120, 90, 0.3)],  # flat spectra, low rank, a dominant factor
+)
+def test_eigen_share_matches_a_full_eigendecomposition(n_symbols: int, window: int, factor: float) -> None:
+    rng = np.random.default_rng(window)
+    returns = factor * rng.normal(0, 1e-3, (window + 1, 1)) * rng.uniform(0.3, 1.5, n_symbols)
+    closes = 100 * np.exp(np.cumsum(returns + rng.normal(0, 1e-3, returns.shape), axis=0))
+    universe = universe_of(n_symbols)
+    state = RollingWindow(universe, window)
+    state.update(
+        np.tile(np.array(universe, dtype=object), window + 1),
+        np.repeat(T0 + np.arange(window + 1, dtype=np.int64) * MINUTE_NS, n_symbols),
+        closes.ravel(),
+    )
+    snap = state.correlation()
+    assert len(snap.symbol) == n_symbols
+    assert snap.eigen_share == pytest.approx(np.linalg.eigvalsh(snap.matrix)[-1] / n_symbols, rel=1e-12)
+
+
+@pytest.mark.parametrize("sub_window", [None, 25])
+def test_masked_groups_and_odd_columns_match_pandas_pairwise(sub_window: int | None) -> None:
+    """Columns sharing a mask (markets' sessions) are BLAS blocks re-centred on the rows two groups share; odd
+    columns go through pairwise sums; a single shared mask is one product. All equal pandas' pairwise corr."""
+    universe, window = universe_of(40), 40
+    bars = make_bars(40, 2 * window, seed=7, gap_rate=0.0, outsiders=0)
+    state = RollingWindow(universe, window, 10)
+    feed(state, bars, 500)
+    rows = sub_window or window
+    rets = reference_returns(bars, universe).iloc[-rows:]
+    valid = np.ones(rets.shape, dtype=bool)
+    valid[: rows // 4, :12] = False  # a group of 12 that opens late
+    valid[-rows // 5 :, 12:22] = False  # a group of 10 that closes early
+    valid[rows // 3 : rows // 2, 22:32] = False  # a group of 10 with a midday break
+    valid[:, 32:35] = np.random.default_rng(7).random((rows, 3)) > 0.3  # odd gaps
+    for mask in (valid, np.repeat(valid[:, :1], 40, axis=1)):
+        snap = state.correlation(sub_window, min_periods=10, valid=mask)
+        expected = rets.where(mask).corr(min_periods=10)
+        assert list(snap.symbol) == universe
+        np.testing.assert_allclose(snap.matrix, expected.to_numpy(), rtol=0, atol=TOL)
+        np.testing.assert_array_equal(snap.matrix, snap.matrix.T)
+        np.testing.assert_array_equal(snap.count, mask.sum(axis=0))
+
+
+@pytest.mark.parametrize(
     ("window", "sub_window", "min_periods", "gap_rate"),
     [(30, None, None, 0.0), (60, 20, 10, 0.2), (60, None, 40, 0.5), (90, 45, 45, 0.1)],
 )
