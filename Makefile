@@ -11,7 +11,7 @@ STACK := $(TIDEMARK) stack
 UV_VERSION := 0.13.9
 # Modules that must stay free of Kafka/database imports and pass `mypy --strict`; extend as they appear.
 PURE_MODULES := schemas/ streams/correlation/rolling.py streams/correlation/clock.py streams/correlation/processor.py \
-  streams/correlation/alerts.py streams/host.py \
+  streams/correlation/alerts.py streams/host.py streams/checkpoints.py \
   streams/deadletter.py connectors/synthetic/market.py connectors/replay.py projections/consumed.py \
   connectors/sessions.py connectors/polygon/symbols.py connectors/polygon/normalise.py \
   streams/rotation/ranks.py streams/rotation/strength.py streams/rotation/sectors.py \

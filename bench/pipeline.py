@@ -124,7 +124,7 @@ async def _count_bars(dsn: str) -> int:
 
 def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Figure]:
     """From the worker's first projected bar: until the last is projected (decoded, written, offsets committed in
-    the same transaction), and until the Faust rolling-statistics agent has committed the whole topic."""
+    the same transaction), and until the analytics runner has committed the whole topic (its group is the app id)."""
     database = f"bench_{tag}"
 
     async def prepare() -> str:
@@ -137,9 +137,7 @@ def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Fig
         return dsn
 
     dsn = asyncio.run(prepare())
-    env = settings.model_copy(
-        update={"app_id": f"bench-{tag}", "postgres_dsn": dsn, "store": "memory://"}
-    ).environment()
+    env = settings.model_copy(update={"app_id": f"bench-{tag}", "postgres_dsn": dsn}).environment()
     log = open(REPO / ".tidemark" / f"bench-worker-{tag}.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "-m", "tidemark.cli", "worker"], env=env, stdout=log, stderr=log)
     try:
@@ -161,11 +159,9 @@ def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Fig
         bars_topic = [settings.topic("md.bars.1m")]
         while consumer_lag(settings.kafka_bootstrap, f"bench-{tag}", bars_topic) > 0:
             if time.monotonic() > deadline:
-                raise TimeoutError("the rolling-statistics agent did not catch up in 600 s")
+                raise TimeoutError("the analytics runner did not catch up in 600 s")
             time.sleep(0.1)
-        agent = Figure(
-            "  of which the Faust rolling-stats agent", expected - first_count, time.perf_counter() - first_at
-        )
+        agent = Figure("  of which the analytics runner", expected - first_count, time.perf_counter() - first_at)
         return projected, agent
     finally:
         worker.terminate()

@@ -98,6 +98,8 @@ class ProjectionSink:
                 "group.id": f"{settings.app_id}-projections",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                # The analytics runner's outputs are transactional: only committed ones are projected.
+                "isolation.level": "read_committed",
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
             }

@@ -4,7 +4,8 @@ Partition counts follow one rule: topics read together by a stateful processor m
 Symbol- and strategy-keyed topics use ``KEYED_PARTITIONS`` (8, Faust's default ``topic_partitions``, which
 also sizes its changelog topics). Account-keyed topics share ``ACCOUNT_PARTITIONS`` so the rebalancer and
 risk can join them. Topics with only a handful of keys (universes, the DLQ, alerts) get one partition, which
-keeps them totally ordered.
+keeps them totally ordered. Topics without a value schema are internal (state, not events) and outside the
+event contract.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class TopicSpec:
     value_schemas: tuple[str, ...]
     doc: str
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    extra_config: tuple[tuple[str, str], ...] = ()
 
 
 _MD = "tidemark.marketdata."
@@ -239,6 +241,19 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "Messages that could not be decoded or validated, with their original bytes.",
         max_message_bytes=2 * DEFAULT_MAX_MESSAGE_BYTES + 65536,
     ),
+    TopicSpec(
+        "analytics.checkpoints",
+        "app id/processor name (UTF-8)",
+        1,
+        INFINITE,
+        "compact",
+        (),
+        "Internal, not an event: the analytics runner's processor states (raw bytes), committed in the same"
+        " transaction as its outputs and input offsets. Compacted to the last state per processor; small segments"
+        " so that the cleaner keeps up with a checkpoint every second.",
+        max_message_bytes=64 * 1024 * 1024,
+        extra_config=(("segment.bytes", str(64 * 1024 * 1024)), ("min.cleanable.dirty.ratio", "0.1")),
+    ),
 )
 
 _BY_NAME = {spec.name: spec for spec in CATALOGUE}
@@ -263,4 +278,5 @@ def kafka_config(spec: TopicSpec) -> dict[str, str]:
         "message.timestamp.type": "CreateTime",
         # Keep whatever compression the producer chose instead of recompressing on the broker.
         "compression.type": "producer",
+        **dict(spec.extra_config),
     }

@@ -1,6 +1,6 @@
 """The analytics host as pure logic: decoded bar batches in, every registered processor fed, events and state out.
 
-The transport (``streams/agent.py``) reads the records, and publishes what this returns; nothing here touches
+The transport (``streams/runner.py``) reads the records, and publishes what this returns; nothing here touches
 Kafka, so the host's guarantees (each processor fed the same frame, state restored or started over by name, one
 bad processor never stopping the others' state from being kept) are unit-tested without a broker.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from projections.consumed import Consumed
 from schemas.bars import BarBatch
 from streams.processors import BarFrame, BarProcessor, Emitted, ProcessorFactory
 
@@ -25,10 +25,10 @@ log = logging.getLogger("tidemark.streams.host")
 StateLoader = Callable[[str], bytes | None]
 
 
-def bar_frame(records: Sequence[Consumed], bars: BarBatch, rows: Sequence[int]) -> BarFrame:
-    """The frame of a decoded batch: ``rows[i]`` is the record bar ``i`` was decoded from."""
-    partition = np.fromiter((records[i].partition for i in rows), dtype=np.int32, count=len(rows))
-    return BarFrame(partition, bars.symbol, bars.start_ns, bars.close, bars.asset_class)
+def bar_frame(partitions: npt.NDArray[np.int32], bars: BarBatch, rows: Sequence[int]) -> BarFrame:
+    """The frame of a decoded batch: ``rows[i]`` is the record bar ``i`` was decoded from, ``partitions[j]`` the
+    partition of record ``j`` (a column, so the hot path builds no per-record objects)."""
+    return BarFrame(partitions[np.asarray(rows, np.intp)], bars.symbol, bars.start_ns, bars.close, bars.asset_class)
 
 
 class ProcessorHost:

@@ -6,8 +6,9 @@ cost that dominates a Faust worker, so the processors share it instead of each r
 
 A processor is pure: no Kafka, database or Redis code. It turns bars into events (topic name from the catalogue,
 key, full Avro schema name, event dict with a deterministic ``event_id``) and serialises its whole state to bytes,
-which the agent keeps in a Faust table whose changelog is the recovery path. Given the same bars it must emit the
-same events whatever the batching, so a crashed and restarted worker repeats exactly what it would have emitted.
+which the runner checkpoints to Kafka in the transaction that publishes its events. Given the same bars it must
+emit the same events whatever the batching, so a crashed and restarted worker repeats exactly what it would have
+emitted.
 """
 
 from __future__ import annotations

@@ -87,17 +87,23 @@ def db_migrate() -> None:
 
 @app.command()
 def worker(
-    loglevel: str = typer.Option("warn", help="Faust log level: crit, error, warn, info, debug"),
+    loglevel: str = typer.Option("info", help="log level: critical, error, warning, info, debug"),
 ) -> None:
-    """Run the worker: the Faust stream processors, and the projection writers in a batch-consuming process."""
-    from projections.sink import spawn_projection_sink
-    from streams.app import app as faust_app
-    from streams.app import load_agents
+    """Run the worker: the analytics runner in this process, the projection writers in a process of their own."""
+    import logging
 
-    load_agents()
+    from projections.sink import spawn_projection_sink
+    from streams.runner import FatalKafkaError, run_until_stopped
+
+    logging.basicConfig(
+        level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+    )
     spawn_projection_sink()
-    sys.argv = ["tidemark-worker", "worker", "--loglevel", loglevel, "--without-web"]
-    faust_app.main()
+    try:
+        run_until_stopped(get_settings())
+    except FatalKafkaError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
 
 
 @query_app.command("bars")

@@ -70,17 +70,17 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
     ) as progress:
         task = progress.add_task("project", total=expected)
         deadline = time.monotonic() + timeout
-        agent_topics = [settings.topic("md.bars.1m")]
+        analytics_topics = [settings.topic("md.bars.1m")]
         sink_topics = [settings.topic(name) for name in ("md.bars.1m", "analytics.stats", "analytics.correlations")]
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise typer.Exit(f"the worker exited with code {worker.returncode}; see .tidemark/logs/demo-worker.log")
             bars = asyncio.run(_projected_bars(settings.postgres_dsn))
             progress.update(task, completed=bars)
-            # The agents and the projections of their output trail the bars: done when all have caught up.
+            # The analytics runner and the projections of its output trail the bars: done when all have caught up.
             if (
                 bars >= expected
-                and consumer_lag(settings.kafka_bootstrap, settings.app_id, agent_topics) == 0
+                and consumer_lag(settings.kafka_bootstrap, settings.app_id, analytics_topics) == 0
                 and consumer_lag(settings.kafka_bootstrap, f"{settings.app_id}-projections", sink_topics) == 0
             ):
                 return

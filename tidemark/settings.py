@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:16379/0")
     state_dir: Path = Field(PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack")
 
-    app_id: str = Field("tidemark", description="Faust application id (consumer group and changelog prefix)")
+    app_id: str = Field("tidemark", description="the worker's consumer group and transactional id prefix")
     topic_prefix: str = Field("", description="prepended to every topic name, to share a cluster")
     topic_partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     rotation_band: float = Field(0.25, ge=0, description="RS points around 100 within which a quadrant is kept")
     batch_size: int = Field(5000, ge=1)
     batch_within_s: float = Field(0.5, gt=0)
+    checkpoint_every_s: float = Field(
+        1.0, gt=0, description="seconds between the analytics runner's checkpoints (each one commits a transaction)"
+    )
 
     polygon_api_key: SecretStr | None = None
     polygon_rest_url: str = Field("https://api.polygon.io", description="Polygon REST base URL")

@@ -4,34 +4,45 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from tidemark.topics import watermarks
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[int, int, bytes | None, bytes]]:
-    """Every (partition, offset, key, value) currently in ``topic``."""
+def read_all(
+    bootstrap: str, topic: str, timeout: float = 60.0, committed: bool = True
+) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every (partition, offset, key, value) in ``topic`` now. read_committed by default, as every consumer of ours
+    reads, so records of open or aborted transactions are left out (``committed=False`` shows them). Transaction
+    markers take offsets too, so each partition is read to its end-of-partition event rather than counted."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "tidemark-tests-read", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "tidemark-tests-read",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
+            "enable.partition.eof": True,
+        }
     )
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {}
+        pending = set()
         for partition in partitions:
             low, high = watermarks(consumer, TopicPartition(topic, partition))
             if high > low:
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+                pending.add(partition)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
         records: list[tuple[int, int, bytes | None, bytes]] = []
-        remaining = sum(ends.values())
         deadline = time.monotonic() + timeout
-        while remaining > 0 and time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline:
             for message in consumer.consume(10_000, timeout=0.5):
-                if message.error() is None:
+                error = message.error()
+                if error is None:
                     records.append((message.partition(), message.offset(), message.key(), message.value()))
-                    remaining -= 1
-        if remaining > 0:
-            raise AssertionError(f"{remaining} records of {topic} not read within {timeout}s")
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+        if pending:
+            raise AssertionError(f"partitions {sorted(pending)} of {topic} not read to their end within {timeout}s")
         return records
     finally:
         consumer.close()

@@ -1,5 +1,6 @@
-"""Kill -9 at any point: a restarted worker's projections equal an uninterrupted run's; a restarted connector
-publishes nothing twice; duplicates that do reach the topic are ignored downstream and counted."""
+"""Kill -9 at any point: a restarted worker's projections equal an uninterrupted run's, and its output topics
+(read_committed) hold each event once; a restarted connector publishes nothing twice; duplicates that do reach the
+topic are ignored downstream and counted."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ import re
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
+from streams.registry import FACTORIES
 from tests.conftest import REPO
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, expected_bars, fetch, synthetic_args
 from tests.services import eventually
 from tidemark.settings import Settings
-from tidemark.topics import message_count
+from tidemark.topics import consumer_lag, message_count
 
 pytestmark = pytest.mark.integration
 
@@ -62,16 +67,18 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     # Minute windows (60, 390): every 15 minutes from 00:15 to 23:45 of the day (FX trades throughout); daily
     # windows (5, 21): after the NYSE close (21:00 UTC) and the CME and FX closes (22:00 UTC).
     snapshots = 95 * 2 + 2 * 2
-    # First kill: while the bars projection is part-way through the topic.
-    victim = start_worker()
+    # First kill: while the bars projection is part-way through the topic; the analytics runner (which outpaces it)
+    # has committed nothing yet, its first checkpoint being an hour away.
+    victim = start_worker(isolated.model_copy(update={"checkpoint_every_s": 3600.0}))
     eventually(lambda: count(dsn, "bars") > 0, timeout=120, interval=0.02, what="the bars projection got going")
     kill(victim)
     assert count(dsn, "bars") < total, "the first kill came too late to interrupt the bars projection"
-    # Second kill: while the rolling-statistics agent is part-way through its snapshots.
+    assert _analytics_lag(isolated) == total
+    # Second kill: once the analytics runner has committed a first checkpoint, before it has read every bar.
     victim = start_worker()
-    eventually(lambda: count(dsn, "correlation_snapshots") > 0, timeout=120, interval=0.02, what="snapshots began")
+    eventually(lambda: _analytics_lag(isolated) < total, timeout=120, interval=0.02, what="a first checkpoint")
     kill(victim)
-    assert count(dsn, "correlation_snapshots") < snapshots, "the second kill came too late to interrupt the agent"
+    assert _analytics_lag(isolated) > 0, "the second kill came too late to interrupt the runner"
 
     start_worker()
     eventually(lambda: count(dsn, "bars") == total, timeout=240, what="restarted worker finished the bars")
@@ -95,6 +102,94 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     duplicates = fetch(dsn, "SELECT coalesce(sum(value), 0) AS n FROM projection_counters")[0]["n"]
     assert duplicates == 0, "offsets in the same transaction mean a redelivered bar is skipped, not re-inserted"
     assert message_count(isolated.kafka_bootstrap, isolated.topic("dlq")) == 0
+
+
+ANALYTICS_OUTPUTS = (
+    "analytics.stats",
+    "analytics.correlations",
+    "analytics.currency_strength",
+    "analytics.sector_rotation",
+    "signals.patterns",
+    "alerts",
+    "dlq",
+)
+
+
+def _analytics_lag(settings: Settings) -> int:
+    return consumer_lag(settings.kafka_bootstrap, settings.app_id, [settings.topic("md.bars.1m")])
+
+
+def _uncommitted(settings: Settings, topic: str) -> int:
+    """Events only a read_uncommitted reader sees: those of open (or aborted) transactions."""
+    committed = len(read_all(settings.kafka_bootstrap, topic))
+    return len(read_all(settings.kafka_bootstrap, topic, committed=False)) - committed
+
+
+def _event_ids(settings: Settings) -> list[str]:
+    registry = get_registry()
+    return [
+        registry.decode(value).record["event_id"]
+        for name in ANALYTICS_OUTPUTS
+        for _, _, _, value in read_all(settings.kafka_bootstrap, settings.topic(name))
+    ]
+
+
+def test_worker_killed_between_checkpoints_publishes_each_event_once(
+    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    run_cli("topics", "create")
+    run_cli(*synthetic_args(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
+    total = message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
+    stats = isolated.topic("analytics.stats")
+
+    def uncommitted_events() -> int:
+        return _uncommitted(isolated, stats)
+
+    # A first worker stopped by SIGTERM part-way commits what it had: a checkpoint, nothing left open.
+    worker = start_worker()
+    eventually(lambda: _analytics_lag(isolated) < total, timeout=120, interval=0.02, what="a first checkpoint")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    checkpointed_lag = _analytics_lag(isolated)
+    assert 0 < checkpointed_lag < total, "the stop came too late to leave bars for the next worker"
+    assert uncommitted_events() == 0
+
+    # A second one restores that checkpoint, publishes events in a transaction that no checkpoint commits, and dies.
+    between = isolated.model_copy(update={"checkpoint_every_s": 3600.0})
+    victim = start_worker(between)
+    eventually(lambda: uncommitted_events() > 0, timeout=120, interval=0.02, what="events in an open transaction")
+    kill(victim)
+    assert _analytics_lag(isolated) == checkpointed_lag and uncommitted_events() > 0
+
+    # A third one aborts that transaction, resumes from the same checkpoint, and finishes.
+    start_worker()
+    eventually(lambda: _analytics_lag(isolated) == 0, timeout=240, what="the restarted runner caught up")
+    for log in ("worker-1.log", "worker-2.log"):
+        assert f"{len(FACTORIES)} processor state(s) restored" in (tmp_path / log).read_text()
+    ids = _event_ids(isolated)
+    assert ids and len(ids) == len(set(ids)), "read_committed, every event appears once"
+
+    # An uninterrupted run (another app id, the same output topics) publishes exactly the same events once more.
+    reference = isolated.model_copy(update={"app_id": isolated.app_id + "-reference"})
+    start_worker(reference)
+    eventually(lambda: _analytics_lag(reference) == 0, timeout=240, what="the reference runner caught up")
+    assert Counter(_event_ids(isolated)) == {event_id: 2 for event_id in ids}
+
+
+def test_a_second_worker_with_the_same_app_id_fences_the_first(
+    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    run_cli("topics", "create")
+    first = start_worker()
+    log = tmp_path / "worker-0.log"
+    eventually(lambda: "resuming" in log.read_text(), timeout=120, what="the first runner started")
+    second = start_worker()
+    eventually(lambda: "resuming" in (tmp_path / "worker-1.log").read_text(), timeout=120, what="the second started")
+    run_cli(*synthetic_args(symbols=100, minutes=60))  # the first runner's next commit meets the newer instance
+    assert first.wait(timeout=120) == 1
+    assert "analytics runner fenced: another instance with app id" in log.read_text().replace("\n", " ")
+    assert second.poll() is None
+    eventually(lambda: _analytics_lag(isolated) == 0, timeout=120, what="the second runner did the work")
 
 
 def _bar_keys(settings: Settings) -> list[tuple[str, int]]:

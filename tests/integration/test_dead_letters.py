@@ -64,8 +64,8 @@ def test_undecodable_bars_are_dead_lettered_with_their_bytes_and_reason(
 
     start_worker()
     eventually(lambda: count(isolated.postgres_dsn, "bars") == len(valid), timeout=120, what="good bars projected")
-    # Both consumers of the bars topic (the projection and the rolling statistics) report each bad message.
-    processors = {"projection.bars", "analytics.rolling"}
+    # Both consumers of the bars topic (the projection and the analytics runner) report each bad message.
+    processors = {"projection.bars", "analytics.host"}
     dlq = isolated.topic("dlq")
     letters = eventually(
         lambda: (found := read_all(isolated.kafka_bootstrap, dlq)) and len(found) >= len(bad) * 2 and found,

@@ -31,10 +31,22 @@ DESIGN_TOPICS = (
     "alerts",
     "dlq",
 )
+# State, not events: no value schema, compacted.
+INTERNAL_TOPICS = ("analytics.checkpoints",)
 
 
-def test_covers_exactly_the_design_topics() -> None:
-    assert sorted(spec.name for spec in CATALOGUE) == sorted(DESIGN_TOPICS)
+def test_covers_exactly_the_design_and_internal_topics() -> None:
+    assert sorted(spec.name for spec in CATALOGUE) == sorted(DESIGN_TOPICS + INTERNAL_TOPICS)
+
+
+@pytest.mark.parametrize("name", INTERNAL_TOPICS)
+def test_internal_topics_are_compacted_state_outside_the_event_contract(name: str) -> None:
+    spec = topic_spec(name)
+    assert spec.value_schemas == ()
+    config = kafka_config(spec)
+    assert config["cleanup.policy"] == "compact"
+    assert int(config["max.message.bytes"]) >= 64 * 1024 * 1024, "processor states are several MB"
+    assert int(config["segment.bytes"]) <= 64 * 1024 * 1024, "the cleaner only compacts closed segments"
 
 
 def test_names_are_unique() -> None:
@@ -44,7 +56,7 @@ def test_names_are_unique() -> None:
 @pytest.mark.parametrize("spec", CATALOGUE, ids=lambda spec: spec.name)
 def test_spec_is_complete(spec: TopicSpec) -> None:
     registry = get_registry()
-    assert spec.value_schemas
+    assert spec.value_schemas or spec.name in INTERNAL_TOPICS
     for name in spec.value_schemas:
         assert name in registry.names
         assert spec.name in registry.schema(name)["doc"], f"{name}'s doc should name its topic {spec.name}"

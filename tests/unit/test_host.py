@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from projections.consumed import Consumed
 from schemas.bars import BarBatch
 from streams.host import ProcessorHost, bar_frame
 from streams.processors import BarFrame, Emitted
@@ -92,7 +91,7 @@ def test_processor_names_must_be_unique() -> None:
 
 
 def test_bar_frame_takes_each_bar_s_partition_from_its_record() -> None:
-    records = [Consumed("t", p, o, b"k", b"v") for p, o in ((3, 0), (1, 5), (2, 9))]
+    partitions = np.array([3, 1, 2], np.int32)  # of records 0, 1, 2
     n = 2
     bars = BarBatch(
         symbol=np.array(["X", "Y"], dtype=object),
@@ -109,7 +108,7 @@ def test_bar_frame_takes_each_bar_s_partition_from_its_record() -> None:
         trade_count=np.ones(n, np.int64),
         regular_session=np.ones(n, bool),
     )
-    got = bar_frame(records, bars, [0, 2])  # record 1 failed to decode
+    got = bar_frame(partitions, bars, [0, 2])  # record 1 failed to decode
     assert got.partition.tolist() == [3, 2]
     assert got.symbol.tolist() == ["X", "Y"] and got.close.tolist() == [1.5, 2.5]
     assert got.asset_class is not None and got.asset_class.tolist() == [1, 2]
