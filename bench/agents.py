@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import uuid
 
-from confluent_kafka.admin import AdminClient
-
 from bench.pipeline import connector_run, market, raw_consumer_run, worker_run
 from tidemark.settings import get_settings
-from tidemark.topics import create_topics
+from tidemark.topics import create_topics, delete_prefixed_topics
 
 TARGET = 20_000
 
@@ -35,8 +33,7 @@ def main(symbols: int = 1000, minutes: int = 240) -> None:
     )
     print(f"  {raw.name:<52} {raw.rate:>12,.0f} bars/s")
     print(f"  ratio {analytics.rate / raw.rate:.1%} of the raw consumer")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    admin.delete_topics([name for name in admin.list_topics(timeout=30).topics if name.startswith(f"bench{tag}")])
+    delete_prefixed_topics(settings)
 
 
 if __name__ == "__main__":

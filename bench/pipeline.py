@@ -26,7 +26,7 @@ from schemas.catalogue import kafka_config, topic_spec
 from schemas.events import now_ns
 from schemas.fastbars import encode_bars
 from tidemark.settings import Settings, get_settings
-from tidemark.topics import consumer_lag, create_topics
+from tidemark.topics import consumer_lag, create_topics, delete_prefixed_topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,8 +208,7 @@ def main(symbols: int = 1000, minutes: int = 390) -> None:
     print("consume:")
     print(ratio_line(worker, raw_consumer, 0.2))
     print(f"  {agent.name:<52} {agent.rate:>12,.0f} bars/s ({agent.rate / raw_consumer.rate:.1%} of raw; no target)")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    admin.delete_topics([name for name in admin.list_topics(timeout=30).topics if name.startswith(f"bench{tag}")])
+    delete_prefixed_topics(settings)
 
 
 if __name__ == "__main__":

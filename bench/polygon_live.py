@@ -25,7 +25,6 @@ from multiprocessing.synchronize import Event
 
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from polygon.websocket.models import Market, parse
 from pydantic import SecretStr
 
@@ -38,7 +37,7 @@ from connectors.publisher import StopFlag
 from schemas.bars import BarBatch
 from schemas.fastbars import decode_bars
 from tidemark.settings import Settings, get_settings
-from tidemark.topics import create_topics, watermarks
+from tidemark.topics import create_topics, delete_prefixed_topics, watermarks
 
 KEY = "bench-polygon-key"
 SECOND_MS = 1000
@@ -273,8 +272,7 @@ def main() -> None:
         if args.only in (None, "sustained"):
             sustained(settings, args.symbols, args.seconds)
     finally:
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-        admin.delete_topics([t for t in admin.list_topics(timeout=30).topics if t.startswith(f"bench{tag}.")])
+        delete_prefixed_topics(settings)
 
 
 if __name__ == "__main__":

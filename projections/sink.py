@@ -100,6 +100,8 @@ class ProjectionSink:
                 "auto.offset.reset": "earliest",
                 # The analytics runner's outputs are transactional: only committed ones are projected.
                 "isolation.level": "read_committed",
+                # End-of-partition events carry the offset after a transaction's commit marker (see _skip_markers).
+                "enable.partition.eof": True,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
             }
@@ -181,12 +183,14 @@ class ProjectionSink:
             while not self.stopping.is_set():
                 messages = self._consumer.consume(self.settings.batch_size, timeout=self.settings.batch_within_s)
                 by_topic: dict[str, list[Consumed]] = {}
-                for record in self._records(messages):
+                consumed, ends = self._records(messages)
+                for record in consumed:
                     by_topic.setdefault(record.topic, []).append(record)
                 for topic, records in by_topic.items():
                     route = routes[topic]
                     await runtime.handle_batch(records, route.consumer, route.project, self._dead_letter)
                     self._commit(records)
+                self._skip_markers(ends)
         finally:
             self._consumer.close()
             await pool.close()
@@ -198,17 +202,37 @@ class ProjectionSink:
             partition.offset = self._resume_at.get((partition.topic, partition.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
 
-    def _records(self, messages: list[Message]) -> list[Consumed]:
+    def _records(self, messages: list[Message]) -> tuple[list[Consumed], dict[tuple[str, int], int]]:
+        """The records, and the end offset of each partition the batch reached the end of."""
         records = []
+        ends: dict[tuple[str, int], int] = {}
         for message in messages:
             error = message.error()
             if error is None:
                 records.append(
                     Consumed(message.topic(), message.partition(), message.offset(), message.key(), message.value())
                 )
-            elif error.code() != KafkaError._PARTITION_EOF:
+            elif error.code() == KafkaError._PARTITION_EOF:
+                ends[(message.topic(), message.partition())] = message.offset()
+            else:
                 log.warning("projections: consumer error: %s", error)
-        return records
+        return records, ends
+
+    def _skip_markers(self, ends: dict[tuple[str, int], int]) -> None:
+        """Commit past the commit markers that end transactional topics (the analytics runner's outputs).
+
+        A marker takes an offset but is never delivered, so committing after the last record would leave a lag of
+        one per transaction for ever, and anyone waiting for lag 0 (the demo, an operator) would wait for ever.
+        """
+        ahead = [
+            TopicPartition(topic, partition, end)
+            for (topic, partition), end in ends.items()
+            if end > self._resume_at.get((topic, partition), 0)
+        ]
+        for partition in ahead:
+            self._resume_at[(partition.topic, partition.partition)] = partition.offset
+        if ahead:
+            self._consumer.commit(offsets=ahead, asynchronous=True)
 
     async def _dead_letter(
         self,

@@ -18,12 +18,21 @@ from connectors.synthetic.market import Regime, build_universe
 from projections import read
 from projections.migrations import apply_migrations
 from tidemark.settings import DEFAULT_UNIVERSE, PROJECT_ROOT, Settings, get_settings
-from tidemark.topics import consumer_lag, message_count
+from tidemark.topics import consumer_lag, delete_prefixed_topics, message_count
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 DEMO_DATABASE = "tidemark_demo"
+PROJECTED_TOPICS = (
+    "md.bars.1m",
+    "analytics.stats",
+    "analytics.correlations",
+    "analytics.currency_strength",
+    "analytics.sector_rotation",
+    "signals.patterns",
+    "alerts",
+)
 
 
 def demo_settings(base: Settings, universe: list[str]) -> Settings:
@@ -38,11 +47,11 @@ def demo_settings(base: Settings, universe: list[str]) -> Settings:
     )
 
 
-async def _ensure_database(server_dsn: str, dsn: str) -> None:
+async def _fresh_database(server_dsn: str, dsn: str) -> None:
     conn = await asyncpg.connect(server_dsn)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEMO_DATABASE):
-            await conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
     finally:
         await conn.close()
     await apply_migrations(dsn)
@@ -71,7 +80,7 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
         task = progress.add_task("project", total=expected)
         deadline = time.monotonic() + timeout
         analytics_topics = [settings.topic("md.bars.1m")]
-        sink_topics = [settings.topic(name) for name in ("md.bars.1m", "analytics.stats", "analytics.correlations")]
+        sink_topics = [settings.topic(name) for name in PROJECTED_TOPICS]
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise typer.Exit(f"the worker exited with code {worker.returncode}; see .tidemark/logs/demo-worker.log")
@@ -114,7 +123,9 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         f"Kafka {settings.kafka_bootstrap} · PostgreSQL {settings.postgres_dsn.split('@')[-1]} · "
         f"Redis {settings.redis_url.split('@')[-1]}; topics prefixed '{settings.topic_prefix}'"
     )
-    asyncio.run(_ensure_database(base.postgres_dsn, settings.postgres_dsn))
+    # Each run starts clean, so what it shows is this version's work on this market, never an older run's leftovers.
+    delete_prefixed_topics(settings, groups=[settings.app_id, f"{settings.app_id}-projections"])
+    asyncio.run(_fresh_database(base.postgres_dsn, settings.postgres_dsn))
     _cli(settings, "topics", "create")
     _cli(
         settings,
@@ -151,9 +162,16 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
     _cli(settings, "query", "correlations", "--top", "10")
     _cli(settings, "query", "stats", "SPY", "XLK", "XLE", "EURUSD", "USDJPY", "MES", *regime_symbols[:4])
     console.print(_regime_table(universe.regimes, view))
+    _cli(settings, "query", "currency-strength")
+    _cli(settings, "query", "sectors")
+    _cli(settings, "query", "signals", "--limit", "15")
+    _cli(settings, "query", "alerts", "--limit", "10")
+    heat_map = settings.state_dir / "demo-correlations.png"
+    _cli(settings, "plot", "correlations", "-o", str(heat_map))
     console.print(
-        "Next: `tidemark query bars SPY`, `tidemark query correlations --json`; the demo's data stays in topics "
-        "prefixed 'demo.' and is reused if you run the demo again."
+        f"Heat map of the latest correlations: {heat_map}. Next: `tidemark query bars SPY`, "
+        "`tidemark query correlations --symbol SPY`, `--clusters`, `--json`; the demo's data stays in topics "
+        "prefixed 'demo.' until the next demo run starts over."
     )
 
 

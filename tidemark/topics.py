@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import typer
@@ -76,6 +77,33 @@ def create_topics(settings: Settings) -> list[str]:
             created.append(name)
     _wait_for_leaders(admin, created)
     return sorted(created)
+
+
+def delete_prefixed_topics(settings: Settings, groups: Sequence[str] = ()) -> list[str]:
+    """Delete every topic under ``settings.topic_prefix``, and the consumer ``groups`` named (benchmarks, the demo).
+
+    Refuses an empty prefix: that would be the whole cluster.
+    """
+    if not settings.topic_prefix:
+        raise ValueError("refusing to delete topics without a topic prefix")
+    admin = _admin(settings)
+    doomed = sorted(name for name in _existing(admin) if name.startswith(settings.topic_prefix))
+    for future in admin.delete_topics(doomed, request_timeout=ADMIN_TIMEOUT_S).values() if doomed else ():
+        future.result()
+    for future in (
+        admin.delete_consumer_groups(list(groups), request_timeout=ADMIN_TIMEOUT_S).values() if groups else ()
+    ):
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                raise
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while set(doomed) & set(_existing(admin)):
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topics still present {ADMIN_TIMEOUT_S:.0f}s after deletion")
+        time.sleep(0.1)
+    return doomed
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float = ADMIN_TIMEOUT_S) -> None:
