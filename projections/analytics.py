@@ -63,21 +63,22 @@ def dequantise(data: bytes) -> np.ndarray:
     return np.where(q == QUANT_NAN, np.nan, q / QUANT_SCALE)
 
 
-RowOf = Callable[[dict[str, Any]], tuple[Any, ...]]
+RowsOf = Callable[[dict[str, Any]], list[tuple[Any, ...]]]
 LatestOf = Callable[[dict[str, Any]], tuple[str, dict[str, str]]]
 
 
 class EventProjection:
-    """Decoded events into one table (``statement`` per event) and their latest value into Redis, exactly once."""
+    """Decoded events into one table (``statement`` per row; ``rows`` of each event) and their latest value into
+    Redis, exactly once."""
 
     def __init__(
-        self, pool: asyncpg.Pool, redis: RedisProjection, consumer: str, statement: str, row: RowOf, latest: LatestOf
+        self, pool: asyncpg.Pool, redis: RedisProjection, consumer: str, statement: str, rows: RowsOf, latest: LatestOf
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._consumer = consumer
         self._statement = statement
-        self._row = row
+        self._rows = rows
         self._latest = latest
 
     async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]]) -> int:
@@ -85,7 +86,7 @@ class EventProjection:
         event_of = {id(r): e for r, e in zip(records, events, strict=True)}
 
         async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
-            await conn.executemany(self._statement, [self._row(event_of[id(c)]) for c in fresh])
+            await conn.executemany(self._statement, [row for c in fresh for row in self._rows(event_of[id(c)])])
 
         fresh = await apply_exactly_once(self._pool, self._consumer, records, write)
         values = []
@@ -97,7 +98,7 @@ class EventProjection:
 
 
 def stats_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
-    return EventProjection(pool, redis, STATS_CONSUMER, _UPSERT_STATS, _stats_row, _stats_latest)
+    return EventProjection(pool, redis, STATS_CONSUMER, _UPSERT_STATS, _stats_rows, _stats_latest)
 
 
 class CorrelationProjection:
@@ -145,21 +146,23 @@ def _snapshot_latest(e: dict[str, Any]) -> tuple[str, dict[str, str]]:
     }
 
 
-def _stats_row(e: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        e["symbol"],
-        e["timeframe"],
-        e["window_bars"],
-        e["as_of_ns"],
-        e["bar_count"],
-        e["last_close"],
-        e["window_return"],
-        e["mean_return"],
-        e["stdev_return"],
-        e["volatility_annualised"],
-        e["max_drawdown"],
-        e["event_id"],
-    )
+def _stats_rows(e: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            e["symbol"],
+            e["timeframe"],
+            e["window_bars"],
+            e["as_of_ns"],
+            e["bar_count"],
+            e["last_close"],
+            e["window_return"],
+            e["mean_return"],
+            e["stdev_return"],
+            e["volatility_annualised"],
+            e["max_drawdown"],
+            e["event_id"],
+        )
+    ]
 
 
 def _snapshot_row(e: dict[str, Any], matrix: bytes) -> tuple[Any, ...]:

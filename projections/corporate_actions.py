@@ -28,24 +28,26 @@ ON CONFLICT (action_id) DO UPDATE SET
 """
 
 
-def _row(e: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        e["action_id"],
-        e["symbol"],
-        e["action_type"],
-        e["ex_date"],
-        e["split_from"],
-        e["split_to"],
-        e["cash_amount"],
-        e["currency"],
-        e["declaration_date"],
-        e["record_date"],
-        e["pay_date"],
-        e["frequency"],
-        e["new_symbol"],
-        e["source"],
-        e["event_id"],
-    )
+def _rows(e: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            e["action_id"],
+            e["symbol"],
+            e["action_type"],
+            e["ex_date"],
+            e["split_from"],
+            e["split_to"],
+            e["cash_amount"],
+            e["currency"],
+            e["declaration_date"],
+            e["record_date"],
+            e["pay_date"],
+            e["frequency"],
+            e["new_symbol"],
+            e["source"],
+            e["event_id"],
+        )
+    ]
 
 
 def _latest(e: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -54,4 +56,4 @@ def _latest(e: dict[str, Any]) -> tuple[str, dict[str, str]]:
 
 
 def corporate_actions_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
-    return EventProjection(pool, redis, CONSUMER, _UPSERT, _row, _latest)
+    return EventProjection(pool, redis, CONSUMER, _UPSERT, _rows, _latest)

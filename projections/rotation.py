@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from projections.consumed import Consumed
-from projections.offsets import apply_exactly_once
-from projections.redis_store import LatestValue, RedisProjection, key, position
+from projections.analytics import EventProjection
+from projections.redis_store import RedisProjection, key
 
 STRENGTH_CONSUMER = "projection.currency_strength"
 ROTATION_CONSUMER = "projection.sector_rotation"
@@ -38,45 +36,13 @@ VALUES ($1, $2, $3, {_NS}, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (universe, timeframe, window_bars, as_of, symbol) DO NOTHING
 """
 
-RowsOf = Callable[[dict[str, Any]], list[tuple[Any, ...]]]
-LatestOf = Callable[[dict[str, Any]], tuple[str, dict[str, str]]]
+
+def strength_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
+    return EventProjection(pool, redis, STRENGTH_CONSUMER, _INSERT_STRENGTH, _strength_rows, _strength_latest)
 
 
-class SnapshotProjection:
-    """Snapshot events into ``statement`` (several rows each) and their latest value into Redis, exactly once."""
-
-    def __init__(
-        self, pool: asyncpg.Pool, redis: RedisProjection, consumer: str, statement: str, rows: RowsOf, latest: LatestOf
-    ) -> None:
-        self._pool = pool
-        self._redis = redis
-        self._consumer = consumer
-        self._statement = statement
-        self._rows = rows
-        self._latest = latest
-
-    async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]]) -> int:
-        """``events[i]`` was decoded from ``records[i]``; returns how many records were new."""
-        event_of = {id(r): e for r, e in zip(records, events, strict=True)}
-
-        async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
-            await conn.executemany(self._statement, [row for c in fresh for row in self._rows(event_of[id(c)])])
-
-        fresh = await apply_exactly_once(self._pool, self._consumer, records, write)
-        values = []
-        for record in fresh:
-            redis_key, fields = self._latest(event_of[id(record)])
-            values.append(LatestValue(redis_key, position(record.partition, record.offset), fields))
-        await self._redis.set_latest(values)
-        return len(fresh)
-
-
-def strength_projection(pool: asyncpg.Pool, redis: RedisProjection) -> SnapshotProjection:
-    return SnapshotProjection(pool, redis, STRENGTH_CONSUMER, _INSERT_STRENGTH, _strength_rows, _strength_latest)
-
-
-def rotation_projection(pool: asyncpg.Pool, redis: RedisProjection) -> SnapshotProjection:
-    return SnapshotProjection(pool, redis, ROTATION_CONSUMER, _INSERT_ROTATION, _rotation_rows, _rotation_latest)
+def rotation_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
+    return EventProjection(pool, redis, ROTATION_CONSUMER, _INSERT_ROTATION, _rotation_rows, _rotation_latest)
 
 
 def _finite(value: float | None) -> float | None:

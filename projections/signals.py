@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
+from projections.analytics import EventProjection
 from projections.redis_store import RedisProjection, key
-from projections.rotation import SnapshotProjection
 
 CONSUMER = "projection.signals"
 SCHEMA = "tidemark.signals.PatternSignalDetected"
@@ -43,8 +43,8 @@ _FIELDS = (
 )
 
 
-def signals_projection(pool: asyncpg.Pool, redis: RedisProjection) -> SnapshotProjection:
-    return SnapshotProjection(pool, redis, CONSUMER, _INSERT, _rows, _latest)
+def signals_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
+    return EventProjection(pool, redis, CONSUMER, _INSERT, _rows, _latest)
 
 
 def _rows(e: dict[str, Any]) -> list[tuple[Any, ...]]:

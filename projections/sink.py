@@ -46,7 +46,6 @@ from projections.redis_store import RedisProjection
 from projections.rotation import (
     ROTATION_CONSUMER,
     STRENGTH_CONSUMER,
-    SnapshotProjection,
     rotation_projection,
     strength_projection,
 )
@@ -132,7 +131,7 @@ class ProjectionSink:
         def project_events(
             consumer: str,
             schema: str,
-            projection: EventProjection | SnapshotProjection | CorrelationProjection | AlertsProjection,
+            projection: EventProjection | CorrelationProjection | AlertsProjection,
         ) -> runtime.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
