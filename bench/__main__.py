@@ -1,9 +1,12 @@
-"""``python -m bench``: every benchmark, each beside its baseline."""
+"""``python -m bench``: every benchmark, each beside its baseline (the live connector's sustained run cut to 60 s;
+``python -m bench.polygon_live`` runs the full 600 s)."""
 
-from bench import patterns, sessions, storage
-from bench.pipeline import main
+from bench import agents, correlation, patterns, pipeline, polygon_live, sessions, storage
 
-main()
+pipeline.main()
+agents.main()
+correlation.main()
+patterns.main()
+polygon_live.main(["--seconds", "60"])
 sessions.main()
 storage.main()
-patterns.main()

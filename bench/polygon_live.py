@@ -256,13 +256,13 @@ def sustained(settings: Settings, n_symbols: int, seconds: float) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the sustained run (b)")
     parser.add_argument("--fast-seconds", type=float, default=20.0, help="length of the fastest-rate run (a)")
     parser.add_argument("--only", choices=("fastest", "sustained"), default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     tag = uuid.uuid4().hex[:8]
     settings = get_settings().model_copy(update={"topic_prefix": f"bench{tag}."})
     create_topics(settings)
