@@ -142,15 +142,18 @@ def ingest_synthetic(
     minutes = int(days * 24 * 60)
     symbol_order = tuple(universe.symbols.tolist())
     tail = published_tail(settings, topic, symbol_order) if resume else {}
-    # Regenerate only from the oldest partition tail on; finer skipping is per partition below.
-    skip = minute_index(first_minute, min(start for start, _ in tail.values())) if tail else 0
+    partitions = _partitions(settings, topic)
+    # Regenerate only from the oldest partition tail on; finer skipping is per partition below. A partition the
+    # killed run never reached has no tail and needs every bar from the first minute, so then nothing is skipped.
+    used = {partition_for_key(symbol.encode(), partitions) for symbol in symbol_order}
+    skip = minute_index(first_minute, min(start for start, _ in tail.values())) if tail and used <= set(tail) else 0
     batches: Iterable[BarBatch] = generate_bars(
         universe, start=first_minute, minutes=minutes, seed=seed, skip_minutes=min(skip, minutes)
     )
     skipped = SkipCount()
     if tail:
         console.print(f"resuming: {len(tail)} partition(s) already hold bars of this market")
-        batches = skip_published(batches, symbol_order, _partitions(settings, topic), tail, skipped)
+        batches = skip_published(batches, symbol_order, partitions, tail, skipped)
     publisher = BarPublisher(settings.kafka_bootstrap, topic, source="synthetic")
     report = _publish_with_progress(publisher, batches, total=None, speed=speed)
     report.skipped = skipped.bars
