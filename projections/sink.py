@@ -60,6 +60,18 @@ from tidemark.settings import Settings, get_settings
 
 log = logging.getLogger("tidemark.projections")
 _PR_SET_PDEATHSIG = 1
+# Every topic the sink projects (catalogue names): what anyone waiting for the projections to catch up watches.
+PROJECTED_TOPICS = (
+    "md.bars.1m",
+    "md.bars.1d",
+    "md.corporate_actions",
+    "analytics.stats",
+    "alerts",
+    "analytics.correlations",
+    "analytics.currency_strength",
+    "analytics.sector_rotation",
+    "signals.patterns",
+)
 
 
 @dataclass(frozen=True)
@@ -140,35 +152,33 @@ class ProjectionSink:
 
             return project
 
-        topic = self.settings.topic
-        return {
-            topic("md.bars.1m"): Route(BARS_CONSUMER, project_bars),
-            topic("md.bars.1d"): Route(BARS_CONSUMER, project_bars),
-            topic("md.corporate_actions"): Route(
-                ACTIONS_CONSUMER, project_events(ACTIONS_CONSUMER, ACTIONS_SCHEMA, actions)
-            ),
-            topic("analytics.stats"): Route(
+        by_name = {
+            "md.bars.1m": Route(BARS_CONSUMER, project_bars),
+            "md.bars.1d": Route(BARS_CONSUMER, project_bars),
+            "md.corporate_actions": Route(ACTIONS_CONSUMER, project_events(ACTIONS_CONSUMER, ACTIONS_SCHEMA, actions)),
+            "analytics.stats": Route(
                 STATS_CONSUMER, project_events(STATS_CONSUMER, "tidemark.analytics.SymbolStatsComputed", stats)
             ),
-            topic("alerts"): Route(
-                ALERTS_CONSUMER, project_events(ALERTS_CONSUMER, "tidemark.risk.AlertRaised", alerts)
-            ),
-            topic("analytics.correlations"): Route(
+            "alerts": Route(ALERTS_CONSUMER, project_events(ALERTS_CONSUMER, "tidemark.risk.AlertRaised", alerts)),
+            "analytics.correlations": Route(
                 CORRELATIONS_CONSUMER,
                 project_events(CORRELATIONS_CONSUMER, "tidemark.analytics.CorrelationSnapshotTaken", correlations),
             ),
-            topic("analytics.currency_strength"): Route(
+            "analytics.currency_strength": Route(
                 STRENGTH_CONSUMER,
                 project_events(STRENGTH_CONSUMER, "tidemark.analytics.CurrencyStrengthComputed", strength),
             ),
-            topic("analytics.sector_rotation"): Route(
+            "analytics.sector_rotation": Route(
                 ROTATION_CONSUMER,
                 project_events(ROTATION_CONSUMER, "tidemark.analytics.SectorRotationComputed", rotation),
             ),
-            topic("signals.patterns"): Route(
-                SIGNALS_CONSUMER, project_events(SIGNALS_CONSUMER, SIGNALS_SCHEMA, signals)
-            ),
+            "signals.patterns": Route(SIGNALS_CONSUMER, project_events(SIGNALS_CONSUMER, SIGNALS_SCHEMA, signals)),
         }
+        if set(by_name) != set(PROJECTED_TOPICS):
+            raise RuntimeError(
+                f"PROJECTED_TOPICS and the sink's routes differ: {sorted(set(by_name) ^ set(PROJECTED_TOPICS))}"
+            )
+        return {self.settings.topic(name): by_name[name] for name in PROJECTED_TOPICS}
 
     async def _run(self) -> None:
         pool = await asyncpg.create_pool(self.settings.postgres_dsn, min_size=1, max_size=2)

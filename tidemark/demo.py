@@ -17,6 +17,7 @@ from rich.table import Table
 from connectors.synthetic.market import Regime, build_universe
 from projections import read
 from projections.migrations import apply_migrations
+from projections.sink import PROJECTED_TOPICS
 from tidemark.settings import DEFAULT_UNIVERSE, PROJECT_ROOT, Settings, get_settings
 from tidemark.topics import consumer_lag, delete_prefixed_topics, message_count
 
@@ -24,15 +25,6 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 DEMO_DATABASE = "tidemark_demo"
-PROJECTED_TOPICS = (
-    "md.bars.1m",
-    "analytics.stats",
-    "analytics.correlations",
-    "analytics.currency_strength",
-    "analytics.sector_rotation",
-    "signals.patterns",
-    "alerts",
-)
 
 
 def demo_settings(base: Settings, universe: list[str]) -> Settings:
