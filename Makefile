@@ -20,7 +20,11 @@ PURE_MODULES := schemas/ streams/correlation/rolling.py streams/correlation/cloc
 # Re-sync only when the lock or the project metadata changed: a sync reinstalls the editable project.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install stack test demo bench lint down
+.PHONY: preflight install stack test demo bench lint down
+
+# Java, Maven, PostgreSQL and Redis checked with the system Python before anything is installed or started.
+preflight:
+	@python3 tidemark/preflight.py
 
 install: $(INSTALLED)
 
@@ -36,7 +40,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $@
 
-stack: install
+stack: preflight install
 	$(STACK) up
 
 test: stack

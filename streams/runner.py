@@ -38,7 +38,7 @@ from streams.deadletter import dead_letter_messages
 from streams.host import ProcessorHost, bar_frame
 from streams.registry import FACTORIES
 from tidemark.settings import Settings
-from tidemark.topics import watermarks
+from tidemark.topics import until_ready, watermarks
 
 log = logging.getLogger("tidemark.streams.runner")
 
@@ -151,8 +151,12 @@ class AnalyticsRunner:
         self._partitions = sorted(_partitions(self._consumer, self._source))
         started = time.perf_counter()
         self._checkpoint = read_checkpoint(self.settings)
-        committed = self._consumer.committed(
-            [TopicPartition(self._source, p) for p in self._partitions], timeout=KAFKA_TIMEOUT_S
+        committed = until_ready(
+            lambda: self._consumer.committed(
+                [TopicPartition(self._source, p) for p in self._partitions], timeout=KAFKA_TIMEOUT_S
+            ),
+            f"reading the committed offsets of group {self.settings.app_id}",
+            self.settings.kafka_bootstrap,
         )
         offsets = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
         if offsets and not self._checkpoint:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
@@ -17,9 +18,9 @@ from rich.table import Table
 
 from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.ingest import DEFAULT_START, ingest_app
-from tidemark.settings import get_settings
+from tidemark.settings import Context, get_settings
 from tidemark.stack import stack_app
-from tidemark.topics import topics_app
+from tidemark.topics import KafkaNotReady, topics_app
 
 app = typer.Typer(help="Tidemark: event-sourced strategy discovery over Kafka.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack", help="Start, stop and inspect the local Kafka, PostgreSQL and Redis.")
@@ -39,6 +40,21 @@ err_console = Console(stderr=True)
 T = TypeVar("T")
 
 
+@app.callback()
+def _options(
+    context: Context = typer.Option(
+        None,
+        "--context",
+        help="whose data: default, or demo (what `tidemark demo` made: topics demo.*, database tidemark_demo); "
+        "same as TIDEMARK_CONTEXT",
+        show_default=False,
+    ),
+) -> None:
+    if context is not None:
+        os.environ["TIDEMARK_CONTEXT"] = context.value  # children (the worker's sink) inherit it
+        get_settings.cache_clear()
+
+
 def _run_db(query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     async def main() -> T:
         conn = await asyncpg.connect(get_settings().postgres_dsn)
@@ -49,6 +65,11 @@ def _run_db(query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
+    except asyncpg.InvalidCatalogNameError as exc:
+        if get_settings().context is Context.demo:
+            err_console.print("The demo has not run on this server yet: run `make demo` (or `tidemark demo`) first.")
+            raise typer.Exit(2) from exc
+        raise
     except (OSError, asyncpg.PostgresError) as exc:
         err_console.print(f"[red]PostgreSQL is not reachable or not migrated:[/red] {exc}")
         err_console.print("Start the local stack with `tidemark stack up`, or set TIDEMARK_POSTGRES_DSN.")
@@ -67,6 +88,8 @@ def _emit(rows: Sequence[dict[str, Any]], title: str, as_json: bool) -> None:
         return
     if not rows:
         console.print(f"[yellow]{title}: nothing yet[/yellow]")
+        if get_settings().context is Context.default:
+            console.print("(the demo's data is in its own context: add --context demo after `tidemark`)")
         return
     table = Table(title=title)
     for column in rows[0]:
@@ -323,7 +346,12 @@ def demo(
 
 
 def main() -> None:
-    app()
+    """The entry point: a broker that never became ready is a one-line message, not a traceback."""
+    try:
+        app()
+    except KafkaNotReady as exc:
+        err_console.print(f"[red]{exc}[/red]", highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 import typer
@@ -18,25 +21,16 @@ from connectors.synthetic.market import Regime, build_universe
 from projections import read
 from projections.migrations import apply_migrations
 from projections.sink import PROJECTED_TOPICS
-from tidemark.settings import DEFAULT_UNIVERSE, PROJECT_ROOT, Settings, get_settings
+from tidemark.settings import DEFAULT_UNIVERSE, DEMO_DATABASE, Context, Settings, get_settings
 from tidemark.topics import consumer_lag, delete_prefixed_topics, message_count
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
-DEMO_DATABASE = "tidemark_demo"
-
-
 def demo_settings(base: Settings, universe: list[str]) -> Settings:
-    """The demo's own topics, consumer group and database, so it can be rerun and never touches other data."""
-    return base.model_copy(
-        update={
-            "topic_prefix": "demo.",
-            "app_id": "tidemark-demo",
-            "universe": universe,
-            "postgres_dsn": base.postgres_dsn.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}",
-        }
-    )
+    """The demo's own topics, consumer group and database (its context), so it can be rerun and never touches
+    other data; ``--context demo`` finds them afterwards."""
+    return Settings(**{**base.model_dump(), "context": Context.demo, "universe": universe})
 
 
 async def _fresh_database(server_dsn: str, dsn: str) -> None:
@@ -75,7 +69,7 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
         sink_topics = [settings.topic(name) for name in PROJECTED_TOPICS]
         while time.monotonic() < deadline:
             if worker.poll() is not None:
-                raise typer.Exit(f"the worker exited with code {worker.returncode}; see .tidemark/logs/demo-worker.log")
+                raise typer.Exit(f"the worker exited with code {worker.returncode}; see {_worker_log(settings)}")
             bars = asyncio.run(_projected_bars(settings.postgres_dsn))
             progress.update(task, completed=bars)
             # The analytics runner and the projections of its output trail the bars: done when all have caught up.
@@ -87,6 +81,10 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
                 return
             time.sleep(0.5)
     raise typer.Exit(f"the worker had not projected {expected:,} bars after {timeout:.0f}s")
+
+
+def _worker_log(settings: Settings) -> Path:
+    return settings.state_dir / "logs" / "demo-worker.log"
 
 
 def _regime_table(regimes: tuple[Regime, ...], view: read.CorrelationView | None) -> Table:
@@ -134,7 +132,7 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
     )
     expected = _published_count(settings)
 
-    log_path = PROJECT_ROOT / ".tidemark" / "logs" / "demo-worker.log"
+    log_path = _worker_log(settings)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
@@ -160,11 +158,33 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
     _cli(settings, "query", "alerts", "--limit", "10")
     heat_map = settings.state_dir / "demo-correlations.png"
     _cli(settings, "plot", "correlations", "-o", str(heat_map))
+    console.print(f"Heat map of the latest correlations: {heat_map}")
     console.print(
-        f"Heat map of the latest correlations: {heat_map}. Next: `tidemark query bars SPY`, "
-        "`tidemark query correlations --symbol SPY`, `--clusters`, `--json`; the demo's data stays in topics "
-        "prefixed 'demo.' until the next demo run starts over."
+        f"The demo's data stays in topics prefixed '{settings.topic_prefix}' and database {DEMO_DATABASE} until the "
+        "next demo run starts over. Look at it with `--context demo` (or export TIDEMARK_CONTEXT=demo):"
     )
+    for command in next_commands():
+        print(f"  {command}")
+
+
+def next_commands() -> list[str]:
+    """What to type next, as the user can type it: `tidemark` when it is on PATH, else the path to ours."""
+    ours = Path(sys.prefix) / "bin" / "tidemark"
+    on_path = shutil.which("tidemark")
+    if on_path is not None and Path(on_path).resolve() == ours.resolve():
+        cli = "tidemark"
+    else:
+        cli = os.path.relpath(ours) if ours.is_relative_to(Path.cwd()) else str(ours)
+    return [
+        f"{cli} --context demo {args}"
+        for args in (
+            "query bars SPY --limit 5",
+            "query correlations --symbol SPY",
+            "query correlations --clusters",
+            "query signals --json",
+            "query alerts",
+        )
+    ]
 
 
 async def _latest(settings: Settings) -> read.CorrelationView | None:

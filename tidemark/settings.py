@@ -4,11 +4,13 @@ so pointing Tidemark at an existing cluster is one variable."""
 from __future__ import annotations
 
 import os
+from enum import Enum, StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,9 +66,28 @@ DEFAULT_UNIVERSE = [
 ]
 
 
+DEMO_DATABASE = "tidemark_demo"
+
+
+class Context(StrEnum):
+    """Which data the commands address: yours, or what ``tidemark demo`` made (same servers, its own names)."""
+
+    default = "default"
+    demo = "demo"
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same PostgreSQL server, another database (credentials and query parameters kept)."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIDEMARK_", env_file=".env", extra="ignore")
 
+    context: Context = Field(
+        Context.default,
+        description="demo: the demo's topics (prefix demo.), app id (tidemark-demo) and database (tidemark_demo)",
+    )
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
     postgres_dsn: str = Field("postgresql://tidemark@127.0.0.1:15432/tidemark")
     redis_url: str = Field("redis://127.0.0.1:16379/0")
@@ -135,6 +156,15 @@ class Settings(BaseSettings):
             return [symbol.strip() for symbol in value.split(",") if symbol.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _demo_names(self) -> Settings:
+        """The demo context overrides the names, so `--context demo` finds what `tidemark demo` left."""
+        if self.context is Context.demo:
+            self.topic_prefix = "demo."
+            self.app_id = "tidemark-demo"
+            self.postgres_dsn = with_database(self.postgres_dsn, DEMO_DATABASE)
+        return self
+
     def environment(self) -> dict[str, str]:
         """This process's environment with every setting pinned, so a child (worker, CLI) uses exactly these."""
         env = dict(os.environ)
@@ -145,6 +175,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            if isinstance(value, Enum):
+                value = value.value
             env[variable] = ",".join(value) if isinstance(value, list) else str(value)
         return env
 

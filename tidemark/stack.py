@@ -10,7 +10,6 @@ import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
-import ipaddress
 import logging
 import os
 import pwd
@@ -26,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tidemark.settings import PROJECT_ROOT, Settings
+from tidemark.preflight import JARS_STAMP, is_loopback, postgres_bindir, problems
+from tidemark.settings import PROJECT_ROOT, Settings, with_database
 
 T = TypeVar("T")
 
@@ -96,12 +96,7 @@ class _Endpoint:
     @property
     def local(self) -> bool:
         """Loopback services are ours to run; anything else is an existing deployment to use as is."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host)
 
     @property
     def bind_host(self) -> str:
@@ -308,13 +303,20 @@ def _require(tool: str, fix: str) -> str:
 # --- Kafka -----------------------------------------------------------------------------------------------
 
 
+def _pom_digest() -> str:
+    return hashlib.sha256((DEPLOY_KAFKA / "pom.xml").read_bytes()).hexdigest()
+
+
+def _jars_current(paths: _Paths) -> bool:
+    stamp = paths.root / JARS_STAMP
+    return stamp.is_file() and stamp.read_text().strip() == _pom_digest()
+
+
 def _ensure_kafka_jars(paths: _Paths) -> None:
     """Resolve the broker's jars once per pom version; Maven's own cache makes a re-copy cheap."""
-    pom = DEPLOY_KAFKA / "pom.xml"
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    stamp = paths.jars / ".pom.sha256"
-    if stamp.is_file() and stamp.read_text().strip() == digest:
+    if _jars_current(paths):
         return
+    pom = DEPLOY_KAFKA / "pom.xml"
     mvn = _require("mvn", "install Maven 3.8+ (apt-get install -y maven), or set TIDEMARK_KAFKA_BOOTSTRAP")
     # a version bump must not leave two brokers on the classpath
     shutil.rmtree(paths.jars, ignore_errors=True)
@@ -324,7 +326,7 @@ def _ensure_kafka_jars(paths: _Paths) -> None:
         "downloading the Kafka jars with Maven",
         "check that Maven Central is reachable",
     )
-    stamp.write_text(digest + "\n")
+    (paths.root / JARS_STAMP).write_text(_pom_digest() + "\n")
 
 
 def _kafka_java(paths: _Paths, java: str, main: str, *args: str) -> list[str]:
@@ -382,23 +384,38 @@ def _probe_kafka(bootstrap: str, timeout: float) -> str:
     return f"{len(metadata.brokers)} broker(s), {len(metadata.topics)} topic(s)"
 
 
+def _await_group_coordinator(settings: Settings) -> None:
+    """A broker answers metadata before it can coordinate groups: a brand-new one creates __consumer_offsets on
+    the first group request and answers NOT_COORDINATOR meanwhile. Every command after ``up`` needs groups."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    from tidemark.topics import until_ready
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": _rdkafka_log})
+    probe = "tidemark-stack-probe"
+    try:
+        until_ready(
+            lambda: admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(probe)])[probe].result(),
+            "waiting for the group coordinator",
+            settings.kafka_bootstrap,
+            READY_TIMEOUT_S["kafka"],
+        )
+    except Exception as exc:  # KafkaNotReady or a refusal: either way the stack is not usable yet
+        raise StackError(f"kafka answers but cannot coordinate consumer groups: {exc}") from exc
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
 
 def _pg_bindir() -> Path:
-    candidates = [Path(p).parent for p in (shutil.which("postgres"),) if p]
-    versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    for bindir in [*candidates, *versions]:
-        if (bindir / "postgres").is_file() and (bindir / "initdb").is_file():
-            return bindir
-    raise StackError(
-        "PostgreSQL server binaries (postgres, initdb) not found on PATH or in /usr/lib/postgresql/*/bin: "
-        "apt-get install -y postgresql-15, or set TIDEMARK_POSTGRES_DSN to an existing server"
-    )
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise StackError(
+            "PostgreSQL server binaries (postgres, initdb) not found on PATH or in /usr/lib/postgresql/*/bin: "
+            "apt-get install -y postgresql-15, or set TIDEMARK_POSTGRES_DSN to an existing server"
+        )
+    return bindir
 
 
 def _pg_account() -> pwd.struct_passwd | None:
@@ -451,11 +468,6 @@ def _start_postgres(settings: Settings, paths: _Paths, endpoint: _Endpoint) -> i
     return _spawn(paths, "postgres", argv, **as_user)
 
 
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
 async def _pg_select_one(dsn: str, timeout: float) -> str:
     import asyncpg
 
@@ -476,7 +488,7 @@ async def _create_database(dsn: str) -> None:
     import asyncpg
 
     name = urlsplit(dsn).path.lstrip("/") or "postgres"
-    conn = await asyncpg.connect(_with_database(dsn, "postgres"), timeout=10)
+    conn = await asyncpg.connect(with_database(dsn, "postgres"), timeout=10)
     try:
         if not await conn.fetchval("select 1 from pg_database where datname = $1", name):
             await conn.execute(f'create database "{name}"')
@@ -550,7 +562,7 @@ def _probe(settings: Settings, name: str, timeout: float, *, maintenance_db: boo
     if name == "kafka":
         return _probe_kafka(settings.kafka_bootstrap, timeout)
     if name == "postgres":
-        dsn = _with_database(settings.postgres_dsn, "postgres") if maintenance_db else settings.postgres_dsn
+        dsn = with_database(settings.postgres_dsn, "postgres") if maintenance_db else settings.postgres_dsn
         return _probe_postgres(dsn, timeout)
     return _probe_redis(settings.redis_url, timeout)
 
@@ -607,17 +619,28 @@ def up(settings: Settings, *, services: Iterable[str] = SERVICES) -> None:
     eps = endpoints(settings)
     with _locked(paths):
         started: dict[str, int] = {}
-        for name in (n for n in START_ORDER if n in wanted and eps[n].local):
-            pid = _our_pid(paths, name)
-            if pid is not None:
+        local = [n for n in START_ORDER if n in wanted and eps[n].local]
+        for name in local:
+            if (pid := _our_pid(paths, name)) is not None:
                 log.info("%s already running (pid %d)", name, pid)
                 started[name] = pid
-                continue
+        to_start = {name for name in local if name not in started}
+        missing = problems(
+            kafka="kafka" in to_start,
+            postgres="postgres" in to_start,
+            redis="redis" in to_start,
+            jars_ready=_jars_current(paths),
+        )
+        if missing:
+            raise StackError("this machine lacks what the stack needs:\n  - " + "\n  - ".join(missing))
+        for name in (n for n in local if n in to_start):
             ports = [eps[name].port, eps[name].port + 1] if name == "kafka" else [eps[name].port]
             _check_ports(eps[name], ports)
             started[name] = _STARTERS[name](settings, paths, eps[name])
         for name in (n for n in START_ORDER if n in wanted):
             _await_ready(settings, paths, eps[name], started.get(name))
+            if name == "kafka":
+                _await_group_coordinator(settings)
             if name == "postgres" and eps[name].local:
                 _run_sync(_create_database(settings.postgres_dsn))
     if "postgres" in wanted:

@@ -8,9 +8,12 @@ co-partitioned with the topics the agents read. Every other topic gets the catal
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import typer
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
@@ -22,6 +25,66 @@ from schemas.catalogue import CATALOGUE, KEYED_PARTITIONS, TopicSpec, kafka_conf
 from tidemark.settings import Settings, get_settings
 
 ADMIN_TIMEOUT_S = 15.0
+# How long a command waits for a broker that answers but is not ready yet (a brand-new broker creates
+# __consumer_offsets on the first group request and needs a few seconds to load its coordinators).
+READY_TIMEOUT_S = 60.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a broker answers while it elects leaders or loads its group and transaction coordinators. They mean "ask
+# again shortly", never "not found": a fresh broker answers NOT_COORDINATOR to its first group requests.
+NOT_READY_ERRORS = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.NOT_CONTROLLER,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+    }
+)
+
+
+class KafkaNotReady(RuntimeError):
+    """The broker kept answering "not ready" past the bound: the message names the step and what to check."""
+
+
+def until_ready(
+    call: Callable[[], T],
+    what: str,
+    bootstrap: str = "",
+    timeout: float = READY_TIMEOUT_S,
+    also: Collection[int] = (),
+) -> T:
+    """``call()``, repeated with back-off while Kafka answers an error of ``NOT_READY_ERRORS`` (or ``also``).
+
+    Any other error is raised at once; a broker still not ready after ``timeout`` raises KafkaNotReady.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not isinstance(error, KafkaError):
+                raise
+            if not (error.retriable() or error.code() in NOT_READY_ERRORS or error.code() in also):
+                raise
+            if time.monotonic() + pause > deadline:
+                where = f" at {bootstrap}" if bootstrap else ""
+                raise KafkaNotReady(
+                    f"{what}: Kafka{where} still answered {error.name()} after {timeout:.0f}s; the broker is not "
+                    "ready (still starting, or unhealthy): check `tidemark stack status` and the broker's log"
+                ) from exc
+            log.info("%s: Kafka answered %s; asking again in %.2fs", what, error.name(), pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 @dataclass(frozen=True)
@@ -52,29 +115,31 @@ def _existing(admin: AdminClient) -> dict[str, int]:
 def create_topics(settings: Settings) -> list[str]:
     """Create every missing catalogue topic; existing ones are left alone. Returns the names created."""
     admin = _admin(settings)
-    existing = _existing(admin)
-    wanted = [
-        NewTopic(
-            settings.topic(spec.name),
-            num_partitions=planned_partitions(spec, settings),
-            replication_factor=settings.replication_factor,
-            config=kafka_config(spec),
-        )
-        for spec in CATALOGUE
-        if settings.topic(spec.name) not in existing
-    ]
-    if not wanted:
-        return []
     created: list[str] = []
-    for name, future in admin.create_topics(wanted, request_timeout=ADMIN_TIMEOUT_S).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            # Another process may have created it between our listing and our request.
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-        else:
-            created.append(name)
+
+    def create_missing() -> None:
+        existing = _existing(admin)
+        wanted = [
+            NewTopic(
+                settings.topic(spec.name),
+                num_partitions=planned_partitions(spec, settings),
+                replication_factor=settings.replication_factor,
+                config=kafka_config(spec),
+            )
+            for spec in CATALOGUE
+            if settings.topic(spec.name) not in existing
+        ]
+        for name, future in admin.create_topics(wanted, request_timeout=ADMIN_TIMEOUT_S).items() if wanted else ():
+            try:
+                future.result()
+            except KafkaException as exc:
+                # Another process may have created it between our listing and our request.
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+            else:
+                created.append(name)
+
+    until_ready(create_missing, "creating topics", settings.kafka_bootstrap)
     _wait_for_leaders(admin, created)
     return sorted(created)
 
@@ -88,16 +153,32 @@ def delete_prefixed_topics(settings: Settings, groups: Sequence[str] = ()) -> li
         raise ValueError("refusing to delete topics without a topic prefix")
     admin = _admin(settings)
     doomed = sorted(name for name in _existing(admin) if name.startswith(settings.topic_prefix))
-    for future in admin.delete_topics(doomed, request_timeout=ADMIN_TIMEOUT_S).values() if doomed else ():
-        future.result()
-    for future in (
-        admin.delete_consumer_groups(list(groups), request_timeout=ADMIN_TIMEOUT_S).values() if groups else ()
-    ):
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-                raise
+
+    def delete(futures: dict[str, Future[None]], gone: int) -> None:
+        for future in futures.values():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != gone:
+                    raise
+
+    if doomed:
+        until_ready(
+            lambda: delete(
+                admin.delete_topics(doomed, request_timeout=ADMIN_TIMEOUT_S), KafkaError.UNKNOWN_TOPIC_OR_PART
+            ),
+            f"deleting topics {settings.topic_prefix}*",
+            settings.kafka_bootstrap,
+        )
+    if groups:
+        until_ready(
+            lambda: delete(
+                admin.delete_consumer_groups(list(groups), request_timeout=ADMIN_TIMEOUT_S),
+                KafkaError.GROUP_ID_NOT_FOUND,
+            ),
+            f"deleting consumer groups {', '.join(groups)}",
+            settings.kafka_bootstrap,
+        )
     deadline = time.monotonic() + ADMIN_TIMEOUT_S
     while set(doomed) & set(_existing(admin)):
         if time.monotonic() > deadline:
@@ -160,24 +241,15 @@ def message_count(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-_LEADERSHIP_SETTLING = frozenset(
-    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
-)
-
-
 def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """Low and high watermark, retrying the retriable errors of a partition whose leadership is still settling."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
-            return low, high
-        except KafkaException as exc:
-            error = exc.args[0]
-            settling = error.retriable() or error.code() in _LEADERSHIP_SETTLING
-            if not settling or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    """Low and high watermark, asking again while the partition's leadership is still settling."""
+    low, high = until_ready(
+        lambda: consumer.get_watermark_offsets(partition, timeout=timeout),
+        f"reading the offsets of {partition.topic} [{partition.partition}]",
+        timeout=timeout,
+        also=(KafkaError.UNKNOWN_TOPIC_OR_PART,),
+    )
+    return low, high
 
 
 def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
@@ -186,7 +258,11 @@ def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
     metadata = admin.list_topics(timeout=30).topics
     partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
     request = [ConsumerGroupTopicPartitions(group, partitions)]
-    committed = admin.list_consumer_group_offsets(request)[group].result(timeout=30).topic_partitions
+    committed = until_ready(
+        lambda: admin.list_consumer_group_offsets(request)[group].result(timeout=30).topic_partitions,
+        f"reading the committed offsets of group {group}",
+        bootstrap,
+    )
     position = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
     ends = {(tp.topic, tp.partition): tp.offset for tp in _end_offsets(bootstrap, partitions)}
     return sum(end - position.get(key, 0) for key, end in ends.items())
