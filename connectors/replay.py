@@ -1,4 +1,12 @@
-"""Read historical bars from CSV or Parquet files into BarBatches (the pure part of the replay connector).
+"""Read historical bars from CSV (plain or gzip, zstd, bz2, xz compressed) or Parquet files into BarBatches (the
+pure part of the replay connector).
+
+Two layouts: ``ohlcv``, one bar per row (with or without a symbol column), and ``wide``, a date/time column and
+one column of prices per symbol (research datasets, adjusted-close files), read as CLOSE_ONLY bars.
+
+Times are UTC-offset ISO 8601, US month/day/year (``1/4/1999``, spreadsheet exports) or epoch numbers. On daily
+bars a date (or a naive midnight) is the session date, stamped like Polygon's daily bars; other naive times need
+the zone they were written in (``tz``, the CLI's ``--tz``).
 
 The reader is strict on purpose: a file is outside input, and a silently misparsed timestamp or price
 would poison every projection downstream. Any problem raises `ReplayError` naming the file, the row and
@@ -8,16 +16,24 @@ the column, before a single batch is yielded, so a publisher never emits half a 
 
 from __future__ import annotations
 
+import lzma
 from collections.abc import Iterator
 from datetime import tzinfo
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import zstandard
 
-from connectors.sessions import market_of, regular_session_mask
-from schemas.bars import ASSET_CLASSES, BarBatch, Int64
+from connectors.sessions import NEW_YORK, market_of, regular_session_mask
+from schemas.bars import ASSET_CLASSES, CLOSE_ONLY, BarBatch, Int64
+
+Layout = Literal["ohlcv", "wide"]
+LAYOUTS: tuple[Layout, ...] = ("ohlcv", "wide")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.zst", ".csv.bz2", ".csv.xz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "symbol": ("symbol", "ticker", "sym"),
@@ -36,7 +52,12 @@ REQUIRED = ("timestamp", "open", "high", "low", "close", "volume")
 _INTERVAL_NS = {"s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 # Epoch magnitude thresholds: below 1e11 is seconds (until year 5138), then ms, us, ns.
 _EPOCH_UNITS = ((1e11, 1_000_000_000, "s"), (1e14, 1_000_000, "ms"), (1e17, 1_000, "us"), (np.inf, 1, "ns"))
-_OFFSET_SUFFIX = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+# A UTC offset after a time of day; a bare date such as 1999-01-04 has none, though it ends in "-04".
+_OFFSET_SUFFIX = r":\d{2}(?:[.,]\d+)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+# US month/day/year with a four-digit year and an optional 24-hour time: 1/4/1999, 01/04/1999 09:30:00.
+_US_DATE = r"(\d{1,2})/(\d{1,2})/(\d{4})(?:[ T](\d{1,2}):(\d{2})(:\d{2}(?:\.\d+)?)?)?"
+_FORMATS = "ISO 8601 (1999-01-04, 1999-01-04T09:30:00-05:00), US month/day/year (1/4/1999) or epoch numbers"
+_NAIVE_HINT = "add a UTC offset or name its zone with --tz (e.g. --tz America/New_York)"
 
 
 class ReplayError(ValueError):
@@ -57,13 +78,19 @@ def interval_ns(interval: str) -> int:
 
 
 def _load(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
+    name = path.name.lower()
+    if name.endswith(CSV_SUFFIXES):
         # Everything as text: tickers like "NA" stay tickers, and we parse numbers ourselves to report rows.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise ReplayError(path, f"unsupported file type {suffix!r}: expected .csv or .parquet")
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], compression="infer")
+        except (OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError) as exc:  # corrupt or truncated
+            raise ReplayError(path, f"cannot read the file: {exc}") from exc
+    if name.endswith(PARQUET_SUFFIXES):
+        frame = pd.read_parquet(path)
+        # pandas restores the index it wrote (a DatetimeIndex "Date", say): it is a column of the file.
+        return frame if isinstance(frame.index, pd.RangeIndex) else frame.reset_index()
+    expected = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
+    raise ReplayError(path, f"unsupported file type {''.join(path.suffixes[-2:])!r}: expected {expected}")
 
 
 def _columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
@@ -73,7 +100,10 @@ def _columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
     for f in REQUIRED:
         if found[f] is None:
             expected = "/".join(ALIASES[f])
-            raise ReplayError(path, f"missing required column {f!r} (any of {expected})", column=f)
+            hint = ""
+            if found["timestamp"] is not None and not any(found[p] for p in ("open", "high", "low", "close")):
+                hint = "; a table with one column of closing prices per symbol reads with --layout wide"
+            raise ReplayError(path, f"missing required column {f!r} (any of {expected}){hint}", column=f)
     return {f: c for f, c in found.items() if c is not None}
 
 
@@ -115,43 +145,76 @@ def _utc_ns(stamps: pd.Series) -> Int64:
     return np.asarray(naive_utc.to_numpy(dtype="datetime64[ns]").view(np.int64), dtype=np.int64)
 
 
-def _timestamps_ns(path: Path, column: str, raw: pd.Series, tz: str | tzinfo | None) -> Int64:
-    """Bar start times as UTC ns from datetimes, epoch numbers or ISO-8601 strings."""
+def _us_dates_as_iso(text: pd.Series) -> pd.Series:
+    """``1/4/1999 9:30`` as ``1999-01-04T09:30``: month/day/year is parsed by an explicit rule, never guessed."""
+    parts = text.str.fullmatch(_US_DATE).to_numpy(dtype=bool)
+    if not parts.any():
+        return text
+    found = text[parts].str.extract(_US_DATE)
+    day = found[2] + "-" + found[0].str.zfill(2) + "-" + found[1].str.zfill(2)
+    time = "T" + found[3].str.zfill(2) + ":" + found[4] + found[5].fillna("")
+    out = text.copy()
+    out[parts] = day.where(found[3].isna(), day + time).to_numpy()
+    return out
+
+
+def _naive_ns(
+    path: Path, column: str, stamps: pd.Series, shown: pd.Series, tz: str | tzinfo | None, daily: bool
+) -> Int64:
+    """Naive datetimes as UTC ns. On daily bars a date (a naive midnight) is its session date and the bar starts at
+    New York midnight of that date, where Polygon's daily aggregates on md.bars.1d start, so a replayed and a
+    backfilled history give a session the same bar. Any other naive time is local time in ``tz``."""
+    out = np.empty(len(stamps), dtype=np.int64)
+    dates = (stamps == stamps.dt.normalize()).to_numpy() if daily else np.zeros(len(stamps), dtype=np.bool_)
+    if dates.any():
+        out[dates] = _utc_ns(stamps[dates].dt.tz_localize(NEW_YORK))
+    timed = ~dates
+    if not timed.any():
+        return out
+    if tz is None:
+        i = _first_bad(timed)
+        raise ReplayError(
+            path, f"naive timestamp {shown.iloc[i]!r}: {_NAIVE_HINT}", row=int(stamps.index[i]) + 1, column=column
+        )
+    try:
+        out[timed] = _utc_ns(stamps[timed].dt.tz_localize(tz, ambiguous="raise", nonexistent="raise"))
+    except (ValueError, TypeError) as exc:  # ambiguous or nonexistent local time (DST)
+        raise ReplayError(path, f"local time not convertible to UTC: {exc}", column=column) from exc
+    return out
+
+
+def _timestamps_ns(path: Path, column: str, raw: pd.Series, tz: str | tzinfo | None, daily: bool) -> Int64:
+    """Bar start times as UTC ns from datetimes, epoch numbers, ISO-8601 or US month/day/year strings."""
+    raw = raw.reset_index(drop=True)  # index = row - 1, for error messages
     if raw.isna().any():
         raise ReplayError(path, "missing timestamp", row=_first_bad(raw.isna().to_numpy()) + 1, column=column)
     if isinstance(raw.dtype, pd.DatetimeTZDtype):
         return _utc_ns(raw)
     if pd.api.types.is_datetime64_dtype(raw.dtype):
-        if tz is None:
-            raise ReplayError(path, "naive timestamps: pass tz= to say which zone they are in", column=column)
-        local = raw.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise")
-        return _utc_ns(local)
+        return _naive_ns(path, column, raw, raw.astype(str), tz, daily)
     if pd.api.types.is_numeric_dtype(raw.dtype):
         return _epoch_ns(path, column, raw)
-    text = raw.astype(str).str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
+    shown = raw.astype(str).str.strip()
+    numeric = pd.to_numeric(shown, errors="coerce")
     if numeric.notna().all():
         return _epoch_ns(path, column, numeric)
+    text = _us_dates_as_iso(shown)
     has_offset = text.str.contains(_OFFSET_SUFFIX, regex=True).to_numpy()
-    if not has_offset.all() and tz is None:
-        i = _first_bad(~has_offset)
-        raise ReplayError(
-            path, f"naive timestamp {text.iloc[i]!r}: add a UTC offset or pass tz=", row=i + 1, column=column
-        )
     out = np.empty(len(text), dtype=np.int64)
-    for mask, localize in ((has_offset, False), (~has_offset, True)):
+    for mask, aware in ((has_offset, True), (~has_offset, False)):
         if not mask.any():
             continue
-        part = pd.to_datetime(text[mask], format="ISO8601", utc=not localize, errors="coerce")
+        part = pd.to_datetime(text[mask], format="ISO8601", utc=aware, errors="coerce")
         if part.isna().any():
             i = int(np.flatnonzero(mask)[_first_bad(part.isna().to_numpy())])
-            raise ReplayError(path, f"unparsable timestamp {text.iloc[i]!r}", row=i + 1, column=column)
-        if localize:
-            try:
-                part = part.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise")
-            except (ValueError, TypeError) as exc:  # ambiguous or nonexistent local time (DST)
-                raise ReplayError(path, f"local time not convertible to UTC: {exc}", column=column) from exc
-        out[mask] = _utc_ns(part)
+            reason = f"unparsable timestamp {shown.iloc[i]!r}: expected {_FORMATS}"
+            if "/" in shown.iloc[i]:
+                reason = (
+                    f"unparsable date {shown.iloc[i]!r}: dates with slashes are read as US month/day/year with a"
+                    " four-digit year (1/4/1999); write any other layout as ISO 8601 (1999-01-04)"
+                )
+            raise ReplayError(path, reason, row=i + 1, column=column)
+        out[mask] = _utc_ns(part) if aware else _naive_ns(path, column, part, shown[mask], tz, daily)
     return out
 
 
@@ -203,26 +266,16 @@ def _check_bars(path: Path, cols: dict[str, str], v: dict[str, npt.NDArray[np.fl
             raise ReplayError(path, reason, row=_first_bad(bad) + 1, column=cols.get(field, field))
 
 
-def read_bars(
+def _ohlcv_bars(
     path: Path,
-    *,
-    interval: str = "1m",
-    symbol: str | None = None,
-    tz: str | tzinfo | None = None,
-    asset_class: str = "UNKNOWN",
-    batch_size: int = 10_000,
-) -> Iterator[BarBatch]:
-    """Yield the file's bars in (start time, symbol) order, ``batch_size`` rows at a time.
-
-    ``timestamp`` is the bar start. ``symbol`` names the instrument of a file without a symbol column;
-    with a symbol column it keeps only that symbol's rows. ``tz`` is the zone of naive timestamps
-    (without it they are an error). ``asset_class`` applies when the file has no such column.
-    ``regular_session`` comes from the file when present, else from the asset class's session calendar
-    (``connectors.sessions``; True for daily and longer bars and for UNKNOWN). vwap is checked for sign
-    only: venues compute it over trades that OHLC may exclude.
-    """
-    step = interval_ns(interval)
-    frame = _load(path)
+    frame: pd.DataFrame,
+    interval: str,
+    step: int,
+    symbol: str | None,
+    tz: str | tzinfo | None,
+    asset_class: str,
+) -> tuple[BarBatch, npt.NDArray[np.intp], str]:
+    """One bar per row: (the bars in file order, each bar's 0-based row, the time column)."""
     cols = _columns(path, frame)
     if "symbol" in cols:
         symbols = frame[cols["symbol"]]
@@ -234,9 +287,9 @@ def read_bars(
     elif symbol is not None:
         sym = np.full(len(frame), symbol, dtype=object)
     else:
-        raise ReplayError(path, "no symbol column (symbol/ticker/sym) and no symbol= given", column="symbol")
+        raise ReplayError(path, "no symbol column (symbol/ticker/sym): name the symbol with --symbol", column="symbol")
 
-    start_ns = _timestamps_ns(path, cols["timestamp"], frame[cols["timestamp"]], tz)
+    start_ns = _timestamps_ns(path, cols["timestamp"], frame[cols["timestamp"]], tz, step >= _INTERVAL_NS["d"])
     v = {f: _numbers(path, frame, cols[f], required=True) for f in REQUIRED[1:]}
     for f in ("vwap", "trade_count"):
         v[f] = _numbers(path, frame, cols[f], required=False) if f in cols else np.full(len(frame), np.nan)
@@ -247,14 +300,7 @@ def read_bars(
         regular = flags.isin(("true", "1", "t", "yes")).to_numpy()
     else:
         regular = _regular_hours(path, cols["timestamp"], classes, start_ns, step)
-
-    order = np.lexsort((sym.astype(str), start_ns))
-    dup = (np.diff(start_ns[order]) == 0) & (sym[order][1:] == sym[order][:-1])
-    if dup.any():
-        row = int(order[_first_bad(dup) + 1]) + 1
-        raise ReplayError(path, f"duplicate bar for {sym[row - 1]!r}", row=row, column=cols["timestamp"])
-    trade_count = np.where(np.isnan(v["trade_count"]), -1, v["trade_count"]).astype(np.int64)
-    batch = BarBatch(
+    bars = BarBatch(
         symbol=sym,
         asset_class=classes,
         interval=interval,
@@ -266,8 +312,105 @@ def read_bars(
         close=v["close"],
         volume=v["volume"],
         vwap=v["vwap"],
-        trade_count=trade_count,
+        trade_count=np.where(np.isnan(v["trade_count"]), -1, v["trade_count"]).astype(np.int64),
         regular_session=regular.astype(np.bool_),
-    ).take(order)
+    )
+    return bars, np.arange(len(bars)), cols["timestamp"]
+
+
+def _wide_bars(
+    path: Path,
+    frame: pd.DataFrame,
+    interval: str,
+    step: int,
+    symbol: str | None,
+    tz: str | tzinfo | None,
+    asset_class: str,
+) -> tuple[BarBatch, npt.NDArray[np.intp], str]:
+    """A date/time column and one column of prices per symbol: a CLOSE_ONLY bar per filled cell (a blank cell is
+    a day without a price, e.g. before a listing). Open, high and low repeat the close and volume is 0, so that
+    OHLC invariants hold for readers that ignore ``kind``."""
+    by_lower = {str(c).strip().lower(): str(c) for c in frame.columns}
+    time_column = next((by_lower[a] for a in ALIASES["timestamp"] if a in by_lower), None)
+    if time_column is None:
+        expected = "/".join(ALIASES["timestamp"])
+        raise ReplayError(path, f"a wide table needs a date/time column (any of {expected})", column="timestamp")
+    bar_fields = {alias for field in ALIASES if field != "timestamp" for alias in ALIASES[field]}
+    columns = [str(c) for c in frame.columns if str(c) != time_column]
+    for column in columns:
+        if column.strip().lower() in bar_fields:
+            raise ReplayError(
+                path, "a bar field, not a symbol: a file of OHLCV bars reads with --layout ohlcv", column=column
+            )
+        if column.startswith("Unnamed: "):  # pandas' name for a blank header
+            raise ReplayError(path, "a column without a header: name it after its symbol", column=column)
+    if symbol is not None:
+        columns = [c for c in columns if c.strip() == symbol]
+        if not columns:
+            raise ReplayError(path, f"no column for symbol {symbol!r}", column=symbol)
+    if not columns:
+        raise ReplayError(path, "a wide table needs a column of prices per symbol beside the date/time column")
+
+    times = _timestamps_ns(path, time_column, frame[time_column], tz, step >= _INTERVAL_NS["d"])
+    prices = np.column_stack([_numbers(path, frame, c, required=False) for c in columns])  # rows x symbols
+    if (prices <= 0).any():
+        row, col = np.argwhere(prices <= 0)[0]
+        raise ReplayError(path, "price must be positive", row=int(row) + 1, column=columns[col])
+    rows, cols = np.nonzero(~np.isnan(prices))
+    close = prices[rows, cols]
+    start_ns = times[rows]
+    classes = np.full(len(close), ASSET_CLASSES.index(asset_class), dtype=np.int8)
+    bars = BarBatch(
+        symbol=np.array([c.strip() for c in columns], dtype=object)[cols],
+        asset_class=classes,
+        interval=interval,
+        start_ns=start_ns,
+        end_ns=start_ns + step,
+        open=close,
+        high=close,
+        low=close,
+        close=close,
+        volume=np.zeros(len(close)),
+        vwap=np.full(len(close), np.nan),
+        trade_count=np.full(len(close), -1, dtype=np.int64),
+        regular_session=_regular_hours(path, time_column, classes, start_ns, step),
+        kind=np.full(len(close), CLOSE_ONLY, dtype=np.int8),
+    )
+    return bars, rows, time_column
+
+
+def read_bars(
+    path: Path,
+    *,
+    interval: str = "1m",
+    symbol: str | None = None,
+    tz: str | tzinfo | None = None,
+    asset_class: str = "UNKNOWN",
+    layout: Layout = "ohlcv",
+    batch_size: int = 10_000,
+) -> Iterator[BarBatch]:
+    """Yield the file's bars in (start time, symbol) order, ``batch_size`` rows at a time.
+
+    ``layout`` is ``ohlcv`` (one bar per row) or ``wide`` (one column of closing prices per symbol: CLOSE_ONLY
+    bars). The time column is the bar start. ``symbol`` names the instrument of an ohlcv file without a symbol
+    column; with a symbol column, or with a wide table, it keeps only that symbol. ``tz`` is the zone of naive
+    times (without it they are an error, except dates on daily bars: see the module doc). ``asset_class``
+    applies when the file has no such column. ``regular_session`` comes from the file when present, else from
+    the asset class's session calendar (``connectors.sessions``; True for daily and longer bars and for
+    UNKNOWN). vwap is checked for sign only: venues compute it over trades that OHLC may exclude.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    step = interval_ns(interval)
+    frame = _load(path)
+    read = _wide_bars if layout == "wide" else _ohlcv_bars
+    bars, rows, time_column = read(path, frame, interval, step, symbol, tz, asset_class)
+    order = np.lexsort((bars.symbol.astype(str), bars.start_ns))
+    sym = bars.symbol[order]
+    dup = (np.diff(bars.start_ns[order]) == 0) & (sym[1:] == sym[:-1])
+    if dup.any():
+        k = int(order[_first_bad(dup) + 1])
+        raise ReplayError(path, f"duplicate bar for {bars.symbol[k]!r}", row=int(rows[k]) + 1, column=time_column)
+    batch = bars.take(order)
     for lo in range(0, len(batch), batch_size):
         yield batch.take(slice(lo, lo + batch_size))

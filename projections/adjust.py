@@ -104,4 +104,5 @@ def adjust(bars: BarBatch, factors: Factors) -> BarBatch:
         vwap=bars.vwap * price,
         trade_count=bars.trade_count,
         regular_session=bars.regular_session,
+        kind=bars.kind,
     )

@@ -10,7 +10,7 @@ import numpy as np
 from projections.consumed import Consumed
 from projections.offsets import add_counter, apply_exactly_once
 from projections.redis_store import LatestValue, RedisProjection, key, position
-from schemas.bars import ASSET_CLASSES, BarBatch
+from schemas.bars import ASSET_CLASSES, BAR_KINDS, BarBatch
 
 CONSUMER = "projection.bars"
 _STAGE_COLUMNS = (
@@ -27,25 +27,26 @@ _STAGE_COLUMNS = (
     "vwap",
     "trade_count",
     "regular_session",
+    "kind",
     "source_offset",
 )
 _CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS bars_stage (
     symbol text, interval text, start_ns bigint, end_ns bigint, asset_class text,
     open double precision, high double precision, low double precision, close double precision,
-    volume double precision, vwap double precision, trade_count bigint, regular_session boolean,
+    volume double precision, vwap double precision, trade_count bigint, regular_session boolean, kind text,
     source_offset bigint
 ) ON COMMIT DELETE ROWS
 """
 _MERGE_STAGE = """
 WITH inserted AS (
     INSERT INTO bars (symbol, interval, start_ts, end_ts, asset_class, open, high, low, close, volume, vwap,
-                      trade_count, regular_session, source_offset)
+                      trade_count, regular_session, kind, source_offset)
     SELECT DISTINCT ON (symbol, interval, start_ns)
            symbol, interval,
            timestamptz 'epoch' + (start_ns / 1000) * interval '1 microsecond',
            timestamptz 'epoch' + (end_ns / 1000) * interval '1 microsecond',
-           asset_class, open, high, low, close, volume, vwap, trade_count, regular_session, source_offset
+           asset_class, open, high, low, close, volume, vwap, trade_count, regular_session, kind, source_offset
     FROM bars_stage
     ORDER BY symbol, interval, start_ns, source_offset
     ON CONFLICT (symbol, interval, start_ts) DO NOTHING
@@ -74,6 +75,7 @@ def _stage_records(bars: BarBatch, offsets: np.ndarray) -> list[tuple[object, ..
             vwap,
             trade_count,
             bars.regular_session.tolist(),
+            np.asarray(BAR_KINDS, dtype=object)[bars.kind].tolist(),
             offsets.tolist(),
             strict=True,
         )
@@ -129,6 +131,7 @@ def _latest_per_symbol(records: Sequence[Consumed], bars: BarBatch) -> list[Late
                     "low": repr(float(bars.low[i])),
                     "close": repr(float(bars.close[i])),
                     "volume": repr(float(bars.volume[i])),
+                    "kind": BAR_KINDS[bars.kind[i]],
                 },
             )
         )

@@ -13,7 +13,7 @@ import numpy as np
 
 async def bars(conn: asyncpg.Connection, symbol: str, interval: str, limit: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT start_ts, open, high, low, close, volume, vwap, trade_count, regular_session"
+        "SELECT start_ts, open, high, low, close, volume, vwap, trade_count, regular_session, kind"
         " FROM bars WHERE symbol = $1 AND interval = $2 ORDER BY start_ts DESC LIMIT $3",
         symbol,
         interval,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 BAR_SCHEMA = "tidemark.marketdata.BarClosed"
 ASSET_CLASSES = ("UNKNOWN", "EQUITY", "FX", "FUTURE")
+# BarClosed.kind: a CLOSE_ONLY bar observed only its close (open, high and low repeat it, volume is 0).
+BAR_KINDS = ("OHLCV", "CLOSE_ONLY")
+CLOSE_ONLY = np.int8(BAR_KINDS.index("CLOSE_ONLY"))
 
 Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]
@@ -18,7 +21,8 @@ Int64 = npt.NDArray[np.int64]
 class BarBatch:
     """N bars as parallel columns. ``vwap`` is NaN and ``trade_count`` is -1 where the venue gave none.
 
-    ``asset_class`` holds indices into ``ASSET_CLASSES`` so that encoding needs no string lookups.
+    ``asset_class`` and ``kind`` hold indices into ``ASSET_CLASSES`` and ``BAR_KINDS`` so that encoding needs no
+    string lookups. A batch built without ``kind`` is all OHLCV: only sources of close-only bars need to say so.
     """
 
     symbol: npt.NDArray[np.object_]
@@ -34,6 +38,13 @@ class BarBatch:
     vwap: Float64
     trade_count: Int64
     regular_session: npt.NDArray[np.bool_]
+    kind: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
+
+    def __post_init__(self) -> None:
+        if len(self.kind) != len(self.symbol):
+            if len(self.kind):
+                raise ValueError(f"{len(self.kind)} kinds for {len(self.symbol)} bars")
+            object.__setattr__(self, "kind", np.zeros(len(self.symbol), np.int8))
 
     def __len__(self) -> int:
         return len(self.symbol)
@@ -54,4 +65,5 @@ class BarBatch:
             vwap=self.vwap[index],
             trade_count=self.trade_count[index],
             regular_session=self.regular_session[index],
+            kind=self.kind[index],
         )

@@ -5,6 +5,10 @@ schema is expanded into a standalone schema (a referenced type is defined at its
 name afterwards, as the Avro spec requires), so its fingerprint is the one any other Avro implementation
 computes from the same standalone schema.
 
+A message written with an earlier released version of a schema (``schemas/released/vN``) is known too: it is
+decoded with that version and resolved to the current one by Avro's rules (a field added since takes its default),
+so a log written before a compatible change stays readable.
+
 Decoding is strict: anything that is not exactly what a standard Avro writer produces for a known schema
 raises :class:`DecodeError`. fastavro alone accepts some malformed input (negative enum and union indices,
 booleans other than 0 and 1), so every decoded body is re-encoded and compared with the input.
@@ -16,7 +20,7 @@ import copy
 import io
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -29,6 +33,7 @@ from fastavro.validation import validate
 MARKER = b"\xc3\x01"
 HEADER_SIZE = 10
 SCHEMA_DIR = Path(__file__).resolve().parent / "avro"
+RELEASED_ROOT = SCHEMA_DIR.parent / "released"
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
@@ -159,9 +164,10 @@ class SchemaRegistry:
     """Every record schema of a directory of ``.avsc`` files, addressed by full name and by fingerprint.
 
     Files whose top-level type is not a record (shared enums) only provide named types to the others.
+    ``releases`` are directories of earlier released versions: their messages decode too (see the module doc).
     """
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, releases: Sequence[Path] = ()) -> None:
         self.directory = Path(directory)
         raw: dict[str, Any] = {}
         for path in sorted(self.directory.glob("*.avsc")):
@@ -190,6 +196,15 @@ class SchemaRegistry:
             self._by_fingerprint[print_] = name
             self._entries[name] = _Entry(standalone, parsed, print_, MARKER + print_, uuid_fields)
         self.names: tuple[str, ...] = tuple(sorted(self._entries))
+        self._released: dict[tuple[str, str], _Entry] = {}
+        self._writers: dict[bytes, _Entry] = {}  # fingerprint -> an earlier version that differs from the current
+        for release in releases:
+            earlier = SchemaRegistry(release)
+            for name, entry in earlier._entries.items():
+                self._released[release.name, name] = entry
+                if name in self._entries and entry.fingerprint not in self._by_fingerprint:
+                    self._by_fingerprint[entry.fingerprint] = name
+                    self._writers[entry.fingerprint] = entry
 
     def _entry(self, name: str) -> _Entry:
         try:
@@ -204,9 +219,14 @@ class SchemaRegistry:
     def fingerprint(self, name: str) -> bytes:
         return self._entry(name).fingerprint
 
-    def header(self, name: str) -> bytes:
-        """The 10 bytes every message of this schema starts with."""
-        return self._entry(name).header
+    def header(self, name: str, release: str | None = None) -> bytes:
+        """The 10 bytes every message of this schema starts with (as written by ``release``, e.g. ``v1``)."""
+        if release is None:
+            return self._entry(name).header
+        try:
+            return self._released[release, name].header
+        except KeyError:
+            raise KeyError(f"no schema {name!r} in release {release!r}") from None
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         entry = self._entry(name)
@@ -228,7 +248,14 @@ class SchemaRegistry:
         name = self._by_fingerprint.get(bytes(data[2:HEADER_SIZE]))
         if name is None:
             raise UnknownSchemaError(f"unknown schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()}")
-        return Decoded(name, self._decode_body(name, data))
+        writer = self._writers.get(bytes(data[2:HEADER_SIZE]))
+        if writer is None:
+            return Decoded(name, self._decode_body(name, data))
+        self._decode_body(name, data, writer)  # strict against the version that wrote it
+        stream = io.BytesIO(data)
+        stream.seek(HEADER_SIZE)
+        resolved = cast(dict[str, Any], schemaless_reader(stream, writer.parsed, self._entries[name].parsed))
+        return Decoded(name, resolved)
 
     def decode_as(self, name: str, data: bytes) -> dict[str, Any]:
         """Decode a message that must be of schema ``name``."""
@@ -237,8 +264,8 @@ class SchemaRegistry:
             raise DecodeError(f"expected {name}, got {decoded.schema}")
         return decoded.record
 
-    def _decode_body(self, name: str, data: bytes) -> dict[str, Any]:
-        entry = self._entries[name]
+    def _decode_body(self, name: str, data: bytes, writer: _Entry | None = None) -> dict[str, Any]:
+        entry = writer or self._entries[name]
         stream = io.BytesIO(data)
         stream.seek(HEADER_SIZE)
         try:
@@ -273,8 +300,9 @@ def _checked_uuid(value: Any, field: str, error: type[ValueError]) -> str:
 
 @cache
 def get_registry() -> SchemaRegistry:
-    """The registry of ``schemas/avro``, loaded on first use."""
-    return SchemaRegistry(SCHEMA_DIR)
+    """The registry of ``schemas/avro`` (and of every release under ``schemas/released``), loaded on first use."""
+    releases = sorted(path for path in RELEASED_ROOT.iterdir() if path.is_dir() and path.name.startswith("v"))
+    return SchemaRegistry(SCHEMA_DIR, releases)
 
 
 def __getattr__(name: str) -> SchemaRegistry:

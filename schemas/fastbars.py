@@ -2,7 +2,8 @@
 
 Produces exactly the bytes of the generic codec (``schemas.codec``) and accepts exactly the messages it
 accepts, but does the byte work in two numba kernels over the whole batch. Strings are rare enough to be
-handled per distinct value (symbols) or only checked when they are not plain ASCII.
+handled per distinct value (symbols) or only checked when they are not plain ASCII. Messages written with the
+released v1 schema (before ``kind``) decode too, as OHLCV bars, like the codec resolves them.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from schemas.bars import ASSET_CLASSES, BAR_SCHEMA, BarBatch
+from schemas.bars import ASSET_CLASSES, BAR_KINDS, BAR_SCHEMA, BarBatch
 from schemas.codec import DecodeError, EncodeError, get_registry
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 
-_OK, _SHORT, _FOREIGN, _TRUNCATED, _VARINT, _NEGATIVE, _ENUM, _UNION, _BOOLEAN, _TRAILING = range(10)
+_OK, _SHORT, _FOREIGN, _TRUNCATED, _VARINT, _NEGATIVE, _ENUM, _UNION, _BOOLEAN, _TRAILING, _KIND = range(11)
 _REASONS = {
     _SHORT: "not an Avro single-object message (marker C3 01 and 8-byte fingerprint)",
     _TRUNCATED: "truncated body",
@@ -31,7 +32,10 @@ _REASONS = {
     _UNION: "union branch index out of range",
     _BOOLEAN: "boolean byte other than 0 or 1",
     _TRAILING: "bytes after the end of the record",
+    _KIND: "kind enum index out of range",
 }
+# The release whose BarClosed ends at regular_session: the layout this module decodes besides the current one.
+_V1 = "v1"
 # A row whose strings are not all ASCII, or whose event_id is not a lower/upper-case canonical UUID, is
 # re-checked with the generic codec (rare).
 _SLOW = np.int8(-1)
@@ -62,6 +66,7 @@ def to_records(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Seque
             "vwap": None if np.isnan(batch.vwap[i]) else float(batch.vwap[i]),
             "trade_count": None if batch.trade_count[i] == -1 else int(batch.trade_count[i]),
             "regular_session": bool(batch.regular_session[i]),
+            "kind": BAR_KINDS[batch.kind[i]],
         }
         for i in range(len(batch))
     ]
@@ -121,10 +126,11 @@ def _encode_kernel(
     vwap_null: npt.NDArray[np.bool_],
     trade_count: I64,
     regular_session: npt.NDArray[np.bool_],
+    kind: npt.NDArray[np.int8],
 ) -> tuple[U8, I64]:
     n = codes.shape[0]
     zz_ingest = _zigzag(ts_ingest)
-    fixed = header.shape[0] + _varint_size(zz_ingest) + middle.shape[0] + 1 + interval.shape[0] + 40 + 1 + 1 + 1
+    fixed = header.shape[0] + _varint_size(zz_ingest) + middle.shape[0] + 1 + interval.shape[0] + 40 + 1 + 1 + 1 + 1
     offsets = np.empty(n + 1, np.int64)
     offsets[0] = 0
     for i in range(n):
@@ -161,6 +167,7 @@ def _encode_kernel(
             buf[pos] = 2
             pos = _put_varint(buf, pos + 1, _zigzag(trade_count[i]))
         buf[pos] = np.uint8(1 if regular_session[i] else 0)
+        buf[pos + 1] = np.uint8(kind[i] * 2)
     return buf, offsets
 
 
@@ -219,24 +226,27 @@ def _canonical_uuid(buf: U8, start: int, stop: int) -> bool:
 
 @numba.njit(cache=True)
 def _decode_kernel(
-    blob: U8, offsets: I64, header: U8, nan: U8
+    blob: U8, offsets: I64, header: U8, v1_header: U8, nan: U8, n_kinds: int
 ) -> tuple[npt.NDArray[np.int8], I64, I64, U8, npt.NDArray[np.int8]]:
     n = offsets.shape[0] - 1
     status = np.zeros(n, np.int8)
     spans = np.zeros((n, 4), np.int64)  # symbol start/end, interval start/end
     ints = np.zeros((n, 3), np.int64)  # start_ns, end_ns, trade_count (-1 for null)
     floats = np.zeros((n, 48), np.uint8)  # open, high, low, close, volume, vwap (NaN for null) as bytes
-    flags = np.zeros((n, 2), np.int8)  # asset_class, regular_session
+    flags = np.zeros((n, 3), np.int8)  # asset_class, regular_session, kind (0 = OHLCV for v1 messages)
     for i in range(n):
         pos, stop = offsets[i], offsets[i + 1]
         if stop - pos < 10 or blob[pos] != header[0] or blob[pos + 1] != header[1]:
             status[i] = _SHORT
             continue
-        foreign = False
+        current = True
+        v1 = True
         for k in range(2, 10):
             if blob[pos + k] != header[k]:
-                foreign = True
-        if foreign:
+                current = False
+            if blob[pos + k] != v1_header[k]:
+                v1 = False
+        if not (current or v1):
             status[i] = _FOREIGN
             continue
         pos += 10
@@ -333,7 +343,17 @@ def _decode_kernel(
             status[i] = _BOOLEAN
             continue
         flags[i, 1] = blob[pos]
-        if pos + 1 != stop:
+        pos += 1
+        if current:
+            kind, pos, st = _get_varint(blob, pos, stop)
+            if st != _OK:
+                status[i] = st
+                continue
+            if kind < 0 or kind >= n_kinds:
+                status[i] = _KIND
+                continue
+            flags[i, 2] = kind
+        if pos != stop:
             status[i] = _TRAILING
             continue
         if slow:
@@ -422,6 +442,8 @@ def encode_bars(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequ
     registry = get_registry()
     if np.any((batch.asset_class < 0) | (batch.asset_class >= len(ASSET_CLASSES))):
         raise EncodeError("asset_class index out of range")
+    if np.any((batch.kind < 0) | (batch.kind >= len(BAR_KINDS))):
+        raise EncodeError("kind index out of range")
     try:
         id_blob, id_off = _checked_ids(event_ids)
         distinct: dict[str, int] = {}
@@ -457,6 +479,7 @@ def encode_bars(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequ
         np.isnan(vwap),
         np.ascontiguousarray(batch.trade_count, dtype=np.int64),
         np.ascontiguousarray(batch.regular_session, dtype=np.bool_),
+        np.ascontiguousarray(batch.kind, dtype=np.int8),
     )
     data = buf.tobytes()
     bounds = offsets.tolist()
@@ -503,7 +526,14 @@ def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tu
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     blob = _u8(b"".join(payloads))
-    status, spans, ints, floats, flags = _decode_kernel(blob, offsets, _u8(registry.header(BAR_SCHEMA)), _NAN_BYTES)
+    status, spans, ints, floats, flags = _decode_kernel(
+        blob,
+        offsets,
+        _u8(registry.header(BAR_SCHEMA)),
+        _u8(registry.header(BAR_SCHEMA, _V1)),
+        _NAN_BYTES,
+        len(BAR_KINDS),
+    )
     bad: list[tuple[int, str]] = []
     for i in np.flatnonzero(status > 0).tolist():
         code = int(status[i])
@@ -565,5 +595,6 @@ def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tu
         vwap=values[:, 5].copy(),
         trade_count=ints[rows, 2],
         regular_session=flags[rows, 1].astype(np.bool_),
+        kind=flags[rows, 2].astype(np.int8),
     )
     return batch, rows.tolist(), bad

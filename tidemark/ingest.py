@@ -24,6 +24,7 @@ from connectors.publisher import (
     stop_on_signals,
 )
 from schemas.bars import ASSET_CLASSES, BAR_SCHEMA, BarBatch
+from schemas.catalogue import CATALOGUE
 from schemas.codec import DecodeError, get_registry
 from tidemark.settings import Settings, get_settings
 
@@ -31,6 +32,8 @@ ingest_app = typer.Typer(help="Publish market data to Kafka.", no_args_is_help=T
 console = Console(stderr=True)
 
 DEFAULT_START = "2025-03-03T00:00:00+00:00"
+# The intervals with a bar topic (md.bars.<interval>): the ones a file can be replayed into.
+BAR_INTERVALS = tuple(spec.name.removeprefix("md.bars.") for spec in CATALOGUE if spec.name.startswith("md.bars."))
 
 
 def parse_utc(value: str) -> datetime:
@@ -164,28 +167,63 @@ def ingest_synthetic(
 
 @ingest_app.command("replay")
 def ingest_replay(
-    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV or Parquet file of bars"),
-    interval: str = typer.Option("1m", help="bar interval of the file: 1s or 1m"),
-    symbol: str | None = typer.Option(None, help="symbol of a single-symbol file without a symbol column"),
+    path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="CSV (.csv, .csv.gz, .csv.zst, .csv.bz2, .csv.xz) or Parquet file"
+    ),
+    interval: str = typer.Option("1m", help=f"bar interval of the file: {', '.join(BAR_INTERVALS)}"),
+    symbol: str | None = typer.Option(
+        None, help="symbol of a file without a symbol column; in a file of several symbols, the one to replay"
+    ),
+    tz: str | None = typer.Option(
+        None, help="zone of times without a UTC offset, e.g. America/New_York (dates of 1d bars need none)"
+    ),
+    layout: str = typer.Option(
+        "ohlcv",
+        help="ohlcv: a bar per row; wide: a date/time column and a column of closing prices per symbol, "
+        "published as close-only bars (kind CLOSE_ONLY)",
+    ),
     speed: float | None = typer.Option(None, help="pace by bar time (1 = real time); as fast as possible if unset"),
     asset_class: str = typer.Option(
         "UNKNOWN", help="EQUITY, FX or FUTURE for a file without an asset_class column; picks the session calendar"
     ),
 ) -> None:
-    """Replay bars from a CSV or Parquet file into Kafka."""
-    from connectors.replay import ReplayError, read_bars
+    """Replay bars from a CSV or Parquet file into Kafka (md.bars.<interval>).
+
+    Times: ISO 8601, US month/day/year (1/4/1999) or epoch numbers. A date on 1d bars starts at New York midnight.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from rich.markup import escape
+
+    from connectors.replay import LAYOUTS, ReplayError, read_bars
 
     if asset_class.upper() not in ASSET_CLASSES:
         known = ", ".join(ASSET_CLASSES)
         raise typer.BadParameter(f"{asset_class!r} is not one of {known}", param_hint="--asset-class")
+    if interval not in BAR_INTERVALS:
+        raise typer.BadParameter(f"{interval!r} is not one of {', '.join(BAR_INTERVALS)}", param_hint="--interval")
+    if layout not in LAYOUTS:
+        raise typer.BadParameter(f"{layout!r} is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise typer.BadParameter(f"unknown time zone {tz!r}", param_hint="--tz") from exc
     settings = get_settings()
     topic = settings.topic(f"md.bars.{interval}")
     publisher = BarPublisher(settings.kafka_bootstrap, topic, source="replay")
     try:
-        bars = read_bars(path, interval=interval, symbol=symbol, asset_class=asset_class.upper())
+        bars = read_bars(
+            path,
+            interval=interval,
+            symbol=symbol,
+            tz=tz,
+            asset_class=asset_class.upper(),
+            layout=layout,
+        )
         report = _publish_with_progress(publisher, bars, None, speed)
     except ReplayError as exc:
-        console.print(f"[red]cannot replay {path}:[/red] {exc}")
+        console.print(f"[red]cannot replay:[/red] {escape(str(exc))}", soft_wrap=True)  # the error names the file
         raise typer.Exit(2) from exc
     _print_report(report, topic)
     if report.interrupted:

@@ -207,6 +207,7 @@ def _bar_header() -> bytes:
         ("enum-minus-one", "canonical|malformed"),
         ("union-minus-one", "canonical|malformed"),
         ("boolean-two", "canonical"),
+        ("kind-two", "malformed body"),
         ("not-a-uuid", "not a UUID"),
     ],
 )
@@ -223,8 +224,9 @@ def test_malformed_messages_raise_decode_error(data: Any, error: str) -> None:
         "trailing": good + b"\x00",
         "bad-utf8": header + body[:sym] + b"\x04\xff\xfe" + body[sym + 3 :],
         "enum-minus-one": header + body[: sym + 3] + b"\x01" + body[sym + 4 :],
-        "union-minus-one": good[:-3] + b"\x01" + good[-2:],
-        "boolean-two": good[:-1] + b"\x02",
+        "union-minus-one": good[:-4] + b"\x01" + good[-3:],
+        "boolean-two": good[:-2] + b"\x02" + good[-1:],
+        "kind-two": good[:-1] + b"\x04",  # BarKind has two symbols
         "not-a-uuid": header + b"\x48" + b"x" * 36 + body[37:],
     }
     message = crafted.get(data, data) if not isinstance(data, bytes) else data

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.bars import ASSET_CLASSES, BAR_SCHEMA, BarBatch
-from schemas.codec import DecodeError, EncodeError, get_registry
+from schemas.bars import ASSET_CLASSES, BAR_KINDS, BAR_SCHEMA, BarBatch
+from schemas.codec import RELEASED_ROOT, DecodeError, EncodeError, SchemaRegistry, get_registry
 from schemas.fastbars import decode_bars, encode_bars, to_records
 
 REGISTRY = get_registry()
@@ -38,6 +39,7 @@ def random_batch(seed: int, n: int, interval: str = "1m") -> BarBatch:
         vwap=np.where(rng.random(n) < 0.3, np.nan, rng.normal(100, 10, n)),
         trade_count=np.where(rng.random(n) < 0.3, -1, rng.integers(-(2**40), 2**40, n)),
         regular_session=rng.random(n) < 0.5,
+        kind=rng.integers(0, len(BAR_KINDS), n).astype(np.int8),
     )
 
 
@@ -57,7 +59,7 @@ def reference(batch: BarBatch, ids: list[str], ts_ingest: int, source: str = "po
 def assert_same_bars(a: BarBatch, b: BarBatch) -> None:
     assert a.interval == b.interval
     assert list(a.symbol) == list(b.symbol)
-    for column in ("asset_class", "start_ns", "end_ns", "trade_count", "regular_session"):
+    for column in ("asset_class", "start_ns", "end_ns", "trade_count", "regular_session", "kind"):
         np.testing.assert_array_equal(getattr(a, column), getattr(b, column), err_msg=column)
     for column in ("open", "high", "low", "close", "volume", "vwap"):
         assert getattr(a, column).tobytes() == getattr(b, column).tobytes(), column
@@ -105,6 +107,7 @@ def test_non_canonical_uuid_spellings_match_the_codec() -> None:
         (lambda b, ids: ids.__setitem__(0, "not-a-uuid"), "not a UUID"),
         (lambda b, ids: ids.pop(), "event ids for"),
         (lambda b, ids: b.asset_class.__setitem__(0, 4), "asset_class"),
+        (lambda b, ids: b.kind.__setitem__(0, 2), "kind"),
         (lambda b, ids: b.symbol.__setitem__(0, "\ud800"), "UTF-8"),
         (lambda b, ids: b.symbol.__setitem__(0, None), "symbol"),
     ],
@@ -143,12 +146,12 @@ def test_bad_payloads_are_reported_by_index() -> None:
         b"\xc3\x01" + bytes(8),
         minute[0],
     ]
-    payloads += [good[4][:-1] + b"\x07", good[5]]
+    payloads += [good[4][:-2] + b"\x07" + good[4][-1:], good[5], good[0][:-1] + b"\x04"]
     decoded, rows, bad = decode_bars(payloads)
     assert rows == [0, 5, 9]
     assert_same_bars(decoded, batch.take(np.array([0, 3, 5])))
     reasons = dict(bad)
-    assert sorted(reasons) == [1, 2, 3, 4, 6, 7, 8]
+    assert sorted(reasons) == [1, 2, 3, 4, 6, 7, 8, 10]
     assert "marker" in reasons[1]
     assert "truncated" in reasons[2]
     assert reasons[3] == "not a BarClosed: tidemark.risk.AlertRaised"
@@ -156,6 +159,22 @@ def test_bad_payloads_are_reported_by_index() -> None:
     assert "unknown schema fingerprint" in reasons[6]
     assert reasons[7] == "interval '1s' differs from '1m'"
     assert "boolean" in reasons[8]
+    assert reasons[10] == "kind enum index out of range"
+
+
+def test_messages_of_the_released_v1_schema_decode_as_ohlcv_bars() -> None:
+    """A log written before ``kind`` existed stays readable, by the fast decoder and the codec alike."""
+    batch, ids = random_batch(6, 40), event_ids(6, 40)
+    v1 = SchemaRegistry(RELEASED_ROOT / "v1")
+    records = to_records(batch, source="polygon", ts_ingest=3, event_ids=ids)
+    old = [v1.encode(BAR_SCHEMA, {k: v for k, v in record.items() if k != "kind"}) for record in records]
+    assert old[0][:10] == REGISTRY.header(BAR_SCHEMA, "v1") != REGISTRY.header(BAR_SCHEMA)
+    decoded, rows, bad = decode_bars([*old, *encode_bars(batch, source="s", ts_ingest=0, event_ids=ids)])
+    assert bad == [] and rows == list(range(80))
+    assert_same_bars(decoded.take(slice(0, 40)), replace(batch, kind=np.zeros(40, np.int8)))
+    assert_same_bars(decoded.take(slice(40, 80)), batch)
+    for payload, record in zip(old, records, strict=True):
+        assert REGISTRY.decode_as(BAR_SCHEMA, payload) == record | {"kind": "OHLCV"}
 
 
 def test_empty_input() -> None:

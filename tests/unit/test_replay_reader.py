@@ -1,15 +1,21 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import bz2
+import gzip
+import lzma
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import zstandard
 
 from connectors.replay import ReplayError, interval_ns, read_bars
 from connectors.synthetic.market import build_universe, generate_bars
-from schemas.bars import ASSET_CLASSES, BarBatch
+from schemas.bars import ASSET_CLASSES, BAR_KINDS, CLOSE_ONLY, BarBatch
+from tidemark.backfill import day_range_ns
 
 T0 = datetime(2024, 3, 8, 14, 30, tzinfo=UTC)  # 09:30 New York (EST)
 T0_NS = int(T0.timestamp()) * 1_000_000_000
@@ -252,3 +258,175 @@ def test_synthetic_bars_round_trip_in_batches(tmp_path: Path, suffix: str) -> No
         want = np.concatenate([getattr(b, field) for b in generated])
         keys = zip(np.concatenate([b.symbol for b in generated]), expected_starts, strict=True)
         np.testing.assert_allclose([by_key[k] for k in keys], want, rtol=1e-12)
+
+
+# A Yahoo-style daily history as spreadsheets export it: US dates, an "Adj Close" column, no symbol.
+YAHOO = (
+    "Date,Open,High,Low,Close,Adj Close,Volume\n"
+    "1/5/1999,1228.10,1246.11,1228.10,1244.78,1244.78,775000000\n"
+    "1/4/1999,1229.23,1248.81,1219.10,1228.10,1228.10,877000000\n"
+    "12/31/1998,1231.93,1237.18,1224.96,1229.23,1229.23,719200000\n"
+)
+YAHOO_DAYS = [date(1998, 12, 31), date(1999, 1, 4), date(1999, 1, 5)]
+
+
+def _session_start(day: date) -> int:
+    """Where a Polygon daily bar of ``day`` starts: the backfill's New York midnight."""
+    return day_range_ns(day, day)[0]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress"),
+    [
+        (".csv", lambda data: data),
+        (".csv.gz", gzip.compress),
+        (".csv.zst", lambda data: zstandard.ZstdCompressor().compress(data)),
+        (".csv.bz2", bz2.compress),
+        (".csv.xz", lzma.compress),
+    ],
+)
+def test_compressed_yahoo_daily_csv(tmp_path: Path, suffix: str, compress: Callable[[bytes], bytes]) -> None:
+    path = tmp_path / f"SP500{suffix.upper() if suffix == '.csv.gz' else suffix}"  # suffixes match in any case
+    path.write_bytes(compress(YAHOO.encode()))
+    bars = _read(path, interval="1d", symbol="SPX", asset_class="EQUITY")
+    assert list(bars.start_ns) == [_session_start(d) for d in YAHOO_DAYS]
+    assert list(bars.close) == [1229.23, 1228.10, 1244.78]  # Close, not Adj Close
+    assert list(bars.open) == [1231.93, 1229.23, 1228.10] and list(bars.volume) == [719200000, 877000000, 775000000]
+    assert (bars.end_ns - bars.start_ns == 86_400 * 10**9).all() and bars.regular_session.all()
+    assert (bars.kind == BAR_KINDS.index("OHLCV")).all() and set(bars.symbol) == {"SPX"}
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv.zst", ".csv.bz2", ".csv.xz"])
+def test_a_corrupt_compressed_file_is_a_replay_error(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"bars{suffix}"
+    path.write_bytes(b"this is not compressed data at all")
+    with pytest.raises(ReplayError, match="cannot read the file") as info:
+        _read(path, interval="1d", symbol="SPX")
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("stamp", "interval", "tz", "expected"),
+    [
+        ("1/4/1999", "1d", None, _session_start(date(1999, 1, 4))),  # EST
+        ("01/04/1999", "1d", None, _session_start(date(1999, 1, 4))),
+        ("1999-01-04", "1d", None, _session_start(date(1999, 1, 4))),
+        ("1999-01-04 00:00:00", "1d", None, _session_start(date(1999, 1, 4))),
+        ("7/1/2024", "1d", None, _session_start(date(2024, 7, 1))),  # EDT
+        ("7/1/2024", "1d", "Asia/Tokyo", _session_start(date(2024, 7, 1))),  # a date is a session, in any zone
+        (date(2024, 7, 1), "1d", None, _session_start(date(2024, 7, 1))),  # Parquet date32
+        (pd.Timestamp("2024-07-01"), "1d", None, _session_start(date(2024, 7, 1))),  # Parquet naive datetime
+        ("2024-07-01T00:00:00-04:00", "1d", None, _session_start(date(2024, 7, 1))),
+        ("3/8/2024 9:30", "1m", "America/New_York", T0_NS),
+        ("03/08/2024 09:30:00", "1m", "America/New_York", T0_NS),
+        ("2024-03-08 09:30", "1m", "America/New_York", T0_NS),
+        ("2024-03-08 14:30:00", "1m", "UTC", T0_NS),
+        ("3/8/2024 16:00", "1d", "America/New_York", T0_NS + 390 * MINUTE_NS),  # a time of day on a daily bar
+        (pd.Timestamp("2024-03-08 09:30"), "1m", "America/New_York", T0_NS),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_dates_and_naive_times(
+    tmp_path: Path, suffix: str, stamp: object, interval: str, tz: str | None, expected: int
+) -> None:
+    frame = _frame([stamp]).drop(columns="symbol")
+    bars = _read(_write(frame, tmp_path / f"bars{suffix}"), interval=interval, tz=tz, symbol="X")
+    assert list(bars.start_ns) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("stamps", "interval", "row", "reason"),
+    [
+        (["1/4/1999 9:30", "1/4/1999 9:31"], "1m", 1, "naive timestamp '1/4/1999 9:30': .* --tz America/New_York"),
+        (["2024-03-08T09:30:00-05:00", "2024-03-08 09:31"], "1m", 2, "naive timestamp '2024-03-08 09:31'.*--tz"),
+        (["1/4/1999", "1/5/1999"], "1m", 1, "naive timestamp '1/4/1999'.*--tz"),  # a date is no minute
+        (["1/4/1999", "1/5/1999 16:00"], "1d", 2, "naive timestamp '1/5/1999 16:00'.*--tz"),
+        (["1/4/1999", "13/1/1999"], "1d", 2, "unparsable date '13/1/1999': .*US month/day/year"),  # day first
+        (["1/4/99", "1/5/99"], "1d", 1, "unparsable date '1/4/99': .*four-digit year"),
+        (["1999-01-04", "2/30/1999"], "1d", 2, "unparsable date '2/30/1999'"),
+        (["1999-01-04", "4 Jan 1999"], "1d", 2, "unparsable timestamp '4 Jan 1999': expected ISO 8601"),
+    ],
+)
+def test_unreadable_times_name_row_column_and_the_fix(
+    tmp_path: Path, stamps: list[str], interval: str, row: int, reason: str
+) -> None:
+    path = _write(_frame(stamps).drop(columns="symbol").rename(columns={"timestamp": "Date"}), tmp_path / "b.csv")
+    with pytest.raises(ReplayError, match=reason) as info:
+        _read(path, interval=interval, symbol="X")
+    assert (info.value.row, info.value.column) == (row, "Date")
+
+
+def _wide(days: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Date": days,
+            "SPY": ["470.5", "472.25", "471.0"],
+            "QQQ": ["", "405.75", "406.5"],  # listed later: a blank cell is no bar
+            " BRK.B ": ["360.0", "361.5", ""],
+        }
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
+def test_wide_table_of_closes_reads_as_close_only_bars(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"closes{suffix}"
+    frame = _wide(["1/2/2024", "1/3/2024", "1/4/2024"])
+    if suffix == ".parquet":  # as pandas writes a frame indexed by date
+        frame.set_index(pd.to_datetime(frame.pop("Date"), format="%m/%d/%Y")).replace("", None).astype(
+            "float64"
+        ).to_parquet(path)
+    else:
+        frame.to_csv(path, index=False)
+    bars = _read(path, interval="1d", layout="wide", asset_class="EQUITY")
+    days = [_session_start(date(2024, 1, d)) for d in (2, 3, 4)]
+    assert list(zip(bars.start_ns, bars.symbol, bars.close, strict=True)) == [
+        (days[0], "BRK.B", 360.0),
+        (days[0], "SPY", 470.5),
+        (days[1], "BRK.B", 361.5),
+        (days[1], "QQQ", 405.75),
+        (days[1], "SPY", 472.25),
+        (days[2], "QQQ", 406.5),
+        (days[2], "SPY", 471.0),
+    ]
+    assert (bars.kind == CLOSE_ONLY).all() and (bars.volume == 0).all()
+    assert (bars.open == bars.close).all() and (bars.high == bars.close).all() and (bars.low == bars.close).all()
+    assert np.isnan(bars.vwap).all() and (bars.trade_count == -1).all() and bars.regular_session.all()
+    assert (bars.asset_class == ASSET_CLASSES.index("EQUITY")).all()
+    assert list(_read(path, interval="1d", layout="wide", symbol="QQQ").close) == [405.75, 406.5]
+    assert list(_read(path, interval="1d", layout="wide", symbol="BRK.B").close) == [360.0, 361.5]
+    with pytest.raises(ReplayError, match="no column for symbol 'IWM'"):
+        _read(path, interval="1d", layout="wide", symbol="IWM")
+
+
+def test_wide_intraday_closes_take_the_zone_and_the_session_calendar(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"time": ["2024-03-08 09:29", "2024-03-08 09:30"], "SPY": [510.0, 511.0]})
+    path = _write(frame, tmp_path / "minutes.csv")
+    bars = _read(path, layout="wide", tz="America/New_York", asset_class="EQUITY")
+    assert list(bars.start_ns) == [T0_NS - MINUTE_NS, T0_NS] and list(bars.regular_session) == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("frame", "row", "column", "reason"),
+    [
+        (_wide(["1/2/2024", "1/3/2024", "1/4/2024"]).assign(SPY=["1", "n/a", "2"]), 2, "SPY", "not a number: 'n/a'"),
+        (_wide(["1/2/2024", "1/3/2024", "1/4/2024"]).assign(QQQ=["", "1", "-3"]), 3, "QQQ", "must be positive"),
+        (_wide(["1/2/2024", "1/3/2024", "1/3/2024"]), 3, "Date", "duplicate bar for 'QQQ'"),
+        (_wide(["1/2/2024", "1/3/2024", "1/4/2024"]).assign(Close=1.0), None, "Close", "--layout ohlcv"),
+        (_wide(["1/2/2024", "1/3/2024", "1/4/2024"]).rename(columns={"Date": "Day"}), None, "timestamp", "date/time"),
+        (_wide(["1/2/2024", "1/3/2024", "1/4/2024"])[["Date"]], None, None, "a column of prices per symbol"),
+        (_wide(["1/2/2024", "1/3/2024", "1/4/2024"]).rename(columns={"QQQ": ""}), None, "Unnamed: 2", "header"),
+    ],
+)
+def test_bad_wide_tables_are_reported(
+    tmp_path: Path, frame: pd.DataFrame, row: int | None, column: str | None, reason: str
+) -> None:
+    path = _write(frame, tmp_path / "wide.csv")
+    with pytest.raises(ReplayError, match=reason) as info:
+        _read(path, interval="1d", layout="wide")
+    assert (info.value.row, info.value.column) == (row, column)
+
+
+def test_a_wide_table_read_as_ohlcv_says_how_to_read_it(tmp_path: Path) -> None:
+    path = _write(_wide(["1/2/2024", "1/3/2024", "1/4/2024"]), tmp_path / "wide.csv")
+    with pytest.raises(ReplayError, match="reads with --layout wide"):
+        _read(path, interval="1d", symbol="SPY")
