@@ -181,8 +181,8 @@ def next_commands() -> list[str]:
             "query bars SPY --limit 5",
             "query correlations --symbol SPY",
             "query correlations --clusters",
-            "query signals --json",
-            "query alerts",
+            "query sectors",
+            "query stats SPY EURUSD --json",
         )
     ]
 

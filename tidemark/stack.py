@@ -387,7 +387,6 @@ def _probe_kafka(bootstrap: str, timeout: float) -> str:
 def _await_group_coordinator(settings: Settings) -> None:
     """A broker answers metadata before it can coordinate groups: a brand-new one creates __consumer_offsets on
     the first group request and answers NOT_COORDINATOR meanwhile. Every command after ``up`` needs groups."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
     from tidemark.topics import until_ready
@@ -395,8 +394,9 @@ def _await_group_coordinator(settings: Settings) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": _rdkafka_log})
     probe = "tidemark-stack-probe"
     try:
+        # Not list_consumer_group_offsets: confluent-kafka 2.16 crashes (SIGSEGV) on a NOT_COORDINATOR answer to it.
         until_ready(
-            lambda: admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(probe)])[probe].result(),
+            lambda: admin.describe_consumer_groups([probe])[probe].result(),
             "waiting for the group coordinator",
             settings.kafka_bootstrap,
             READY_TIMEOUT_S["kafka"],

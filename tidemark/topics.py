@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import typer
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
@@ -253,25 +253,23 @@ def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 3
 
 
 def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Messages of ``topics`` the consumer group has not committed yet (all of them when it never committed)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    metadata = admin.list_topics(timeout=30).topics
-    partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
-    request = [ConsumerGroupTopicPartitions(group, partitions)]
-    committed = until_ready(
-        lambda: admin.list_consumer_group_offsets(request)[group].result(timeout=30).topic_partitions,
-        f"reading the committed offsets of group {group}",
-        bootstrap,
-    )
-    position = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
-    ends = {(tp.topic, tp.partition): tp.offset for tp in _end_offsets(bootstrap, partitions)}
-    return sum(end - position.get(key, 0) for key, end in ends.items())
+    """Messages of ``topics`` the consumer group has not committed yet (all of them when it never committed).
 
-
-def _end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> list[TopicPartition]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tidemark-watermarks"})
+    Read through a consumer that carries the group id without joining the group: its offset fetch waits for a
+    coordinator that is still loading, where AdminClient.list_consumer_group_offsets (confluent-kafka 2.16)
+    crashes the process on a NOT_COORDINATOR answer.
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        return [TopicPartition(tp.topic, tp.partition, watermarks(consumer, tp)[1]) for tp in partitions]
+        metadata = consumer.list_topics(timeout=30).topics
+        partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
+        committed = until_ready(
+            lambda: consumer.committed(partitions, timeout=30),
+            f"reading the committed offsets of group {group}",
+            bootstrap,
+        )
+        position = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+        return sum(watermarks(consumer, tp)[1] - position[(tp.topic, tp.partition)] for tp in partitions)
     finally:
         consumer.close()
 

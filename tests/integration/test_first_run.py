@@ -1,0 +1,108 @@
+"""A new user's first run: a broker that has never run, `tidemark stack up`, then at once the demo, and the
+commands the demo suggests typed exactly as printed.
+
+A brand-new broker has no ``__consumer_offsets`` until the first group request creates it, and answers
+NOT_COORDINATOR meanwhile; the demo's first step deletes consumer groups, which used to die on that answer.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.conftest import REPO
+from tidemark import stack
+from tidemark.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+# Enough minutes of US trading for correlation snapshots (60-bar window, every 15 minutes) and SPY bars.
+DEMO_ARGS = ("--symbols", "100", "--hours", "2", "--start", "2025-03-03T14:30:00+00:00")
+
+
+def _free_port_pair() -> int:
+    """A port whose successor is free too (the broker's controller listens on port + 1)."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port < 65535 and stack._port_free("127.0.0.1", port + 1):
+            return port
+    raise RuntimeError("no two consecutive free ports on loopback")
+
+
+def _tidemark(settings: Settings, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidemark.cli", *args],
+        env=settings.environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def fresh_broker(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A Kafka broker of its own (state directory and ports), started by `tidemark stack up` like a user's."""
+    state_dir = tmp_path_factory.mktemp("first-run")
+    settings = services.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{_free_port_pair()}", "state_dir": state_dir})
+    try:
+        up = _tidemark(settings, "stack", "up", "--service", "kafka", timeout=600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+@pytest.fixture(scope="module")
+def first_demo(fresh_broker: Settings) -> subprocess.CompletedProcess[str]:
+    return _tidemark(fresh_broker, "demo", *DEMO_ARGS, timeout=900)
+
+
+def test_stack_up_returns_once_the_broker_coordinates_groups(fresh_broker: Settings) -> None:
+    """No retry here: the first group request right after `stack up` must be served."""
+    admin = AdminClient({"bootstrap.servers": fresh_broker.kafka_bootstrap})
+    group = "first-request"
+    described = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    assert described.group_id == group
+
+
+def test_the_demo_runs_first_time_on_a_broker_that_never_ran(
+    fresh_broker: Settings, first_demo: subprocess.CompletedProcess[str]
+) -> None:
+    assert first_demo.returncode == 0, first_demo.stdout[-3000:] + first_demo.stderr[-3000:]
+    assert "What the worker found" in first_demo.stdout
+    assert (fresh_broker.state_dir / "demo-correlations.png").stat().st_size > 10_000
+
+
+def _suggested(stdout: str) -> list[str]:
+    """The indented command lines the demo ends with."""
+    return [line.strip() for line in stdout.splitlines() if line.startswith("  ") and "--context demo" in line]
+
+
+def test_every_command_the_demo_suggests_shows_the_demos_data(
+    fresh_broker: Settings, first_demo: subprocess.CompletedProcess[str]
+) -> None:
+    assert first_demo.returncode == 0, first_demo.stderr[-3000:]
+    commands = _suggested(first_demo.stdout)
+    assert len(commands) >= 4, first_demo.stdout[-2000:]
+    for command in commands:
+        argv = shlex.split(command)
+        assert Path(REPO, argv[0]).exists() or argv[0] == "tidemark", command
+        # The user's shell: the settings that reach the servers, no context chosen; the command picks it.
+        env = {k: v for k, v in fresh_broker.environment().items() if k != "TIDEMARK_CONTEXT"}
+        shown = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert shown.returncode == 0, f"{command}: {shown.stderr}"
+        assert "nothing yet" not in shown.stdout, f"{command}:\n{shown.stdout}"
+        if "bars SPY" in command or "--symbol SPY" in command:
+            assert "SPY" in shown.stdout, shown.stdout
+        if "--json" in command:
+            assert shown.stdout.strip().startswith("[") and len(shown.stdout) > 10, shown.stdout
