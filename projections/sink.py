@@ -276,7 +276,7 @@ def _die_with_parent() -> None:
 
 
 def spawn_projection_sink() -> subprocess.Popen[bytes]:
-    """The sink in a process of its own, so it does not share a GIL with the Faust worker's agents."""
+    """The sink in a process of its own, so it does not share a GIL with the analytics runner."""
     sink = subprocess.Popen([sys.executable, "-m", "projections.sink"], preexec_fn=_die_with_parent)
     atexit.register(_stop, sink)
     return sink

@@ -1,8 +1,9 @@
 """Every Kafka topic of Tidemark: what its key is, how it is partitioned and retained, what it carries.
 
 Partition counts follow one rule: topics read together by a stateful processor must be co-partitioned.
-Symbol- and strategy-keyed topics use ``KEYED_PARTITIONS`` (8, Faust's default ``topic_partitions``, which
-also sizes its changelog topics). Account-keyed topics share ``ACCOUNT_PARTITIONS`` so the rebalancer and
+Symbol- and strategy-keyed topics use ``KEYED_PARTITIONS`` (8 unless ``TIDEMARK_TOPIC_PARTITIONS`` says
+otherwise; it is also Faust's default ``topic_partitions``, which will size the changelogs of the domain agents
+that read them). Account-keyed topics share ``ACCOUNT_PARTITIONS`` so the rebalancer and
 risk can join them. Topics with only a handful of keys (universes, the DLQ, alerts) get one partition, which
 keeps them totally ordered. Topics without a value schema are internal (state, not events) and outside the
 event contract.

@@ -1,8 +1,8 @@
-"""The contract between the analytics agent and the pure processors it hosts.
+"""The contract between the analytics runner and the pure processors it hosts.
 
-One agent reads each bar batch once, decodes it once (columnar), and hands the same ``BarFrame`` to every
-processor: correlations, currency strength, sector rotation, pattern scans. Per-message stream overhead is the
-cost that dominates a Faust worker, so the processors share it instead of each running an agent of its own.
+The runner (``streams/runner.py``) reads each bar batch once, decodes it once (columnar), and hands the same
+``BarFrame`` to every processor: correlations, currency strength, sector rotation, pattern scans. Per-message
+overhead is what dominates a stream worker, so the processors share one read instead of each consuming the bars.
 
 A processor is pure: no Kafka, database or Redis code. It turns bars into events (topic name from the catalogue,
 key, full Avro schema name, event dict with a deterministic ``event_id``) and serialises its whole state to bytes,
@@ -43,7 +43,7 @@ class BarFrame:
 
 @dataclass(frozen=True, slots=True)
 class Emitted:
-    """An event a processor wants published: ``topic`` is the catalogue name (the agent adds the prefix)."""
+    """An event a processor wants published: ``topic`` is the catalogue name (the runner adds the prefix)."""
 
     topic: str
     key: bytes
@@ -52,7 +52,7 @@ class Emitted:
 
 
 class BarProcessor(Protocol):
-    """What the analytics agent hosts. ``name`` keys its state in the agent's table."""
+    """What the analytics runner hosts. ``name`` keys its state in the runner's checkpoint."""
 
     name: str
 
@@ -62,10 +62,10 @@ class BarProcessor(Protocol):
 
 
 class ProcessorFactory(Protocol):
-    """How the agent makes a processor fresh, or rebuilds it from the bytes its table recovered.
+    """How the runner makes a processor fresh, or rebuilds it from the bytes its last checkpoint holds.
 
     ``restore`` raises ValueError when the stored state no longer fits the settings (a reconfigured universe, an
-    older state version); the agent then logs it and starts that processor over.
+    older state version); the runner then logs it and starts that processor over.
     """
 
     name: str

@@ -1,6 +1,6 @@
-"""Every processor the analytics agent hosts, in the order it feeds them a batch.
+"""Every processor the analytics runner hosts, in the order it feeds them a batch.
 
-Each processing area adds its factory here; the agent keeps one table entry of state per factory ``name``.
+Each processing area adds its factory here; the runner checkpoints one state record per factory ``name``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Batch handling shared by Faust agents and plain-consumer sinks: retries for outages, dead letters for the rest."""
+"""Batch handling shared by the analytics runner and the projection sink: retries for outages, dead letters for the
+rest."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ async def handle_batch(records: Sequence[Consumed], processor: str, handler: Han
     """Run ``handler`` on a batch so that it can neither crash its consumer nor lose the batch.
 
     Outages (connections, timeouts) are retried with capped backoff until they pass; any other failure
-    dead-letters the whole batch with the error. (Faust acks a ``take_events`` batch even when the agent raises,
-    so an escaping exception would otherwise lose it silently.)
+    dead-letters the whole batch with the error, so an escaping exception can neither stop the consumer nor,
+    once its offsets move on, lose the batch silently.
     """
     for attempt in itertools.count(1):
         try:

@@ -67,7 +67,6 @@ def isolated(services: Settings, new_database: Callable[[], str]) -> Settings:
             "app_id": f"tidemark-{tag}",
             "postgres_dsn": dsn,
             "redis_url": redis_url,
-            "store": "memory://",
         }
     )
 

@@ -97,7 +97,6 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="prepended to every topic name, to share a cluster")
     topic_partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
-    store: str = Field("rocksdb://", description="Faust table store; memory:// in tests")
 
     universe: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_UNIVERSE),

@@ -1,8 +1,9 @@
 """Create and inspect the catalogue's topics on the cluster (``tidemark topics create|list``).
 
 Topics the catalogue sizes with ``KEYED_PARTITIONS`` are created with ``Settings.topic_partitions`` instead,
-because Faust sizes its changelog and repartition topics with that setting and they must stay
-co-partitioned with the topics the agents read. Every other topic gets the catalogue's count.
+so one setting sizes everything keyed by symbol or strategy; Faust (the domain agents of the coming issues)
+sizes its changelog and repartition topics with it too, and they must stay co-partitioned with the topics they
+read. Every other topic gets the catalogue's count.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Rolling returns, volatility and correlation over a fixed universe of symbols, fed by bar batches.
 
-Pure kernel of the correlation stream processor: no Kafka, Faust or storage code.
+Pure kernel of the correlation stream processor: no Kafka, stream-framework or storage code.
 
 Time grid. The window is measured in *market time*: the grid is the sorted set of bar start times
 (floored to ``bar_ns``) on which at least one universe symbol printed, and the buffer keeps the last
@@ -377,7 +377,7 @@ class RollingWindow:
         return self.min_periods if window is None else min(self.min_periods, window)
 
     def to_bytes(self) -> bytes:
-        """Compact, deterministic encoding for a Faust table value (changelog = recovery path)."""
+        """Compact, deterministic encoding for the runner's checkpoint (the recovery path after a crash)."""
         names = json.dumps(self.universe.tolist(), separators=(",", ":")).encode()
         arrays = (self._times, self._base_time, self._base_close, self._obs)
         payload = zlib.compress(b"".join(_shuffle(a) for a in arrays), 1)

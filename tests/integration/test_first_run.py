@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,9 @@ def _tidemark(settings: Settings, *args: str, timeout: float) -> subprocess.Comp
     )
 
 
-@pytest.fixture(scope="module")
-def fresh_broker(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+@contextmanager
+def _fresh_broker(services: Settings, state_dir: Path) -> Iterator[Settings]:
     """A Kafka broker of its own (state directory and ports), started by `tidemark stack up` like a user's."""
-    state_dir = tmp_path_factory.mktemp("first-run")
     settings = services.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{_free_port_pair()}", "state_dir": state_dir})
     try:
         up = _tidemark(settings, "stack", "up", "--service", "kafka", timeout=600)
@@ -63,16 +63,15 @@ def fresh_broker(services: Settings, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
+def fresh_broker(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Nothing but the demo talks to it: its first group request is the demo's."""
+    with _fresh_broker(services, tmp_path_factory.mktemp("first-run")) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
 def first_demo(fresh_broker: Settings) -> subprocess.CompletedProcess[str]:
     return _tidemark(fresh_broker, "demo", *DEMO_ARGS, timeout=900)
-
-
-def test_stack_up_returns_once_the_broker_coordinates_groups(fresh_broker: Settings) -> None:
-    """No retry here: the first group request right after `stack up` must be served."""
-    admin = AdminClient({"bootstrap.servers": fresh_broker.kafka_bootstrap})
-    group = "first-request"
-    described = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    assert described.group_id == group
 
 
 def test_the_demo_runs_first_time_on_a_broker_that_never_ran(
@@ -106,3 +105,11 @@ def test_every_command_the_demo_suggests_shows_the_demos_data(
             assert "SPY" in shown.stdout, shown.stdout
         if "--json" in command:
             assert shown.stdout.strip().startswith("[") and len(shown.stdout) > 10, shown.stdout
+
+
+def test_stack_up_returns_once_the_broker_coordinates_groups(services: Settings, tmp_path: Path) -> None:
+    """No retry here: the first group request right after `stack up` must be served."""
+    with _fresh_broker(services, tmp_path) as settings:
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        described = admin.describe_consumer_groups(["first-request"])["first-request"].result(timeout=10)
+        assert described.group_id == "first-request"
