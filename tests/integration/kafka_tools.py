@@ -1,12 +1,16 @@
-"""Reading a topic back in tests, through a plain consumer."""
+"""Reading a topic back in tests, through a plain consumer; and whether the worker has caught up with the topics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import asyncpg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from tidemark.topics import watermarks
+from projections.sink import PROJECTED_TOPICS
+from tidemark.settings import Settings
+from tidemark.topics import consumer_lag, watermarks
 
 
 def read_all(
@@ -46,3 +50,65 @@ def read_all(
         return records
     finally:
         consumer.close()
+
+
+def records_from(bootstrap: str, topic: str, positions: dict[int, int], timeout: float = 60.0) -> bool:
+    """Whether ``topic`` holds a committed record at or after ``positions[p]`` (the start when absent) in any
+    partition. Offsets alone cannot tell: a transaction's commit marker takes one and is never delivered, so the
+    tail past each position is read (read_committed) until a record or the end of every partition."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "tidemark-tests-read",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        pending = set()
+        for partition in consumer.list_topics(topic, timeout=30).topics[topic].partitions:
+            _, high = watermarks(consumer, TopicPartition(topic, partition))
+            if high > positions.get(partition, 0):
+                pending.add(partition)
+        consumer.assign([TopicPartition(topic, p, positions.get(p, OFFSET_BEGINNING)) for p in pending])
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(100, timeout=0.5):
+                error = message.error()
+                if error is None:
+                    return True
+                if error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+        if pending:
+            raise AssertionError(f"partitions {sorted(pending)} of {topic} not read to their end within {timeout}s")
+        return False
+    finally:
+        consumer.close()
+
+
+def worker_caught_up(settings: Settings) -> bool:
+    """Everything in the topics has reached PostgreSQL through the worker: the analytics runner has committed every
+    bar (its offsets commit with its outputs), then every committed record of each projected topic lies before the
+    offsets the projections stored with their rows. Exact, where Kafka's record of the sink's offsets is only
+    bookkeeping (committed after the rows, and not at all for records a restarted sink finds already applied).
+    Redis is written after each PostgreSQL commit, so this says nothing about Redis. Dead-lettered records never
+    count as applied: not for tests that dead-letter."""
+    if consumer_lag(settings.kafka_bootstrap, settings.app_id, [settings.topic("md.bars.1m")]):
+        return False
+    applied = asyncio.run(_applied_offsets(settings.postgres_dsn))
+    for name in PROJECTED_TOPICS:
+        topic = settings.topic(name)
+        positions = {partition: offset for (t, partition), offset in applied.items() if t == topic}
+        if records_from(settings.kafka_bootstrap, topic, positions):
+            return False
+    return True
+
+
+async def _applied_offsets(dsn: str) -> dict[tuple[str, int], int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT topic, partition, max(next_offset) AS n FROM applied_offsets GROUP BY 1, 2")
+        return {(r["topic"], r["partition"]): r["n"] for r in rows}
+    finally:
+        await conn.close()

@@ -1,18 +1,27 @@
 """Kill -9 at any point: a restarted worker's projections equal an uninterrupted run's, and its output topics
 (read_committed) hold each event once; a restarted connector publishes nothing twice; duplicates that do reach the
-topic are ignored downstream and counted."""
+topic are ignored downstream and counted.
+
+Every kill lands at a point the test controls, never at one a race happens to pick: the input arrives in stages
+(so a worker has work left because the rest was not published yet), runners that must not commit checkpoint once
+an hour, a lock holds the bars projection inside its transaction, and connectors are paced to wait years for their
+next minute. Each test can only fail when the guarantee it names is broken, however fast or slow the machine."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,7 +33,7 @@ from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
 from streams.registry import FACTORIES
 from tests.conftest import REPO
-from tests.integration.kafka_tools import read_all
+from tests.integration.kafka_tools import read_all, worker_caught_up
 from tests.integration.test_pipeline import SEED, START, count, expected_bars, fetch, synthetic_args
 from tests.services import eventually
 from tidemark.settings import Settings
@@ -51,9 +60,45 @@ def table(dsn: str, query: str, order: list[str]) -> pd.DataFrame:
     return pd.DataFrame(fetch(dsn, query)).sort_values(order, ignore_index=True)
 
 
-def kill(proc: subprocess.Popen[bytes]) -> None:
+def kill(proc: subprocess.Popen[Any]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def publish_minutes(settings: Settings, first: int, last: int, symbols: int = CRASH_SYMBOLS) -> int:
+    """Publish the synthetic market's minutes ``[first, last)`` as the connector would (same bars, same ids): the
+    input arrives in stages, so "part-way" is a fact of the topic, not a race against the worker. Returns the count."""
+    universe = build_universe(n_symbols=symbols, seed=SEED, start=START, days=1)
+    publisher = BarPublisher(settings.kafka_bootstrap, settings.topic("md.bars.1m"), source="synthetic")
+    published = 0
+    for bars in generate_bars(universe, start=START, minutes=last, seed=SEED, skip_minutes=first):
+        publisher.publish(bars)
+        published += len(bars)
+    publisher.flush()
+    return published
+
+
+@contextmanager
+def writers_held(dsn: str, table: str) -> Iterator[Callable[[], int]]:
+    """Hold an EXCLUSIVE lock on ``table`` (readers pass, writers wait inside their transaction) until the block
+    ends; yields a count of the sessions waiting on it."""
+    loop = asyncio.new_event_loop()
+    conn = loop.run_until_complete(asyncpg.connect(dsn))
+    try:
+        loop.run_until_complete(conn.execute(f"BEGIN; LOCK TABLE {table} IN EXCLUSIVE MODE"))
+        holder = loop.run_until_complete(conn.fetchval("SELECT pg_backend_pid()"))
+        # Asked on fresh connections: pg_stat_activity is a snapshot per transaction.
+        query = (
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND $1 = ANY(pg_blocking_pids(pid))"
+        )
+        yield lambda: int(fetch(dsn, query, holder)[0]["n"])
+    finally:
+        loop.run_until_complete(conn.close())  # ends the transaction: the lock is released
+        loop.close()
+
+
+MID_FIRST, MID_SECOND = 300, 700  # minutes: the mid-stream test's input arrives as [0, 300), [300, 700), [700, 1440)
 
 
 def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
@@ -63,36 +108,49 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     new_database: Callable[[], str],
 ) -> None:
     run_cli("topics", "create")
-    run_cli(*synthetic_args(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
-    total = message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
-    assert total == len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
-
+    total = len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
     dsn = isolated.postgres_dsn
+    stats = isolated.topic("analytics.stats")
     # Minute windows (60, 390): every 15 minutes from 00:15 to 23:45 of the day (FX trades throughout); daily
     # windows (5, 21): after the NYSE close (21:00 UTC) and the CME and FX closes (22:00 UTC).
     snapshots = 95 * 2 + 2 * 2
-    # First kill: while the bars projection is part-way through the topic; the analytics runner (which outpaces it)
-    # has committed nothing yet, its first checkpoint being an hour away.
+
+    # First kill: the analytics runner holds events in a transaction no checkpoint has committed (its first is an
+    # hour away), and the bars projection, having applied the first part, is inside the transaction of the next
+    # batch (held there by our lock on the table).
+    first = publish_minutes(isolated, 0, MID_FIRST)
     victim = start_worker(isolated.model_copy(update={"checkpoint_every_s": 3600.0}))
-    eventually(lambda: count(dsn, "bars") > 0, timeout=120, interval=0.02, what="the bars projection got going")
-    kill(victim)
-    assert count(dsn, "bars") < total, "the first kill came too late to interrupt the bars projection"
-    assert _analytics_lag(isolated) == total
-    # Second kill: once the analytics runner has committed a first checkpoint, before it has read every bar.
-    victim = start_worker()
-    eventually(lambda: _analytics_lag(isolated) < total, timeout=120, interval=0.02, what="a first checkpoint")
-    kill(victim)
-    assert _analytics_lag(isolated) > 0, "the second kill came too late to interrupt the runner"
+    eventually(lambda: count(dsn, "bars") == first, timeout=120, what="the bars projection applied the first part")
+    eventually(lambda: _uncommitted(isolated, stats) > 0, timeout=120, what="events in an open transaction")
+    with writers_held(dsn, "bars") as waiting:
+        second = publish_minutes(isolated, MID_FIRST, MID_SECOND)
+        eventually(lambda: waiting() > 0, timeout=120, what="the bars projection writing the second part")
+        kill(victim)
+    assert count(dsn, "bars") == first, "the transaction the kill interrupted never commits"
+    assert _analytics_lag(isolated) == first + second, "nothing the first runner did was committed"
+
+    # Second kill: after the analytics runner has committed a checkpoint of everything published so far (and the
+    # projections have applied it), before the rest of the bars exist.
+    worker = start_worker()
+    eventually(lambda: worker_caught_up(isolated), timeout=240, what="the second worker caught up")
+    kill(worker)
+    assert count(dsn, "bars") == first + second
+    rest = publish_minutes(isolated, MID_SECOND, CRASH_MINUTES)
+    assert first + second + rest == total == message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
+    assert _analytics_lag(isolated) == rest, "the runner resumes from a checkpoint part-way through the bars"
 
     start_worker()
-    eventually(lambda: count(dsn, "bars") == total, timeout=240, what="restarted worker finished the bars")
-    eventually(lambda: count(dsn, "correlation_snapshots") == snapshots, timeout=120, what="all snapshots")
+    eventually(lambda: worker_caught_up(isolated), timeout=300, what="the restarted worker caught up")
+    assert count(dsn, "bars") == total
+    assert count(dsn, "correlation_snapshots") == snapshots
 
+    # An uninterrupted run over the same topic (which its outputs share: both databases project both runs' events).
     reference = isolated.model_copy(update={"app_id": isolated.app_id + "-reference", "postgres_dsn": new_database()})
     start_worker(reference)
-    eventually(lambda: count(reference.postgres_dsn, "bars") == total, timeout=240, what="reference bars")
-    eventually(lambda: count(reference.postgres_dsn, "correlation_snapshots") == snapshots, timeout=120)
-    eventually(lambda: count(reference.postgres_dsn, "symbol_stats") == count(dsn, "symbol_stats"), timeout=60)
+    eventually(lambda: worker_caught_up(reference), timeout=300, what="the reference worker caught up")
+    eventually(lambda: worker_caught_up(isolated), timeout=120, what="the first projections caught up again")
+    assert count(reference.postgres_dsn, "bars") == total
+    assert count(reference.postgres_dsn, "correlation_snapshots") == snapshots
 
     compared = (
         (_BARS, ["symbol", "start_ts"]),
@@ -138,29 +196,37 @@ def _event_ids(settings: Settings) -> list[str]:
     ]
 
 
+SPLIT = 400  # minutes: the between-checkpoints test's input arrives as [0, 400), then [400, 1440)
+
+
 def test_worker_killed_between_checkpoints_publishes_each_event_once(
     isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], tmp_path: Path
 ) -> None:
     run_cli("topics", "create")
-    run_cli(*synthetic_args(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
-    total = message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
+    total = len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
     stats = isolated.topic("analytics.stats")
+    hourly = isolated.model_copy(update={"checkpoint_every_s": 3600.0})  # commits only when stopped
 
     def uncommitted_events() -> int:
         return _uncommitted(isolated, stats)
 
-    # A first worker stopped by SIGTERM part-way commits what it had: a checkpoint, nothing left open.
-    worker = start_worker()
-    eventually(lambda: _analytics_lag(isolated) < total, timeout=120, interval=0.02, what="a first checkpoint")
+    # A first worker, stopped by SIGTERM with events in its open transaction, commits them with a checkpoint.
+    first = publish_minutes(isolated, 0, SPLIT)
+    worker = start_worker(hourly)
+    eventually(lambda: uncommitted_events() > 0, timeout=120, interval=0.02, what="events in the first transaction")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0
-    checkpointed_lag = _analytics_lag(isolated)
-    assert 0 < checkpointed_lag < total, "the stop came too late to leave bars for the next worker"
     assert uncommitted_events() == 0
+    assert _analytics_lag(isolated) < first, "the stop committed the bars behind those events"
+
+    # The rest of the bars arrive after that checkpoint, so the next worker has work left whenever it starts.
+    rest = publish_minutes(isolated, SPLIT, CRASH_MINUTES)
+    assert first + rest == total == message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
+    checkpointed_lag = _analytics_lag(isolated)
+    assert rest <= checkpointed_lag < total
 
     # A second one restores that checkpoint, publishes events in a transaction that no checkpoint commits, and dies.
-    between = isolated.model_copy(update={"checkpoint_every_s": 3600.0})
-    victim = start_worker(between)
+    victim = start_worker(hourly)
     eventually(lambda: uncommitted_events() > 0, timeout=120, interval=0.02, what="events in an open transaction")
     kill(victim)
     assert _analytics_lag(isolated) == checkpointed_lag and uncommitted_events() > 0
@@ -173,7 +239,8 @@ def test_worker_killed_between_checkpoints_publishes_each_event_once(
     ids = _event_ids(isolated)
     assert ids and len(ids) == len(set(ids)), "read_committed, every event appears once"
 
-    # An uninterrupted run (another app id, the same output topics) publishes exactly the same events once more.
+    # An uninterrupted run over the whole input at once (another app id, the same output topics) publishes exactly
+    # the same events once more: however the input arrived and wherever the runs stopped, the events are the same.
     reference = isolated.model_copy(update={"app_id": isolated.app_id + "-reference"})
     start_worker(reference)
     eventually(lambda: _analytics_lag(reference) == 0, timeout=240, what="the reference runner caught up")
@@ -203,6 +270,22 @@ def _bar_keys(settings: Settings) -> list[tuple[str, int]]:
     return list(zip(bars.symbol.tolist(), bars.start_ns.tolist(), strict=True))
 
 
+# --speed for a connector that must still be running when it is stopped: it publishes its first minute at once and
+# the next one a million minutes (about two years) later, so "stopped before it finished" holds by construction.
+STALLED = "0.000001"
+
+
+def _connector(settings: Settings, *args: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tidemark.cli", *args, "--speed", STALLED],
+        env=settings.environment(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any]
 ) -> None:
@@ -210,17 +293,28 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     args = synthetic_args(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES)
     expected = len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
     topic = isolated.topic("md.bars.1m")
-    connector = subprocess.Popen(
-        [sys.executable, "-m", "tidemark.cli", *args, "--speed", "20000"],
-        env=isolated.environment(),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) > 1000, timeout=60, interval=0.05)
+
+    # What an earlier run killed mid-publish leaves: two hours landed, and of the next minute the bars of every
+    # partition but one (its batch was still in flight).
+    landed = publish_minutes(isolated, 0, 120)
+    partitions = planned_partitions(topic_spec("md.bars.1m"), isolated)
+    universe = build_universe(n_symbols=CRASH_SYMBOLS, seed=SEED, start=START, days=1)
+    behind = partition_for_key(str(universe.symbols[0]).encode(), partitions)
+    (minute,) = generate_bars(universe, start=START, minutes=121, seed=SEED, skip_minutes=120)
+    lost = np.array([partition_for_key(s.encode(), partitions) == behind for s in minute.symbol.tolist()])
+    publisher = BarPublisher(isolated.kafka_bootstrap, topic, source="synthetic")
+    publisher.publish(minute.take(~lost))
+    publisher.flush()
+    landed += int((~lost).sum())
+
+    # The connector resumes, fills that partition's gap at once, then waits for the next minute's turn, years away:
+    # it is killed mid-stream with nothing in flight, and the topic holds exactly the first 121 minutes.
+    connector = _connector(isolated, *args)
+    filled = landed + int(lost.sum())
+    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) == filled, timeout=120, what="the gap filled")
     kill(connector)
     interrupted_at = message_count(isolated.kafka_bootstrap, topic)
-    assert interrupted_at < expected
+    assert interrupted_at == filled < expected
 
     rerun = run_cli(*args)
     assert "resuming" in rerun.stderr
@@ -246,32 +340,28 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     assert count(isolated.postgres_dsn, "bars") == expected
 
 
+SIGTERM_SYMBOLS = 1200
+ALL_OPEN = datetime(2025, 3, 3, 14, 30, tzinfo=UTC)  # the NYSE open: every market trades, each symbol has a bar
+
+
 def test_connector_stopped_by_sigterm_flushes_everything_it_reports(
     isolated: Settings, run_cli: Callable[..., Any]
 ) -> None:
     run_cli("topics", "create")
     topic = isolated.topic("md.bars.1m")
-    connector = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tidemark.cli",
-            *synthetic_args(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES),
-            "--speed",
-            "20000",
-        ],
-        env=isolated.environment(),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) > 1000, timeout=60, interval=0.05)
+    universe = build_universe(n_symbols=SIGTERM_SYMBOLS, seed=SEED, start=ALL_OPEN, days=1)
+    first_minute = len(next(generate_bars(universe, start=ALL_OPEN, minutes=1, seed=SEED)))
+    assert first_minute > 1000
+    args = ("--symbols", str(SIGTERM_SYMBOLS), "--seed", str(SEED), "--start", ALL_OPEN.isoformat(), "--days", "1")
+    connector = _connector(isolated, "ingest", "synthetic", *args, stderr=subprocess.PIPE)
+    # Its first minute published, the connector waits years for the second: the stop finds it mid-stream.
+    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) == first_minute, timeout=120)
     connector.send_signal(signal.SIGTERM)
     _, stderr = connector.communicate(timeout=60)
     assert connector.returncode == 130
     reported = re.search(r"interrupted after publishing ([\d,]+) bars", stderr.replace("\n", " "))
     assert reported, stderr
+    assert int(reported.group(1).replace(",", "")) >= first_minute
     assert message_count(isolated.kafka_bootstrap, topic) == int(reported.group(1).replace(",", ""))
 
 

@@ -24,7 +24,7 @@ from schemas.catalogue import topic_spec
 from streams.patterns.factory import watched_partitions
 from streams.patterns.processor import PatternProcessor
 from streams.processors import BarFrame
-from tests.integration.test_pipeline import count, fetch
+from tests.integration.test_pipeline import count, fetch, latest_of
 from tests.services import eventually
 from tidemark.settings import Settings
 
@@ -95,8 +95,12 @@ def test_pattern_signals_reach_the_cli(
 
     first = latest[(expected[0]["pattern_family"], ",".join(expected[0]["symbols"]), expected[0]["timeframe"])]
     key = f"tm:signal:{first['pattern_family']}:{','.join(first['symbols'])}:{first['timeframe']}"
-    cached = redis.Redis.from_url(isolated.redis_url).hgetall(key)
-    assert int(cached[b"as_of_ns"]) == first["as_of_ns"] and cached[b"event_id"].decode() == first["event_id"]
+    # Redis is written after each PostgreSQL commit: the latest signal gets there a moment after its row.
+    cached = eventually(
+        lambda: (found := latest_of(isolated, key)) and int(found[b"as_of_ns"]) == first["as_of_ns"] and found,
+        what="the latest signal in Redis",
+    )
+    assert cached[b"event_id"].decode() == first["event_id"]
 
 
 def signal_event(as_of_ns: int, statistic: float) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import redis
 from connectors.synthetic.market import build_universe, generate_bars
 from projections.analytics import dequantise
 from schemas.bars import BarBatch
+from tests.integration.kafka_tools import worker_caught_up
 from tests.services import eventually
 from tidemark.settings import Settings
 from tidemark.topics import message_count
@@ -94,6 +95,10 @@ def market_time_correlation(bars: pd.DataFrame, symbols: list[str], before_ns: i
     return returns.corr()
 
 
+def latest_of(settings: Settings, key: str) -> dict[bytes, bytes]:
+    return redis.Redis.from_url(settings.redis_url).hgetall(key)  # type: ignore[return-value]
+
+
 def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any]
 ) -> None:
@@ -110,9 +115,14 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     want = expected.sort_values(["symbol", "start_ns"], ignore_index=True)
     pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
 
+    # Redis is written after each PostgreSQL commit: the latest bar gets there a moment after its row.
     last_spy = want[want.symbol == "SPY"].iloc[-1]
-    latest = redis.Redis.from_url(isolated.redis_url).hgetall("tm:bar:1m:SPY")
-    assert int(latest[b"start_ns"]) == last_spy.start_ns
+    latest = eventually(
+        lambda: (
+            (found := latest_of(isolated, "tm:bar:1m:SPY")) and int(found[b"start_ns"]) == last_spy.start_ns and found
+        ),
+        what="the latest SPY bar in Redis",
+    )
     assert float(latest[b"close"]) == last_spy.close
 
     # Snapshots every 15 market minutes from 13:15 to 15:45 (the watermark reaches 15:59, not 16:00), for each
@@ -127,6 +137,8 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
         timeout=60,
         what="every correlation snapshot projected",
     )
+    # Statistics and correlations are projected from topics of their own: wait for all of it, not one table.
+    eventually(lambda: worker_caught_up(isolated), timeout=120, what="the worker caught up")
     snapshot = run_cli("query", "correlations", "--top", "5", "--json")
     pairs = json.loads(snapshot.stdout)
     assert len(pairs) == 5
@@ -149,14 +161,20 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
         "SELECT upper_q FROM correlation_snapshots WHERE timeframe = '1m' AND window_bars = 60 ORDER BY as_of DESC",
     )[0]
     np.testing.assert_allclose(dequantise(history["upper_q"]), reference_upper, atol=0.5 / 32767 + 1e-12)
-    cached = redis.Redis.from_url(isolated.redis_url).hgetall(f"tm:correlations:{isolated.universe_name}:1m:60")
-    assert int(cached[b"as_of_ns"]) == last["as_of_ns"]
+    cached = eventually(
+        lambda: (
+            (found := latest_of(isolated, f"tm:correlations:{isolated.universe_name}:1m:60"))
+            and int(found[b"as_of_ns"]) == last["as_of_ns"]
+            and found
+        ),
+        what="the latest correlations in Redis",
+    )
     upper_f32 = np.frombuffer(base64.b64decode(cached[b"upper_triangle_f32le_base64"]), dtype="<f4")
     np.testing.assert_allclose(upper_f32, reference_upper, atol=1e-6)
     top = pairs[0]
     assert top["correlation"] == pytest.approx(reference.loc[top["a"], top["b"]], abs=1e-9)
 
-    eventually(lambda: count(isolated.postgres_dsn, "symbol_stats") == 2 * len(isolated.universe), timeout=60)
+    assert count(isolated.postgres_dsn, "symbol_stats") == 2 * len(isolated.universe)
     spy = fetch(
         isolated.postgres_dsn,
         "SELECT window_return, last_close FROM symbol_stats WHERE symbol = 'SPY' AND window_bars = 60",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 
 from connectors.polygon.backfill import Checkpoint, CheckpointStore, checkpoint_dir
 from connectors.polygon.fake import FakePolygon
@@ -42,9 +44,42 @@ def minute_rows(first_ms: int, count: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
+class GatedPolygon(FakePolygon):
+    """The fake with a gate the test controls: ``hold_after(n)`` serves ``n`` more aggregate requests, then answers
+    every one 429 with a Retry-After of a day (which the backfill waits out, stoppable) until ``open_gate()``.
+    A backfill can then be stopped part-way for certain, where racing a kill against its progress would not be."""
+
+    HELD = (429, 86_400)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate_lock = threading.Lock()
+        self._allowance: int | None = None
+        self.held = 0
+
+    def hold_after(self, requests: int) -> None:
+        with self._gate_lock:
+            self._allowance = requests
+
+    def open_gate(self) -> None:
+        with self._gate_lock:
+            self._allowance = None
+
+    def _gate(self, request: web.Request) -> tuple[dict[str, str], web.Response | None]:
+        if request.path.startswith("/v2/aggs/"):
+            with self._gate_lock:
+                if self._allowance is not None:
+                    if self._allowance > 0:
+                        self._allowance -= 1
+                    else:
+                        self.held += 1
+                        self._failures.insert(0, self.HELD)  # answered (and logged) as an injected failure
+        return super()._gate(request)
+
+
 @pytest.fixture
-def fake() -> Iterator[FakePolygon]:
-    with FakePolygon(KEY, page_size=700) as server:
+def fake() -> Iterator[GatedPolygon]:
+    with GatedPolygon(KEY, page_size=700) as server:
         yield server
 
 
@@ -173,7 +208,7 @@ def checkpoints(settings: Settings, timespan: str = "minute") -> dict[str, Check
 
 
 def test_backfill_killed_mid_run_and_rerun_holds_every_bar_exactly_once(
-    fake: FakePolygon, settings: Settings, start_worker: Callable[..., subprocess.Popen[bytes]]
+    fake: GatedPolygon, settings: Settings, start_worker: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     symbols = {"AAPL": "AAPL", "MSFT": "MSFT", "EURUSD": "C:EURUSD"}
     expected = load_market(fake, symbols, minutes=4 * 1440)
@@ -181,6 +216,9 @@ def test_backfill_killed_mid_run_and_rerun_holds_every_bar_exactly_once(
     args = backfill_args(",".join(symbols), "--slice-bars", "150", "--concurrency", "2")
     tidemark(settings, "topics", "create")
 
+    # Four pages of 700 bars are served (each symbol has nine), then both lanes wait out a day-long rate limit: the
+    # kill finds the backfill part-way, every slice it published checkpointed, whatever the machine's speed.
+    fake.hold_after(4)
     victim = subprocess.Popen(
         [sys.executable, "-m", "tidemark.cli", *args],
         env=settings.environment(),
@@ -188,17 +226,14 @@ def test_backfill_killed_mid_run_and_rerun_holds_every_bar_exactly_once(
         stderr=subprocess.DEVNULL,
         cwd=REPO,
     )
-    eventually(
-        lambda: sum(c.bars for c in checkpoints(settings).values()) > 1000,
-        timeout=120,
-        interval=0.02,
-        what="the backfill has checkpointed a few slices",
-    )
+    eventually(lambda: fake.held == 2, timeout=120, what="both lanes of the backfill waiting at the gate")
     kill(victim)
     partial = len(topic_bars(settings))
-    assert 0 < partial < total, "the kill came too late to interrupt the backfill"
+    assert 1000 < partial < total
+    assert sum(c.bars for c in checkpoints(settings).values()) == partial
     assert not all(c.done for c in checkpoints(settings).values())
 
+    fake.open_gate()
     rerun = tidemark(settings, *args)
     assert "0 failed" in rerun.stderr
 

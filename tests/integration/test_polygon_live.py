@@ -135,7 +135,14 @@ def test_a_drop_is_resubscribed_and_its_gap_filled_from_rest_each_bar_once(
     fake.add_bars("MSFT", "minute", [rest_row(3, 203)])
     fake.add_bars("C:EURUSD", "minute", [rest_row(3, 1.3), rest_row(4, 1.4)])
     assert fake.drop_connections() == 2
-    eventually(lambda: subscribed(fake, "stocks", "AM.AAPL", "AM.MSFT", auths=4) and fake.connections() == 2)
+    # Both feeds back and subscribed again: an event pushed to a feed not yet subscribed would simply be lost.
+    eventually(
+        lambda: (
+            subscribed(fake, "stocks", "AM.AAPL", "AM.MSFT", auths=4)
+            and subscribed(fake, "forex", "CA.EUR/USD")
+            and fake.connections() == 2
+        )
+    )
     fake.push("stocks", [agg("AAPL", 5, 105), agg("MSFT", 5, 205), agg("AAPL", 2)])  # minute 2 again: a duplicate
     fake.push("forex", [agg("EUR/USD", 5, 1.5, ev="CA")])
 

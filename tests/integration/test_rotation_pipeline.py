@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from projections.consumed import Consumed
 from projections.redis_store import RedisProjection
 from projections.rotation import rotation_projection
-from tests.integration.test_pipeline import count, expected_bars, fetch, synthetic_args
+from tests.integration.test_pipeline import count, expected_bars, fetch, latest_of, synthetic_args
 from tests.services import eventually
 from tidemark.settings import Settings
 
@@ -63,8 +63,13 @@ def test_currency_strength_and_sector_rotation_reach_the_cli(
     assert {r["currency"]: r["strength"] for r in rows} == pytest.approx(want, rel=1e-9, abs=1e-15)
     assert [r["currency"] for r in rows] == sorted(want, key=lambda c: -want[c])
     assert all(r["pair_count"] == 28 for r in rows)
-    latest = redis.Redis.from_url(isolated.redis_url).hgetall("tm:currency_strength:G8:1m")
-    assert int(latest[b"as_of_ns"]) == last
+    # Redis is written after each PostgreSQL commit: the latest snapshot gets there a moment after its rows.
+    latest = eventually(
+        lambda: (
+            (found := latest_of(isolated, "tm:currency_strength:G8:1m")) and int(found[b"as_of_ns"]) == last and found
+        ),
+        what="the latest currency strength in Redis",
+    )
     assert [c["currency"] for c in json.loads(latest[b"currencies"])] == [r["currency"] for r in rows]
 
     # The NYSE opens at 14:30: the 30-bar grid is full from 15:01, so snapshots at 15:15, 15:30 and 15:45.
