@@ -206,10 +206,18 @@ class ProjectionSink:
             await redis_client.aclose()
 
     def _seek_to_applied(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start each assigned partition where the projection's own offsets say, not where Kafka's commit does."""
+        """Start each assigned partition where the projection's own offsets say, not where Kafka's commit does.
+
+        Those offsets are committed to Kafka too: a sink killed after its PostgreSQL commit and before its Kafka
+        commit would otherwise show a lag that nothing new ever clears (the applied records are skipped, never
+        committed again), and whoever waits for lag 0 (the demo, an operator) would wait for ever.
+        """
         for partition in partitions:
             partition.offset = self._resume_at.get((partition.topic, partition.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
+        applied = [partition for partition in partitions if partition.offset >= 0]
+        if applied:
+            consumer.commit(offsets=applied, asynchronous=True)
 
     def _records(self, messages: list[Message]) -> tuple[list[Consumed], dict[tuple[str, int], int]]:
         """The records, and the end offset of each partition the batch reached the end of."""
