@@ -12,8 +12,8 @@ UV_VERSION := 0.13.9
 # Modules that must stay free of Kafka/database imports and pass `mypy --strict`; extend as they appear.
 PURE_MODULES := schemas/ streams/correlation/rolling.py streams/correlation/clock.py streams/correlation/processor.py \
   streams/correlation/alerts.py streams/host.py streams/checkpoints.py \
-  streams/deadletter.py connectors/synthetic/market.py connectors/replay.py projections/consumed.py \
-  connectors/sessions.py connectors/polygon/symbols.py connectors/polygon/normalise.py \
+  core/deadletter.py core/consumed.py core/events.py connectors/synthetic/market.py connectors/replay.py \
+  core/sessions.py connectors/polygon/symbols.py connectors/polygon/normalise.py \
   streams/rotation/ranks.py streams/rotation/strength.py streams/rotation/sectors.py \
   streams/rotation/processor.py projections/adjust.py \
   streams/patterns/stats.py streams/patterns/scan.py streams/patterns/grid.py streams/patterns/processor.py

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 from bench.pipeline import connector_run, market, raw_consumer_run, worker_run
-from tidemark.settings import get_settings
+from core.settings import get_settings
 from tidemark.topics import create_topics, delete_prefixed_topics
 
 TARGET = 20_000

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from connectors.sessions import NS_PER_DAY, Market, session_label
+from core.sessions import NS_PER_DAY, Market, session_label
 from schemas.bars import ASSET_CLASSES
 from streams.correlation.clock import MINUTE_NS
 from streams.correlation.processor import BARS_PER_YEAR_1M, RollingProcessor, Snapshot, Window

@@ -15,18 +15,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.publisher import BarIds, BarPublisher, producer_config
+from connectors.publisher import BarIds, BarPublisher
 from connectors.synthetic.market import build_universe, generate_bars
+from core.events import now_ns
+from core.kafka import ReliableProducer, consumer_lag, producer_config
+from core.settings import Settings, get_settings
 from projections.migrations import apply_migrations
 from schemas.bars import BarBatch
 from schemas.catalogue import kafka_config, topic_spec
-from schemas.events import now_ns
 from schemas.fastbars import encode_bars
-from tidemark.settings import Settings, get_settings
-from tidemark.topics import consumer_lag, create_topics, delete_prefixed_topics
+from tidemark.topics import create_topics, delete_prefixed_topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,18 +76,13 @@ def raw_producer_run(settings: Settings, topic: str, batches: list[BarBatch]) ->
         for bars in batches
     ]
     # The connector's exact producer settings, so that the ratio is the cost of ids and encoding alone.
-    producer = Producer(producer_config(settings.kafka_bootstrap, **{"delivery.report.only.error": True}))
+    producer = ReliableProducer(
+        producer_config(settings.kafka_bootstrap, **{"delivery.report.only.error": True}), "bench baseline"
+    )
     count = 0
     started = time.perf_counter()
     for keys, payloads in encoded:
-        for key, value in zip(keys, payloads, strict=True):
-            while True:
-                try:
-                    producer.produce(topic, value, key)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
+        producer.produce_many(topic, keys, payloads)
         count += len(payloads)
     producer.flush()
     return Figure("raw confluent-kafka producer (same bytes)", count, time.perf_counter() - started)

@@ -34,10 +34,11 @@ from connectors.polygon.live import LiveConnector, LiveOptions
 from connectors.polygon.normalise import Universe, normalise_frame
 from connectors.polygon.symbols import Instrument
 from connectors.publisher import StopFlag
+from core.kafka import watermarks
+from core.settings import Settings, get_settings
 from schemas.bars import BarBatch
 from schemas.fastbars import decode_bars
-from tidemark.settings import Settings, get_settings
-from tidemark.topics import create_topics, delete_prefixed_topics, watermarks
+from tidemark.topics import create_topics, delete_prefixed_topics
 
 KEY = "bench-polygon-key"
 SECOND_MS = 1000

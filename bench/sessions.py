@@ -10,8 +10,8 @@ from functools import partial
 
 import numpy as np
 
-from connectors import sessions
-from connectors.sessions import Market, regular_session_mask
+from core import sessions
+from core.sessions import Market, regular_session_mask
 
 N = 1_000_000
 YEAR_START_NS = 1_767_225_600_000_000_000  # 2026-01-01 UTC

@@ -17,12 +17,12 @@ import uuid
 import asyncpg
 import numpy as np
 
+from core.events import deterministic_event_ids_array, stream_hash
+from core.settings import get_settings
 from projections.bars import _CREATE_STAGE, _MERGE_STAGE, _STAGE_COLUMNS, _stage_records
 from projections.migrations import apply_migrations
 from schemas.bars import BarBatch
-from schemas.events import deterministic_event_ids_array, stream_hash
 from schemas.fastbars import encode_bars
-from tidemark.settings import get_settings
 
 EQUITY_YEAR = 252 * 390
 FX_YEAR = 52 * 5 * 1440

@@ -12,35 +12,12 @@ from types import FrameType
 
 import numpy as np
 import numpy.typing as npt
-from aiokafka.partitioner import murmur2
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TopicPartition
 
+from core.events import deterministic_event_ids_array, now_ns, stream_hash
+from core.kafka import ReliableProducer, producer_config, range_reader, read_range, watermarks
 from schemas.bars import BarBatch
-from schemas.events import deterministic_event_ids_array, now_ns, stream_hash
 from schemas.fastbars import encode_bars
-
-
-def producer_config(bootstrap: str, **overrides: object) -> dict[str, object]:
-    """Idempotent, acks=all, batched; murmur2 keeps partitions identical to Java and aiokafka (Faust) producers."""
-    config: dict[str, object] = {
-        "bootstrap.servers": bootstrap,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 20,
-        "batch.num.messages": 20000,
-        "batch.size": 4 * 1024 * 1024,
-        "queue.buffering.max.messages": 2_000_000,
-        "queue.buffering.max.kbytes": 1024 * 1024,
-        "compression.type": "lz4",
-        "partitioner": "murmur2_random",
-    }
-    config.update(overrides)
-    return config
-
-
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (murmur2) partitioner picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class BarIds:
@@ -114,39 +91,18 @@ class BarPublisher:
         self.topic = topic
         self.source = source
         # Delivery reports only for failures: a callback per delivered message would cost more than encoding it.
-        self._producer = Producer(
-            producer_config(
-                bootstrap,
-                on_delivery=self._on_delivery,
-                **{"delivery.report.only.error": True},
-                **producer_overrides,
-            )
+        self._producer = ReliableProducer(
+            producer_config(bootstrap, **{"delivery.report.only.error": True}, **producer_overrides),
+            f"publishing bars to {topic}",
         )
         self._ids = BarIds(source)
-        self._errors: list[str] = []
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def publish(self, bars: BarBatch) -> None:
         payloads = encode_bars(bars, source=self.source, ts_ingest=now_ns(), event_ids=self._ids(bars))
-        produce = self._producer.produce
-        for key, value in zip(bars.symbol.tolist(), payloads, strict=True):
-            while True:
-                try:
-                    produce(self.topic, value, key)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-        self._producer.poll(0)
+        self._producer.produce_many(self.topic, bars.symbol.tolist(), payloads)
 
     def flush(self, timeout: float = 60.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise KafkaException(f"{remaining} messages still undelivered to {self.topic} after {timeout:.0f}s")
-        if self._errors:
-            raise KafkaException(f"{len(self._errors)} messages failed: {'; '.join(self._errors[:3])}")
+        self._producer.flush(timeout)
 
 
 def publish_batches(
@@ -214,38 +170,19 @@ def keep_after_positions(
 
 def last_records(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, tuple[bytes | None, bytes]]:
     """The last (key, value) of every non-empty partition of ``topic``: where an interrupted publisher stopped."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from tidemark.topics import watermarks
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "tidemark-tail-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+    consumer = range_reader(bootstrap, "tidemark-tail-reader")
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
             return {}
-        wanted: list[TopicPartition] = []
+        tails_from: dict[int, int] = {}
         for partition in metadata.partitions:
             low, high = watermarks(consumer, TopicPartition(topic, partition), timeout)
             if high > low:
-                wanted.append(TopicPartition(topic, partition, high - 1))
-        consumer.assign(wanted)
-        tails: dict[int, tuple[bytes | None, bytes]] = {}
-        deadline = time.monotonic() + timeout
-        while len(tails) < len(wanted):
-            if time.monotonic() > deadline:
-                raise KafkaException(f"could not read the tail of {topic} within {timeout:.0f}s")
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error() is not None:
-                continue
-            tails[msg.partition()] = (msg.key(), msg.value())
-            consumer.incremental_unassign([TopicPartition(topic, msg.partition())])
-        return tails
+                tails_from[partition] = high - 1
+        return {
+            message.partition(): (message.key(), message.value())
+            for message in read_range(consumer, topic, tails_from, timeout)
+        }
     finally:
         consumer.close()

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import pandas as pd
 import zstandard
 
-from connectors.sessions import NEW_YORK, market_of, regular_session_mask
+from core.sessions import NEW_YORK, market_of, regular_session_mask
 from schemas.bars import ASSET_CLASSES, CLOSE_ONLY, BarBatch, Int64
 
 Layout = Literal["ohlcv", "wide"]
@@ -396,7 +396,7 @@ def read_bars(
     column; with a symbol column, or with a wide table, it keeps only that symbol. ``tz`` is the zone of naive
     times (without it they are an error, except dates on daily bars: see the module doc). ``asset_class``
     applies when the file has no such column. ``regular_session`` comes from the file when present, else from
-    the asset class's session calendar (``connectors.sessions``; True for daily and longer bars and for
+    the asset class's session calendar (``core.sessions``; True for daily and longer bars and for
     UNKNOWN). vwap is checked for sign only: venues compute it over trades that OHLC may exclude.
     """
     if layout not in LAYOUTS:

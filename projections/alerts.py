@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from projections.consumed import Consumed
+from core.consumed import Consumed
 from projections.offsets import apply_exactly_once
 from projections.redis_store import RedisProjection, key
 

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from projections.consumed import Consumed
+from core.consumed import Consumed
 from projections.offsets import apply_exactly_once
 from projections.redis_store import LatestValue, RedisProjection, key, position
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 import numpy as np
 
-from projections.consumed import Consumed
+from core.consumed import Consumed
 from projections.offsets import add_counter, apply_exactly_once
 from projections.redis_store import LatestValue, RedisProjection, key, position
 from schemas.bars import ASSET_CLASSES, BAR_KINDS, BarBatch

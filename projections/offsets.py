@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from projections.consumed import Consumed
+from core.consumed import Consumed
 
 Writer = Callable[[asyncpg.Connection, Sequence[Consumed]], Awaitable[None]]
 

@@ -25,6 +25,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from core import batches
+from core.consumed import Consumed
+from core.deadletter import dead_letter_messages
+from core.settings import Settings, get_settings
 from projections.alerts import CONSUMER as ALERTS_CONSUMER
 from projections.alerts import AlertsProjection
 from projections.analytics import (
@@ -37,7 +41,6 @@ from projections.analytics import (
 )
 from projections.bars import CONSUMER as BARS_CONSUMER
 from projections.bars import BarsProjection
-from projections.consumed import Consumed
 from projections.corporate_actions import CONSUMER as ACTIONS_CONSUMER
 from projections.corporate_actions import SCHEMA as ACTIONS_SCHEMA
 from projections.corporate_actions import corporate_actions_projection
@@ -54,9 +57,6 @@ from projections.signals import SCHEMA as SIGNALS_SCHEMA
 from projections.signals import signals_projection
 from schemas.codec import DecodeError, get_registry
 from schemas.fastbars import decode_bars
-from streams import runtime
-from streams.deadletter import dead_letter_messages
-from tidemark.settings import Settings, get_settings
 
 log = logging.getLogger("tidemark.projections")
 _PR_SET_PDEATHSIG = 1
@@ -79,7 +79,7 @@ class Route:
     """Where one topic's records go: the projection (its offsets are stored under ``consumer``) and how."""
 
     consumer: str
-    project: runtime.Handler
+    project: batches.Handler
 
 
 def decode_all(
@@ -144,7 +144,7 @@ class ProjectionSink:
             consumer: str,
             schema: str,
             projection: EventProjection | CorrelationProjection | AlertsProjection,
-        ) -> runtime.Handler:
+        ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
                 await self._dead_letter(records, failures, consumer, "DecodeError")
@@ -197,7 +197,7 @@ class ProjectionSink:
                     by_topic.setdefault(record.topic, []).append(record)
                 for topic, records in by_topic.items():
                     route = routes[topic]
-                    await runtime.handle_batch(records, route.consumer, route.project, self._dead_letter)
+                    await batches.handle_batch(records, route.consumer, route.project, self._dead_letter)
                     self._commit(records)
                 self._skip_markers(ends)
         finally:
@@ -258,7 +258,7 @@ class ProjectionSink:
         processor: str,
         error_type: str,
     ) -> None:
-        for key, value in dead_letter_messages(records, failures, processor, error_type):
+        for key, value in dead_letter_messages(get_registry(), records, failures, processor, error_type):
             self._dlq.produce(self.settings.topic("dlq"), value, key)
         if failures:
             remaining = self._dlq.flush(30)

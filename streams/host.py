@@ -18,7 +18,7 @@ from schemas.bars import BarBatch
 from streams.processors import BarFrame, BarProcessor, Emitted, ProcessorFactory
 
 if TYPE_CHECKING:
-    from tidemark.settings import Settings
+    from core.settings import Settings
 
 log = logging.getLogger("tidemark.streams.host")
 

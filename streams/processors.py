@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from tidemark.settings import Settings
+    from core.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,23 +22,23 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import overload
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from projections.consumed import Consumed
+from core import batches
+from core.consumed import Consumed
+from core.deadletter import dead_letter_messages
+from core.kafka import ReliableProducer, range_reader, read_range, until_ready
+from core.settings import Settings
 from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
-from streams import runtime
 from streams.checkpoints import checkpoint_records, latest_states
-from streams.deadletter import dead_letter_messages
 from streams.host import ProcessorHost, bar_frame
 from streams.registry import FACTORIES
-from tidemark.settings import Settings
-from tidemark.topics import until_ready, watermarks
 
 log = logging.getLogger("tidemark.streams.runner")
 
@@ -75,7 +75,7 @@ class AnalyticsRunner:
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
             }
         )
-        self._producer = Producer(
+        self._producer = ReliableProducer(
             {
                 "bootstrap.servers": bootstrap,
                 "transactional.id": f"{settings.app_id}-analytics",
@@ -83,8 +83,10 @@ class AnalyticsRunner:
                 "message.max.bytes": topic_spec(CHECKPOINTS).max_message_bytes,
                 "compression.type": "lz4",
                 "linger.ms": 20,
+                "delivery.report.only.error": True,
                 "error_cb": self._on_error,
-            }
+            },
+            "publishing the analytics outputs",
         )
         self._host = ProcessorHost(FACTORIES, settings, self._stored_state)
         self._partitions: list[int] = []
@@ -103,7 +105,7 @@ class AnalyticsRunner:
     def _cause(self, error: KafkaError) -> KafkaError:
         """The fatal error behind ``error`` (produce() only says _FATAL): from error_cb, which poll() serves."""
         try:
-            self._producer.poll(0)
+            self._producer.kafka.poll(0)
         except KafkaException as exc:
             return exc.args[0]  # type: ignore[no-any-return]
         return self._fatal or error
@@ -139,13 +141,13 @@ class AnalyticsRunner:
             if not error.txn_requires_abort():
                 raise FatalKafkaError(_fatal_message(self.settings, self._cause(error))) from exc
             log.warning("transaction failed (%s); aborting it and resuming from the last checkpoint", error)
-            self._producer.abort_transaction(KAFKA_TIMEOUT_S)
+            self._producer.kafka.abort_transaction(KAFKA_TIMEOUT_S)
             self._rewind()
 
     def _start(self) -> None:
         try:
             # Fences any older instance with our transactional id and aborts the transaction it left open.
-            self._producer.init_transactions(KAFKA_TIMEOUT_S)
+            self._producer.kafka.init_transactions(KAFKA_TIMEOUT_S)
         except KafkaException as exc:
             raise FatalKafkaError(_fatal_message(self.settings, self._cause(exc.args[0]))) from exc
         self._partitions = sorted(_partitions(self._consumer, self._source))
@@ -187,7 +189,7 @@ class AnalyticsRunner:
         self._consumer.assign(
             [TopicPartition(self._source, p, self._committed.get(p, OFFSET_BEGINNING)) for p in self._partitions]
         )
-        self._producer.begin_transaction()
+        self._producer.kafka.begin_transaction()
 
     def _stored_state(self, name: str) -> bytes | None:
         return self._checkpoint.get(name)
@@ -203,7 +205,7 @@ class AnalyticsRunner:
         ) -> None:
             outbox.extend(self._dead_letters(records, failures, processor, error_type))
 
-        await runtime.handle_batch(batch, HOST, process, dead_letter)
+        await batches.handle_batch(batch, HOST, process, dead_letter)
         self._produce(outbox)
         self._positions.update(batch.next_offsets())
         self._progress.bars += len(batch)
@@ -225,17 +227,13 @@ class AnalyticsRunner:
         if failures:
             log.warning("%s: dead-lettering %d message(s), first: %s", processor, len(failures), failures[0][1])
         dlq = self.settings.topic("dlq")
-        return [(dlq, key, value) for key, value in dead_letter_messages(records, failures, processor, error_type)]
+        messages = dead_letter_messages(get_registry(), records, failures, processor, error_type)
+        return [(dlq, key, value) for key, value in messages]
 
     def _produce(self, outbox: Outbox) -> None:
         for topic, key, value in outbox:
-            while True:
-                try:
-                    self._producer.produce(topic, value, key)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-        self._producer.poll(0)
+            self._producer.produce(topic, value, key)
+        self._producer.kafka.poll(0)
 
     async def _commit(self) -> None:
         """Checkpoint, offsets and everything produced since the last commit, atomically; then a new transaction."""
@@ -252,19 +250,21 @@ class AnalyticsRunner:
             [(self._checkpoints, key, value) for key, value in checkpoint_records(self.settings.app_id, states)]
         )
         offsets = [TopicPartition(self._source, p, offset) for p, offset in sorted(self._positions.items())]
-        self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S)
+        self._producer.kafka.send_offsets_to_transaction(
+            offsets, self._consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
+        )
         self._commit_transaction()
         self._checkpoint.update(states)
         self._committed = dict(self._positions)
         self._fed = False
-        self._producer.begin_transaction()
+        self._producer.kafka.begin_transaction()
         self._progress.checkpoint(sum(map(len, states.values())), time.perf_counter() - started)
 
     def _commit_transaction(self) -> None:
         deadline = time.monotonic() + KAFKA_TIMEOUT_S
         while True:
             try:
-                self._producer.commit_transaction(KAFKA_TIMEOUT_S)
+                self._producer.kafka.commit_transaction(KAFKA_TIMEOUT_S)
                 return
             except KafkaException as exc:
                 if not exc.args[0].retriable() or time.monotonic() > deadline:
@@ -351,43 +351,17 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 def read_checkpoint(settings: Settings) -> dict[str, bytes]:
     """Each processor's last committed state: the checkpoint topic read to its end (read_committed)."""
     topic = settings.topic(CHECKPOINTS)
-    reader = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.app_id}-checkpoint-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "fetch.max.bytes": FETCH_MAX_BYTES,
-            "max.partition.fetch.bytes": FETCH_MAX_BYTES,
-        }
+    reader = range_reader(
+        settings.kafka_bootstrap,
+        f"{settings.app_id}-checkpoint-reader",
+        **{"fetch.max.bytes": FETCH_MAX_BYTES, "max.partition.fetch.bytes": FETCH_MAX_BYTES},
     )
     try:
-        return latest_states(settings.app_id, _read_to_end(reader, topic))
+        _partitions(reader, topic)  # a clear error when the topic is missing
+        records = read_range(reader, topic, timeout=10 * KAFKA_TIMEOUT_S)
+        return latest_states(settings.app_id, ((message.key(), message.value()) for message in records))
     finally:
         reader.close()
-
-
-def _read_to_end(reader: Consumer, topic: str) -> Iterator[tuple[bytes | None, bytes | None]]:
-    pending = {p for p in _partitions(reader, topic) if _has_records(reader, topic, p)}
-    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
-    deadline = time.monotonic() + 10 * KAFKA_TIMEOUT_S
-    while pending:
-        if time.monotonic() > deadline:
-            raise FatalKafkaError(f"could not read {topic} to its end")
-        for message in reader.consume(1000, timeout=1.0):
-            error = message.error()
-            if error is None:
-                yield message.key(), message.value()
-            elif error.code() == KafkaError._PARTITION_EOF:
-                pending.discard(message.partition())
-            else:
-                raise KafkaException(error)
-
-
-def _has_records(reader: Consumer, topic: str, partition: int) -> bool:
-    low, high = watermarks(reader, TopicPartition(topic, partition))
-    return high > low
 
 
 def _fatal_message(settings: Settings, error: KafkaError) -> str:

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 import redis
 
+from core.settings import Settings
 from projections.migrations import apply_migrations
 from tests.services import ensure_services
-from tidemark.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 _redis_db = itertools.count(1)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TypeVar, cast
 
+from core.settings import Settings
 from tidemark import stack
-from tidemark.settings import Settings
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tidemark.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 console = Console(stderr=True)
 NEW_YORK = ZoneInfo("America/New_York")

@@ -16,11 +16,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.kafka import KafkaNotReady
+from core.settings import Context, get_settings
 from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.ingest import DEFAULT_START, ingest_app
-from tidemark.settings import Context, get_settings
 from tidemark.stack import stack_app
-from tidemark.topics import KafkaNotReady, topics_app
+from tidemark.topics import topics_app
 
 app = typer.Typer(help="Tidemark: event-sourced strategy discovery over Kafka.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack", help="Start, stop and inspect the local Kafka, PostgreSQL and Redis.")

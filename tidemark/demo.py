@@ -18,11 +18,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from connectors.synthetic.market import Regime, build_universe
+from core.kafka import consumer_lag, message_count
+from core.settings import DEFAULT_UNIVERSE, DEMO_DATABASE, Context, Settings, get_settings
 from projections import read
 from projections.migrations import apply_migrations
 from projections.sink import PROJECTED_TOPICS
-from tidemark.settings import DEFAULT_UNIVERSE, DEMO_DATABASE, Context, Settings, get_settings
-from tidemark.topics import consumer_lag, delete_prefixed_topics, message_count
+from tidemark.topics import delete_prefixed_topics
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 

@@ -19,14 +19,14 @@ from connectors.publisher import (
     PublishReport,
     keep_after_positions,
     last_records,
-    partition_for_key,
     publish_batches,
     stop_on_signals,
 )
+from core.kafka import partition_for_key
+from core.settings import Settings, get_settings
 from schemas.bars import ASSET_CLASSES, BAR_SCHEMA, BarBatch
 from schemas.catalogue import CATALOGUE
 from schemas.codec import DecodeError, get_registry
-from tidemark.settings import Settings, get_settings
 
 ingest_app = typer.Typer(help="Publish market data to Kafka.", no_args_is_help=True)
 console = Console(stderr=True)

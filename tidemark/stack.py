@@ -31,8 +31,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.settings import PROJECT_ROOT, Settings, with_database
 from tidemark.preflight import JARS_STAMP, is_loopback, postgres_bindir, problems
-from tidemark.settings import PROJECT_ROOT, Settings, with_database
 
 T = TypeVar("T")
 
@@ -389,7 +389,7 @@ def _await_group_coordinator(settings: Settings) -> None:
     the first group request and answers NOT_COORDINATOR meanwhile. Every command after ``up`` needs groups."""
     from confluent_kafka.admin import AdminClient
 
-    from tidemark.topics import until_ready
+    from core.kafka import until_ready
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": _rdkafka_log})
     probe = "tidemark-stack-probe"

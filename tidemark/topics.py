@@ -11,81 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
-from typing import TypeVar
 
 import typer
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from core.kafka import until_ready
+from core.settings import Settings, get_settings
 from schemas.catalogue import CATALOGUE, KEYED_PARTITIONS, TopicSpec, kafka_config
-from tidemark.settings import Settings, get_settings
 
 ADMIN_TIMEOUT_S = 15.0
-# How long a command waits for a broker that answers but is not ready yet (a brand-new broker creates
-# __consumer_offsets on the first group request and needs a few seconds to load its coordinators).
-READY_TIMEOUT_S = 60.0
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# What a broker answers while it elects leaders or loads its group and transaction coordinators. They mean "ask
-# again shortly", never "not found": a fresh broker answers NOT_COORDINATOR to its first group requests.
-NOT_READY_ERRORS = frozenset(
-    {
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.NOT_CONTROLLER,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._WAIT_COORD,
-    }
-)
-
-
-class KafkaNotReady(RuntimeError):
-    """The broker kept answering "not ready" past the bound: the message names the step and what to check."""
-
-
-def until_ready(
-    call: Callable[[], T],
-    what: str,
-    bootstrap: str = "",
-    timeout: float = READY_TIMEOUT_S,
-    also: Collection[int] = (),
-) -> T:
-    """``call()``, repeated with back-off while Kafka answers an error of ``NOT_READY_ERRORS`` (or ``also``).
-
-    Any other error is raised at once; a broker still not ready after ``timeout`` raises KafkaNotReady.
-    """
-    deadline = time.monotonic() + timeout
-    pause = 0.05
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not isinstance(error, KafkaError):
-                raise
-            if not (error.retriable() or error.code() in NOT_READY_ERRORS or error.code() in also):
-                raise
-            if time.monotonic() + pause > deadline:
-                where = f" at {bootstrap}" if bootstrap else ""
-                raise KafkaNotReady(
-                    f"{what}: Kafka{where} still answered {error.name()} after {timeout:.0f}s; the broker is not "
-                    "ready (still starting, or unhealthy): check `tidemark stack status` and the broker's log"
-                ) from exc
-            log.info("%s: Kafka answered %s; asking again in %.2fs", what, error.name(), pause)
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
 
 
 @dataclass(frozen=True)
@@ -226,53 +168,6 @@ def list_topics(settings: Settings) -> list[TopicRow]:
 
 
 topics_app = typer.Typer(help="Kafka topics of the event contract.", no_args_is_help=True)
-
-
-def message_count(bootstrap: str, topic: str) -> int:
-    """Messages currently in ``topic``: the sum of its partitions' high minus low watermarks."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tidemark-watermarks"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        total = 0
-        for partition in partitions:
-            low, high = watermarks(consumer, TopicPartition(topic, partition))
-            total += high - low
-        return total
-    finally:
-        consumer.close()
-
-
-def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """Low and high watermark, asking again while the partition's leadership is still settling."""
-    low, high = until_ready(
-        lambda: consumer.get_watermark_offsets(partition, timeout=timeout),
-        f"reading the offsets of {partition.topic} [{partition.partition}]",
-        timeout=timeout,
-        also=(KafkaError.UNKNOWN_TOPIC_OR_PART,),
-    )
-    return low, high
-
-
-def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Messages of ``topics`` the consumer group has not committed yet (all of them when it never committed).
-
-    Read through a consumer that carries the group id without joining the group: its offset fetch waits for a
-    coordinator that is still loading, where AdminClient.list_consumer_group_offsets (confluent-kafka 2.16)
-    crashes the process on a NOT_COORDINATOR answer.
-    """
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(timeout=30).topics
-        partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
-        committed = until_ready(
-            lambda: consumer.committed(partitions, timeout=30),
-            f"reading the committed offsets of group {group}",
-            bootstrap,
-        )
-        position = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
-        return sum(watermarks(consumer, tp)[1] - position[(tp.topic, tp.partition)] for tp in partitions)
-    finally:
-        consumer.close()
 
 
 def _retention(ms: int) -> str:

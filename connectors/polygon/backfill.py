@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 from polygon import RESTClient
 
 from connectors.polygon.rest import (
@@ -34,9 +34,9 @@ from connectors.polygon.rest import (
     guard,
     iter_bars,
 )
-from connectors.publisher import BarPublisher, partition_for_key
+from connectors.publisher import BarPublisher
+from core.kafka import partition_for_key, range_reader, read_range, watermarks
 from schemas.fastbars import decode_bars
-from tidemark.topics import watermarks
 
 SOURCE = "polygon"
 
@@ -114,9 +114,7 @@ class _Lane:
         self.client = client
         self.stats = guard(client, stop=stop)
         self.publisher = BarPublisher(bootstrap, topic, source=SOURCE)
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "tidemark-backfill-offsets", "enable.auto.commit": False}
-        )
+        self.consumer = range_reader(bootstrap, "tidemark-backfill-offsets")
 
     def end_offset(self, topic: str, partition: int) -> int:
         return watermarks(self.consumer, TopicPartition(topic, partition))[1]
@@ -128,26 +126,12 @@ class _Lane:
 
         Bars outside the range that is still to do (a live connector's, for instance) say nothing about this run.
         """
-        end = self.end_offset(topic, partition)
-        if end <= offset:
-            return None
-        self.consumer.assign([TopicPartition(topic, partition, offset)])
         key = symbol.encode()
-        values: list[bytes] = []
-        position = offset
-        deadline = time.monotonic() + 60
-        try:
-            while position < end:
-                if time.monotonic() > deadline:
-                    raise KafkaException(f"could not read {topic}[{partition}] from offset {offset} within 60s")
-                for message in self.consumer.consume(10_000, timeout=0.5):
-                    if message.error() is not None:
-                        continue
-                    position = message.offset() + 1
-                    if message.key() == key:
-                        values.append(message.value())
-        finally:
-            self.consumer.unassign()
+        values = [
+            message.value() for message in read_range(self.consumer, topic, {partition: offset}) if message.key() == key
+        ]
+        if not values:
+            return None
         batch, _rows, _failures = decode_bars(values)
         starts = batch.start_ns[(batch.start_ns >= start_ns) & (batch.start_ns < end_ns)]
         return int(starts.max()) if len(starts) else None

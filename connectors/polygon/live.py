@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import TopicPartition
 from polygon import WebSocketClient
 from polygon.exceptions import AuthError
 
@@ -45,14 +45,14 @@ from connectors.polygon.normalise import (
 )
 from connectors.polygon.rest import KEY_VARIABLE, PolygonAuthError, PolygonError, fetch_bars, make_client
 from connectors.polygon.symbols import TIMESPANS, Instrument, Interval, WsMarket, subscription_params
-from connectors.publisher import BarPublisher, StopFlag, producer_config
+from connectors.publisher import BarPublisher, StopFlag
+from core.deadletter import DEAD_LETTER_SCHEMA
+from core.events import common_fields, deterministic_event_id, now_ns
+from core.kafka import ReliableProducer, producer_config, range_reader, read_range
+from core.settings import Settings
 from schemas.bars import BarBatch
 from schemas.codec import get_registry
-from schemas.events import common_fields, deterministic_event_id, now_ns
 from schemas.fastbars import decode_bars
-from streams.deadletter import DEAD_LETTER_SCHEMA
-from tidemark.settings import Settings
-from tidemark.topics import watermarks
 
 TRADE_SCHEMA = "tidemark.marketdata.TradePrinted"
 PROCESSOR = "polygon-live"
@@ -133,11 +133,9 @@ class LiveConnector:
         self._publishers = {
             i: BarPublisher(settings.kafka_bootstrap, settings.topic(f"md.bars.{i}"), source=SOURCE) for i in intervals
         }
-        self._errors: list[str] = []
-        self._producer = Producer(
-            producer_config(
-                settings.kafka_bootstrap, on_delivery=self._on_delivery, **{"delivery.report.only.error": True}
-            )
+        self._producer = ReliableProducer(
+            producer_config(settings.kafka_bootstrap, **{"delivery.report.only.error": True}),
+            "publishing trades and dead letters",
         )
         self._trades_topic = settings.topic("md.trades")
         self._dlq_topic = settings.topic("dlq")
@@ -321,7 +319,7 @@ class LiveConnector:
             recent[event_id] = None
             if len(recent) > RECENT_TRADES:
                 del recent[next(iter(recent))]
-            self._produce(self._trades_topic, registry.encode(TRADE_SCHEMA, record), record["symbol"].encode())
+            self._producer.produce(self._trades_topic, registry.encode(TRADE_SCHEMA, record), record["symbol"].encode())
             self.stats.trades += 1
 
     def _dead_letter(self, market: WsMarket, rejected: list[Rejected]) -> None:
@@ -340,27 +338,13 @@ class LiveConnector:
                 "error_type": "InvalidEvent",
                 "processor": PROCESSOR,
             }
-            self._produce(self._dlq_topic, registry.encode(DEAD_LETTER_SCHEMA, record), source.encode())
+            self._producer.produce(self._dlq_topic, registry.encode(DEAD_LETTER_SCHEMA, record), source.encode())
             self.stats.dead_letters += 1
-
-    def _produce(self, topic: str, value: bytes, key: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def flush(self, timeout: float = 60.0) -> None:
         for publisher in self._publishers.values():
             publisher.flush(timeout)
-        remaining = self._producer.flush(timeout)
-        if remaining or self._errors:
-            raise KafkaException(f"{remaining} trades/dead letters undelivered; errors: {'; '.join(self._errors[:3])}")
+        self._producer.flush(timeout)
 
     # start-up --------------------------------------------------------------------------------------------------
 
@@ -398,14 +382,7 @@ def _take(bars: Bars, mask: npt.NDArray[np.bool_]) -> Bars:
 
 def read_bars_since(bootstrap: str, topic: str, since_ms: int, timeout: float = 60.0) -> BarBatch | None:
     """The bars of ``topic`` produced at or after ``since_ms`` (Kafka timestamps), up to the current end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "tidemark-polygon-recovery",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+    consumer = range_reader(bootstrap, "tidemark-polygon-recovery")
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -413,21 +390,8 @@ def read_bars_since(bootstrap: str, topic: str, since_ms: int, timeout: float = 
         starts = consumer.offsets_for_times(
             [TopicPartition(topic, p, since_ms) for p in metadata.partitions], timeout=timeout
         )
-        ends = {tp.partition: watermarks(consumer, TopicPartition(topic, tp.partition))[1] for tp in starts}
-        wanted = [tp for tp in starts if 0 <= tp.offset < ends[tp.partition]]
-        consumer.assign(wanted)
-        remaining = sum(ends[tp.partition] - tp.offset for tp in wanted)
-        payloads: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while remaining > 0:
-            if time.monotonic() > deadline:
-                raise KafkaException(f"could not read the recent bars of {topic} within {timeout:.0f}s")
-            for message in consumer.consume(10_000, timeout=0.5):
-                if message.error() is None:
-                    value = message.value()
-                    if value is not None:
-                        payloads.append(value)
-                    remaining -= 1
+        since = {tp.partition: tp.offset for tp in starts if tp.offset >= 0}
+        payloads = [message.value() for message in read_range(consumer, topic, since, timeout)]
         if not payloads:
             return None
         batch, _, _ = decode_bars(payloads)

@@ -24,9 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from connectors.polygon.symbols import AGG_EVENTS, TRADE_EVENTS, Instrument, Interval, WsMarket
-from connectors.sessions import market_of, regular_session_mask
+from core.events import deterministic_event_id, now_ns
+from core.sessions import market_of, regular_session_mask
 from schemas.bars import ASSET_CLASSES, BarBatch
-from schemas.events import deterministic_event_id, now_ns
 
 SOURCE = "polygon"
 NS_PER_MS = 1_000_000

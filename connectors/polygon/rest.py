@@ -26,7 +26,7 @@ from urllib3 import BaseHTTPResponse, PoolManager
 from urllib3.util.retry import Retry
 
 from connectors.polygon.symbols import Instrument, parse_symbol
-from connectors.sessions import market_of, regular_session_mask
+from core.sessions import market_of, regular_session_mask
 from schemas.bars import BarBatch
 
 SOURCE = "polygon"

@@ -13,7 +13,7 @@ for 1,000 symbols). Work is done in blocks of ``BLOCK_MINUTES`` aligned to ``sta
 so a resumed run performs exactly the same floating-point operations as an uninterrupted one and yields
 bit-identical bars.
 
-Sessions come from the market calendars in ``connectors.sessions`` (NYSE and CME holidays and early closes,
+Sessions come from the market calendars in ``core.sessions`` (NYSE and CME holidays and early closes,
 DST, the CME daily break, the FX week), so every generated bar is a regular-session bar. Futures are
 continuous roots (``MES``, no contract month); prices move only while their market is open, so equities
 open where they closed (no overnight gap).
@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import lfilter
 
-from connectors.sessions import market_of, regular_session_mask
+from core.sessions import market_of, regular_session_mask
 from schemas.bars import ASSET_CLASSES, BarBatch, Float64, Int64
 
 EQUITY = ASSET_CLASSES.index("EQUITY")
@@ -203,7 +203,7 @@ def _to_ns(ts: datetime) -> int:
 def sessions_open(start_ns: Int64) -> npt.NDArray[np.bool_]:
     """Whether each market is open for a bar starting at each time: shape (len(start_ns), len(ASSET_CLASSES)).
 
-    Each asset class follows its calendar (``connectors.sessions.market_of``); UNKNOWN is never open.
+    Each asset class follows its calendar (``core.sessions.market_of``); UNKNOWN is never open.
     """
     t = np.asarray(start_ns, dtype=np.int64)
     out = np.zeros((len(t), len(ASSET_CLASSES)), dtype=np.bool_)

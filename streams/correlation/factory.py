@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from connectors.publisher import partition_for_key
+from core.events import common_fields, deterministic_event_id
+from core.kafka import partition_for_key
 from schemas.catalogue import topic_spec
-from schemas.events import common_fields, deterministic_event_id
 from streams.correlation.alerts import Alert, AlertConfig, AlertDetector, WatchedPair
 from streams.correlation.processor import BARS_PER_YEAR_1M, RollingProcessor, Snapshot, Window
 from streams.processors import BarFrame, Emitted
 
 if TYPE_CHECKING:
-    from tidemark.settings import Settings
+    from core.settings import Settings
 
 NAME = "correlation"
 SOURCE = "analytics.rolling"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from connectors.sessions import NS_PER_DAY, Market, market_of, next_close, session_label
+from core.sessions import NS_PER_DAY, Market, market_of, next_close, session_label
 from schemas.bars import ASSET_CLASSES
 from streams.correlation.clock import MINUTE_NS, SnapshotClock
 from streams.correlation.rolling import CorrelationSnapshot, RollingWindow, SymbolStats

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from connectors.publisher import partition_for_key
+from core.kafka import partition_for_key
 from schemas.catalogue import topic_spec
 from streams.patterns.processor import NAME, PatternProcessor
 
 if TYPE_CHECKING:
-    from tidemark.settings import Settings
+    from core.settings import Settings
 
 
 def watched_partitions(settings: Settings) -> frozenset[int]:

@@ -3,7 +3,7 @@
 Bars wait in a pending buffer until the event-time ``SnapshotClock`` (the same market clock as the correlation
 processor: the partitions of the configured universe) says no earlier bar can still arrive; they are then applied
 to one ``BarGrid`` per (timeframe, market): 1-minute, 15-minute and hourly buckets (epoch aligned), and trading
-sessions from ``connectors.sessions`` for daily bars. Every ``SCAN_EVERY_MINUTES`` market minutes (boundary T, epoch
+sessions from ``core.sessions`` for daily bars. Every ``SCAN_EVERY_MINUTES`` market minutes (boundary T, epoch
 aligned) one scan runs over the bars before T: each (timeframe, market) with a row it has not scanned yet — for daily
 bars, a session that has closed by T — contributes a panel of the symbols with a complete window, and the
 scan's candidates are corrected as one family. A scan is a function of the bars before T alone, so the events
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from connectors.sessions import Market, market_of, session_label
+from core.events import common_fields, deterministic_event_id
+from core.sessions import Market, market_of, session_label
 from schemas.bars import ASSET_CLASSES
-from schemas.events import common_fields, deterministic_event_id
 from streams.correlation.clock import MINUTE_NS, SnapshotClock
 from streams.patterns.grid import BarGrid
 from streams.patterns.scan import TIMEFRAMES, Panel, ScanConfig, Signal, Timeframe, scan

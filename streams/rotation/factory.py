@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from connectors.publisher import partition_for_key
+from core.kafka import partition_for_key
 from schemas.catalogue import topic_spec
 from streams.rotation.processor import CurrencyStrengthProcessor, SectorRotationProcessor
 
 if TYPE_CHECKING:
-    from tidemark.settings import Settings
+    from core.settings import Settings
 
 
 def _watched(symbols: Sequence[str]) -> frozenset[int]:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from connectors.sessions import Market, regular_session_mask
-from schemas.events import common_fields, deterministic_event_id
+from core.events import common_fields, deterministic_event_id
+from core.sessions import Market, regular_session_mask
 from streams.correlation.clock import MINUTE_NS, SnapshotClock
 from streams.correlation.rolling import RollingWindow
 from streams.processors import BarFrame, Emitted

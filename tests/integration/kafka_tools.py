@@ -3,86 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING
 
+from core.kafka import consumer_lag, range_reader, read_range
+from core.settings import Settings
 from projections.sink import PROJECTED_TOPICS
-from tidemark.settings import Settings
-from tidemark.topics import consumer_lag, watermarks
 
 
 def read_all(
     bootstrap: str, topic: str, timeout: float = 60.0, committed: bool = True
 ) -> list[tuple[int, int, bytes | None, bytes]]:
     """Every (partition, offset, key, value) in ``topic`` now. read_committed by default, as every consumer of ours
-    reads, so records of open or aborted transactions are left out (``committed=False`` shows them). Transaction
-    markers take offsets too, so each partition is read to its end-of-partition event rather than counted."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "tidemark-tests-read",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed" if committed else "read_uncommitted",
-            "enable.partition.eof": True,
-        }
-    )
+    reads, so records of open or aborted transactions are left out (``committed=False`` shows them)."""
+    consumer = range_reader(bootstrap, "tidemark-tests-read", committed=committed)
     try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        pending = set()
-        for partition in partitions:
-            low, high = watermarks(consumer, TopicPartition(topic, partition))
-            if high > low:
-                pending.add(partition)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
-        records: list[tuple[int, int, bytes | None, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for message in consumer.consume(10_000, timeout=0.5):
-                error = message.error()
-                if error is None:
-                    records.append((message.partition(), message.offset(), message.key(), message.value()))
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(message.partition())
-        if pending:
-            raise AssertionError(f"partitions {sorted(pending)} of {topic} not read to their end within {timeout}s")
-        return records
+        return [
+            (message.partition(), message.offset(), message.key(), message.value())
+            for message in read_range(consumer, topic, timeout=timeout)
+        ]
     finally:
         consumer.close()
 
 
 def records_from(bootstrap: str, topic: str, positions: dict[int, int], timeout: float = 60.0) -> bool:
     """Whether ``topic`` holds a committed record at or after ``positions[p]`` (the start when absent) in any
-    partition. Offsets alone cannot tell: a transaction's commit marker takes one and is never delivered, so the
-    tail past each position is read (read_committed) until a record or the end of every partition."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "tidemark-tests-read",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
+    partition. Offsets alone cannot tell: a transaction's commit marker takes one and is never delivered."""
+    consumer = range_reader(bootstrap, "tidemark-tests-read")
     try:
-        pending = set()
-        for partition in consumer.list_topics(topic, timeout=30).topics[topic].partitions:
-            _, high = watermarks(consumer, TopicPartition(topic, partition))
-            if high > positions.get(partition, 0):
-                pending.add(partition)
-        consumer.assign([TopicPartition(topic, p, positions.get(p, OFFSET_BEGINNING)) for p in pending])
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for message in consumer.consume(100, timeout=0.5):
-                error = message.error()
-                if error is None:
-                    return True
-                if error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(message.partition())
-        if pending:
-            raise AssertionError(f"partitions {sorted(pending)} of {topic} not read to their end within {timeout}s")
-        return False
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        starts = {p: positions.get(p, OFFSET_BEGINNING) for p in partitions}
+        return any(True for _ in read_range(consumer, topic, starts, timeout))
     finally:
         consumer.close()
 

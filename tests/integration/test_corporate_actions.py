@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from connectors.polygon.fake import FakePolygon
+from core.settings import Settings
 from schemas.codec import get_registry
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, fetch
 from tests.integration.test_polygon_backfill import KEY, tidemark
 from tests.services import eventually
 from tidemark.backfill import day_range_ns
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,10 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.publisher import BarPublisher, partition_for_key
+from connectors.publisher import BarPublisher
 from connectors.synthetic.market import build_universe, generate_bars
+from core.kafka import consumer_lag, message_count, partition_for_key
+from core.settings import Settings
 from projections.sink import PROJECTED_TOPICS
 from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
@@ -38,8 +40,7 @@ from tests.conftest import REPO
 from tests.integration.kafka_tools import read_all, worker_caught_up
 from tests.integration.test_pipeline import SEED, START, count, expected_bars, fetch, synthetic_args
 from tests.services import eventually
-from tidemark.settings import Settings
-from tidemark.topics import consumer_lag, message_count, planned_partitions
+from tidemark.topics import planned_partitions
 
 pytestmark = pytest.mark.integration
 

@@ -10,15 +10,15 @@ import pytest
 from confluent_kafka import Producer
 
 from connectors.publisher import BarIds
+from core.events import common_fields, now_ns
+from core.settings import Settings
 from schemas.bars import BarBatch
 from schemas.codec import get_registry
-from schemas.events import common_fields, now_ns
 from schemas.fastbars import encode_bars
 from tests.factories import minute_bars
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count
 from tests.services import eventually
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

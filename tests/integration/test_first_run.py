@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from core.settings import Settings
 from tests.conftest import REPO
 from tidemark import stack
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

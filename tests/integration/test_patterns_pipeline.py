@@ -15,9 +15,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from connectors.publisher import partition_for_key
 from connectors.synthetic.market import build_universe, generate_bars
-from projections.consumed import Consumed
+from core.consumed import Consumed
+from core.kafka import partition_for_key
+from core.settings import Settings
 from projections.redis_store import RedisProjection
 from projections.signals import signals_projection
 from schemas.catalogue import topic_spec
@@ -26,7 +27,6 @@ from streams.patterns.processor import PatternProcessor
 from streams.processors import BarFrame
 from tests.integration.test_pipeline import count, fetch, latest_of
 from tests.services import eventually
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

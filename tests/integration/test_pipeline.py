@@ -16,12 +16,12 @@ import pytest
 import redis
 
 from connectors.synthetic.market import build_universe, generate_bars
+from core.kafka import message_count
+from core.settings import Settings
 from projections.analytics import dequantise
 from schemas.bars import BarBatch
 from tests.integration.kafka_tools import worker_caught_up
 from tests.services import eventually
-from tidemark.settings import Settings
-from tidemark.topics import message_count
 
 pytestmark = pytest.mark.integration
 

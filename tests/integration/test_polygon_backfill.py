@@ -19,13 +19,13 @@ from aiohttp import web
 from connectors.polygon.backfill import Checkpoint, CheckpointStore, checkpoint_dir
 from connectors.polygon.fake import FakePolygon
 from connectors.polygon.rest import PolygonAuthError, PolygonError, RetryPolicy, fetch_bars, guard, make_client
+from core.settings import Settings
 from schemas.fastbars import decode_bars
 from tests.conftest import REPO
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, fetch
 from tests.services import eventually
 from tidemark.backfill import day_range_ns
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

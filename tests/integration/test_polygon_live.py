@@ -14,12 +14,12 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.polygon.fake import FakePolygon
+from core.deadletter import DEAD_LETTER_SCHEMA
+from core.settings import Settings
 from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
-from streams.deadletter import DEAD_LETTER_SCHEMA
 from tests.integration.kafka_tools import read_all
 from tests.services import eventually
-from tidemark.settings import Settings
 from tidemark.topics import create_topics
 
 REPO = Path(__file__).resolve().parents[2]

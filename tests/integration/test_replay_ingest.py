@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.kafka import message_count
+from core.settings import Settings
 from schemas.bars import ASSET_CLASSES, BAR_KINDS, BarBatch
 from schemas.fastbars import decode_bars
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, expected_bars, fetch
 from tests.services import eventually
 from tidemark.backfill import day_range_ns
-from tidemark.settings import Settings
-from tidemark.topics import message_count
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from projections.consumed import Consumed
+from core.consumed import Consumed
+from core.settings import Settings
 from projections.redis_store import RedisProjection
 from projections.rotation import rotation_projection
 from tests.integration.test_pipeline import count, expected_bars, fetch, latest_of, synthetic_args
 from tests.services import eventually
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
+from core.settings import Settings
 from tests.services import eventually
 from tidemark import stack
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from core.settings import Settings
 from schemas.catalogue import CATALOGUE
-from tidemark.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -16,6 +16,7 @@ from avro_samples import sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.events import common_fields, deterministic_event_id
 from schemas.codec import (
     HEADER_SIZE,
     MARKER,
@@ -26,7 +27,6 @@ from schemas.codec import (
     UnknownSchemaError,
     get_registry,
 )
-from schemas.events import common_fields, deterministic_event_id
 
 REGISTRY = get_registry()
 NAMES = REGISTRY.names

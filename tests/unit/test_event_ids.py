@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from schemas.events import deterministic_event_ids_array, stream_hash
+from core.events import deterministic_event_ids_array, stream_hash
 
 T0 = 1_700_000_040_000_000_000
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from core.kafka import KafkaNotReady, until_ready
+from core.settings import Context, Settings
 from tidemark import preflight
-from tidemark.settings import Context, Settings
-from tidemark.topics import KafkaNotReady, until_ready
 
 
 def _failing(codes: list[int], result: str = "done") -> tuple[list[int], Callable[[], str]]:

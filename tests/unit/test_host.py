@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.settings import Settings
 from schemas.bars import BarBatch
 from streams.host import ProcessorHost, bar_frame
 from streams.processors import BarFrame, Emitted
-from tidemark.settings import Settings
 
 
 class Counter:

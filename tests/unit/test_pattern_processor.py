@@ -9,8 +9,8 @@ from functools import cache
 import numpy as np
 import pytest
 
-from connectors.publisher import partition_for_key
 from connectors.synthetic.market import build_universe, generate_bars
+from core.kafka import partition_for_key
 from schemas.codec import get_registry
 from streams.patterns.processor import SCHEMA, TOPIC, PatternProcessor
 from streams.patterns.scan import TIMEFRAMES

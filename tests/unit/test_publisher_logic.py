@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from connectors.publisher import BarIds, keep_after_positions, partition_for_key
+from connectors.publisher import BarIds, keep_after_positions
+from core.events import deterministic_event_ids_array, stream_hash
+from core.kafka import partition_for_key
 from schemas.bars import BarBatch
-from schemas.events import deterministic_event_ids_array, stream_hash
 from tests.factories import minute_bars
 
 M = 60_000_000_000

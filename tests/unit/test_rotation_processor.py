@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.sessions import Market, regular_session_mask
+from core.sessions import Market, regular_session_mask
+from core.settings import Settings
 from schemas.codec import get_registry
 from streams.processors import BarFrame, Emitted
 from streams.rotation.factory import CURRENCY_STRENGTH, SECTOR_ROTATION
 from streams.rotation.processor import CurrencyStrengthProcessor, SectorRotationProcessor
 from streams.rotation.sectors import SPDR_SECTORS
-from tidemark.settings import Settings
 
 M = 60_000_000_000
 START = pd.Timestamp("2025-03-03T13:00Z").value  # a Monday: FX open all along, NYSE from 14:30 UTC

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors import sessions
-from connectors.sessions import (
+from core import sessions
+from core.sessions import (
     Market,
     is_open,
     market_of,

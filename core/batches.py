@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 from redis import exceptions as redis_exceptions
 
-from projections.consumed import Consumed
+from core.consumed import Consumed
 
 log = logging.getLogger("tidemark.streams")
 

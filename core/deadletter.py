@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-from projections.consumed import Consumed
-from schemas.codec import get_registry
-from schemas.events import common_fields, deterministic_event_id, now_ns
+from core.consumed import Consumed
+from core.events import common_fields, deterministic_event_id, now_ns
 
 DEAD_LETTER_SCHEMA = "tidemark.ops.MessageDeadLettered"
+
+
+class Encoder(Protocol):
+    """What encodes a record under a schema name (``schemas.codec``'s registry): the contract sits below the codec."""
+
+    def encode(self, name: str, record: Mapping[str, Any]) -> bytes: ...
 
 
 def dead_letter_record(record: Consumed, reason: str, error_type: str, processor: str) -> dict[str, Any]:
@@ -30,14 +35,17 @@ def dead_letter_record(record: Consumed, reason: str, error_type: str, processor
 
 
 def dead_letter_messages(
-    records: Sequence[Consumed], failures: Sequence[tuple[int, str]], processor: str, error_type: str
+    encoder: Encoder,
+    records: Sequence[Consumed],
+    failures: Sequence[tuple[int, str]],
+    processor: str,
+    error_type: str,
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) messages for the ``dlq`` topic, keyed by the source topic."""
-    registry = get_registry()
     return [
         (
             records[index].topic.encode(),
-            registry.encode(DEAD_LETTER_SCHEMA, dead_letter_record(records[index], reason, error_type, processor)),
+            encoder.encode(DEAD_LETTER_SCHEMA, dead_letter_record(records[index], reason, error_type, processor)),
         )
         for index, reason in failures
     ]
