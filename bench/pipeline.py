@@ -51,13 +51,15 @@ def market(symbols: int, minutes: int) -> list[BarBatch]:
 
 def create_topic(settings: Settings, name: str) -> None:
     spec = topic_spec("md.bars.1m")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    topic = NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1, config=kafka_config(spec))
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    topic = NewTopic(
+        name, num_partitions=settings.kafka.topic_partitions, replication_factor=1, config=kafka_config(spec)
+    )
     admin.create_topics([topic])[name].result(timeout=30)
 
 
 def connector_run(settings: Settings, topic: str, batches: list[BarBatch]) -> Figure:
-    publisher = BarPublisher(settings.kafka_bootstrap, topic, source="synthetic")
+    publisher = BarPublisher(settings.kafka.bootstrap, topic, source="synthetic")
     started = time.perf_counter()
     for bars in batches:
         publisher.publish(bars)
@@ -77,7 +79,7 @@ def raw_producer_run(settings: Settings, topic: str, batches: list[BarBatch]) ->
     ]
     # The connector's exact producer settings, so that the ratio is the cost of ids and encoding alone.
     producer = ReliableProducer(
-        producer_config(settings.kafka_bootstrap, **{"delivery.report.only.error": True}), "bench baseline"
+        producer_config(settings.kafka.bootstrap, **{"delivery.report.only.error": True}), "bench baseline"
     )
     count = 0
     started = time.perf_counter()
@@ -91,7 +93,7 @@ def raw_producer_run(settings: Settings, topic: str, batches: list[BarBatch]) ->
 def raw_consumer_run(settings: Settings, topic: str, expected: int) -> Figure:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            "bootstrap.servers": settings.kafka.bootstrap,
             "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -153,7 +155,7 @@ def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Fig
         else:
             raise TimeoutError(f"the worker projected {count} of {expected} bars in 600 s")
         bars_topic = [settings.topic("md.bars.1m")]
-        while consumer_lag(settings.kafka_bootstrap, f"bench-{tag}", bars_topic) > 0:
+        while consumer_lag(settings.kafka.bootstrap, f"bench-{tag}", bars_topic) > 0:
             if time.monotonic() > deadline:
                 raise TimeoutError("the analytics runner did not catch up in 600 s")
             time.sleep(0.1)
@@ -181,7 +183,7 @@ def main(symbols: int = 1000, minutes: int = 390) -> None:
     settings = base.model_copy(update={"topic_prefix": f"bench{tag}."})
     batches = market(symbols, minutes)
     total = sum(map(len, batches))
-    print(f"market: {symbols} symbols x {minutes} minutes = {total:,} bars; broker {settings.kafka_bootstrap}")
+    print(f"market: {symbols} symbols x {minutes} minutes = {total:,} bars; broker {settings.kafka.bootstrap}")
     connector_topic, raw_topic = settings.topic("md.bars.1m"), settings.topic("bench.raw")
     create_topics(settings)
     create_topic(settings, raw_topic)

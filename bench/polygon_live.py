@@ -29,7 +29,7 @@ from polygon.websocket.models import Market, parse
 from pydantic import SecretStr
 
 from bench.pipeline import Figure, create_topic, raw_producer_run
-from connectors.polygon.fake import FakePolygon
+from fakes.polygon import FakePolygon
 from connectors.polygon.live import LiveConnector, LiveOptions
 from connectors.polygon.normalise import Universe, normalise_frame
 from connectors.polygon.symbols import Instrument
@@ -196,13 +196,11 @@ def with_fake(settings: Settings, n_symbols: int, paced: bool) -> tuple[Settings
     process = ctx.Process(target=serve, args=(child, stop, n_symbols, paced), daemon=True)
     process.start()
     rest_url, ws_feed = reply.recv()
-    configured = settings.model_copy(
-        update={
-            "polygon_api_key": SecretStr(KEY),
-            "polygon_rest_url": rest_url,
-            "polygon_ws_feed": ws_feed,
-            "polygon_ws_secure": False,
-        }
+    configured = settings.changed(
+        polygon__api_key=SecretStr(KEY),
+        polygon__rest_url=rest_url,
+        polygon__ws_feed=ws_feed,
+        polygon__ws_secure=False,
     )
     return configured, reply, stop, process
 
@@ -229,7 +227,7 @@ def sustained(settings: Settings, n_symbols: int, seconds: float) -> None:
     latency_reply, latency_child = ctx.Pipe()
     latency_stop = ctx.Event()
     topic = settings.topic("md.bars.1s")
-    consumer = ctx.Process(target=measure_latency, args=(latency_child, latency_stop, settings.kafka_bootstrap, topic))
+    consumer = ctx.Process(target=measure_latency, args=(latency_child, latency_stop, settings.kafka.bootstrap, topic))
     consumer.start()
     assert latency_reply.recv() == "ready"
     configured, reply, stop, process = with_fake(settings, n_symbols, paced=True)

@@ -1,5 +1,7 @@
 """Typed settings: every value comes from the environment (prefix ``TIDEMARK_``) with the local stack as default,
-so pointing Tidemark at an existing cluster is one variable."""
+so pointing Tidemark at an existing cluster is one variable. Each component reads its own section; the variables
+keep their flat names (a field's alias, or ``TIDEMARK_`` + its name), and the README's table is generated from here
+(``python -m core.settings``)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import os
 from enum import Enum, StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -81,79 +84,172 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIDEMARK_", env_file=".env", extra="ignore")
+def _split(value: object) -> object:
+    """Comma-separated lists in variables: ``SPY,XLK`` -> ``["SPY", "XLK"]``."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
-    context: Context = Field(
-        Context.default,
-        description="demo: the demo's topics (prefix demo.), app id (tidemark-demo) and database (tidemark_demo)",
+
+def _alias(variable: str) -> Any:
+    """The field's variable, when it is not ``TIDEMARK_`` + its name (kept from the flat settings users set)."""
+    return AliasChoices(variable)
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Section(BaseSettings):
+    """One component's settings. Built from the environment on its own, or from a dict by field name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TIDEMARK_", env_file=".env", extra="ignore", populate_by_name=True, frozen=True
     )
-    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated")
-    postgres_dsn: str = Field("postgresql://tidemark@127.0.0.1:15432/tidemark")
-    redis_url: str = Field("redis://127.0.0.1:16379/0")
-    state_dir: Path = Field(PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack")
 
-    app_id: str = Field("tidemark", description="the worker's consumer group and transactional id prefix")
-    topic_prefix: str = Field("", description="prepended to every topic name, to share a cluster")
-    topic_partitions: int = Field(8, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    @classmethod
+    def variable(cls, name: str) -> str:
+        alias = cls.model_fields[name].validation_alias
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[0])
+        return f"TIDEMARK_{name}".upper()
 
-    universe: Annotated[list[str], NoDecode] = Field(
+
+class KafkaSettings(Section):
+    bootstrap: str = Field(
+        "127.0.0.1:19092", validation_alias=_alias("TIDEMARK_KAFKA_BOOTSTRAP"), description="bootstrap servers"
+    )
+    topic_partitions: int = Field(8, ge=1, description="partitions of the topics keyed by symbol or strategy")
+    replication_factor: int = Field(1, ge=1, description="replicas of every topic Tidemark creates")
+
+
+class ProcessingSettings(Section):
+    batch_size: int = Field(5000, ge=1, description="most records consumed per batch")
+    batch_within_s: float = Field(0.5, gt=0, description="longest wait for a batch to fill")
+    checkpoint_every_s: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between the analytics runner's checkpoints: each commits its outputs, processor states "
+        "and input offsets in one transaction, so it is also the latency of its events",
+    )
+    snapshot_every: int = Field(15, ge=1, description="market minutes between the analytics snapshots")
+
+
+class CorrelationSettings(Section):
+    universe: CommaList = Field(
         default_factory=lambda: list(DEFAULT_UNIVERSE),
-        description="symbols of the rolling correlation universe, comma separated",
+        description="symbols of the rolling correlation universe (also the pattern scan's), comma separated",
     )
     universe_name: str = Field("core", description="name the universe's snapshots are published under")
-    correlation_windows: Annotated[list[str], NoDecode] = Field(
+    windows: CommaList = Field(
         default_factory=lambda: ["1m:60", "1m:390", "1d:5", "1d:21"],
+        validation_alias=_alias("TIDEMARK_CORRELATION_WINDOWS"),
         description="rolling correlation windows as TIMEFRAME:BARS (1m or 1d), comma separated",
     )
-    correlation_min_coverage: float = Field(
-        0.5, gt=0, le=1, description="share of a window's returns a symbol needs to enter its matrix"
+    min_coverage: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        validation_alias=_alias("TIDEMARK_CORRELATION_MIN_COVERAGE"),
+        description="share of a window's in-session returns a symbol needs to enter its matrix",
     )
-    watched_pairs: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="correlation alerts, e.g. SPY:XLK>0.9,EURUSD:GBPUSD<0.3"
+    watched_pairs: CommaList = Field(
+        default_factory=list, description="threshold alerts, e.g. SPY:XLK>0.9,EURUSD:GBPUSD<0.3"
     )
     alert_hysteresis: float = Field(0.05, ge=0, description="how far back past its threshold a pair re-arms")
-    regime_threshold: float = Field(0.1, gt=0, description="distance from the baseline that is a regime change")
-    regime_baseline: int = Field(8, ge=1, description="span in snapshots of the correlation baseline")
-    regime_metric: str = Field("mad", description="mad (mean absolute difference) or frobenius")
-    snapshot_every: int = Field(15, ge=1, description="market minutes between correlation snapshots")
+    regime_threshold: float = Field(
+        0.1, gt=0, description="distance from the correlation baseline that is a structure-shift alert"
+    )
+    regime_baseline: int = Field(8, ge=1, description="span in snapshots of the baseline (an EWMA)")
+    regime_metric: Literal["mad", "frobenius"] = Field("mad", description="mad (mean absolute difference) or frobenius")
+
+    _lists = field_validator("universe", "windows", "watched_pairs", mode="before")(_split)
+
+
+class RotationSettings(Section):
     currency_basket: str = Field("G8", description="name the currency-strength snapshots are published under")
-    currency_pairs: Annotated[list[str], NoDecode] = Field(
+    currency_pairs: CommaList = Field(
         default_factory=lambda: [s for s in DEFAULT_UNIVERSE if len(s) == 6 and s.isalpha()],
         description="FX pairs (BASEQUOTE) the currency strengths are computed from, comma separated",
     )
     strength_window: int = Field(60, ge=2, description="bars over which currency strength is measured")
     sector_universe: str = Field("spdr_sectors", description="name the sector-rotation snapshots are published under")
     sector_benchmark: str = Field("SPY", description="the broad market the sectors are measured against")
-    sector_etfs: Annotated[list[str], NoDecode] = Field(
+    sector_etfs: CommaList = Field(
         default_factory=lambda: [s for s in DEFAULT_UNIVERSE if s.startswith("XL")],
         description="sector ETFs of the rotation view, comma separated",
     )
-    rotation_window: int = Field(60, ge=1, description="bars of relative performance behind the RS-ratio")
-    rotation_momentum: int = Field(15, ge=1, description="bars over which the RS-momentum measures the RS-ratio's move")
-    rotation_top_k: int = Field(1, ge=1, description="a sector entering or leaving the top k is a rotation signal")
-    rotation_band: float = Field(0.25, ge=0, description="RS points around 100 within which a quadrant is kept")
-    batch_size: int = Field(5000, ge=1)
-    batch_within_s: float = Field(0.5, gt=0)
-    checkpoint_every_s: float = Field(
-        1.0, gt=0, description="seconds between the analytics runner's checkpoints (each one commits a transaction)"
+    window: int = Field(
+        60, ge=1, validation_alias=_alias("TIDEMARK_ROTATION_WINDOW"), description="bars behind the RS-ratio"
+    )
+    momentum: int = Field(
+        15,
+        ge=1,
+        validation_alias=_alias("TIDEMARK_ROTATION_MOMENTUM"),
+        description="bars over which the RS-momentum measures the RS-ratio's move",
+    )
+    top_k: int = Field(
+        1,
+        ge=1,
+        validation_alias=_alias("TIDEMARK_ROTATION_TOP_K"),
+        description="a sector entering or leaving the top k is a rotation signal",
+    )
+    band: float = Field(
+        0.25,
+        ge=0,
+        validation_alias=_alias("TIDEMARK_ROTATION_BAND"),
+        description="RS points clear of both axes a quadrant change needs",
     )
 
-    polygon_api_key: SecretStr | None = None
-    polygon_rest_url: str = Field("https://api.polygon.io", description="Polygon REST base URL")
-    polygon_ws_feed: str = Field("socket.polygon.io", description="Polygon WebSocket host[:port] (the client's feed)")
-    polygon_ws_secure: bool = Field(True, description="wss:// (True) or ws:// (False) for the WebSocket feed")
-    alpaca_api_key: SecretStr | None = None
-    alpaca_secret_key: SecretStr | None = None
-    alpaca_paper: bool = True
+    _lists = field_validator("currency_pairs", "sector_etfs", mode="before")(_split)
 
-    @field_validator("universe", "currency_pairs", "sector_etfs", "correlation_windows", "watched_pairs", mode="before")
+
+class PolygonSettings(Section):
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_POLYGON_")
+
+    api_key: SecretStr | None = Field(None, description="API key (a secret: never logged)")
+    rest_url: str = Field("https://api.polygon.io", description="REST base URL")
+    ws_feed: str = Field("socket.polygon.io", description="WebSocket host[:port] (the client's feed)")
+    ws_secure: bool = Field(True, description="wss:// (true) or ws:// (false) for the WebSocket feed")
+
     @classmethod
-    def _split_symbols(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [symbol.strip() for symbol in value.split(",") if symbol.strip()]
-        return value
+    def variable(cls, name: str) -> str:
+        return f"TIDEMARK_POLYGON_{name}".upper()
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "kafka": KafkaSettings,
+    "processing": ProcessingSettings,
+    "correlation": CorrelationSettings,
+    "rotation": RotationSettings,
+    "polygon": PolygonSettings,
+}
+
+
+class Settings(BaseSettings):
+    """Where Tidemark runs and under which names (top level), and each component's section."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_", env_file=".env", extra="ignore")
+
+    context: Context = Field(
+        Context.default,
+        description="demo: the demo's topics (prefix demo.), app id (tidemark-demo) and database (tidemark_demo) "
+        "on the same servers; the same as `tidemark --context demo`",
+    )
+    postgres_dsn: str = Field("postgresql://tidemark@127.0.0.1:15432/tidemark", description="projections database")
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="latest values and alerts")
+    state_dir: Path = Field(PROJECT_ROOT / ".tidemark", description="data, logs and caches of the local stack")
+    app_id: str = Field(
+        "tidemark",
+        description="consumer group of the analytics runner (-projections for the sink) and its transactional id "
+        "prefix (-analytics)",
+    )
+    topic_prefix: str = Field("", description="prepended to every topic name, to share a cluster")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
+    correlation: CorrelationSettings = Field(default_factory=CorrelationSettings)
+    rotation: RotationSettings = Field(default_factory=RotationSettings)
+    polygon: PolygonSettings = Field(default_factory=PolygonSettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:
@@ -164,25 +260,95 @@ class Settings(BaseSettings):
             self.postgres_dsn = with_database(self.postgres_dsn, DEMO_DATABASE)
         return self
 
+    def changed(self, **changes: Any) -> Settings:
+        """A copy with some values changed; ``section__field=value`` changes a section's field."""
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            section, _, name = key.partition("__")
+            if name:
+                if section not in SECTIONS or name not in SECTIONS[section].model_fields:
+                    raise KeyError(f"no setting {key}")
+                nested.setdefault(section, {})[name] = value
+            elif key in type(self).model_fields and key not in SECTIONS:
+                top[key] = value
+            else:
+                raise KeyError(f"no setting {key}")
+        for section, values in nested.items():
+            top[section] = {**getattr(self, section).model_dump(), **values}
+        return type(self).model_validate({**self.model_dump(), **top})
+
     def environment(self) -> dict[str, str]:
         """This process's environment with every setting pinned, so a child (worker, CLI) uses exactly these."""
         env = dict(os.environ)
-        for name, value in self.model_dump().items():
-            variable = f"TIDEMARK_{name.upper()}"
+        for variable, value in self.variables().items():
             if value is None:
                 env.pop(variable, None)
-                continue
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            if isinstance(value, Enum):
-                value = value.value
-            env[variable] = ",".join(value) if isinstance(value, list) else str(value)
+            else:
+                env[variable] = value
         return env
+
+    def variables(self) -> dict[str, str | None]:
+        """Every setting as the variable that sets it and its text (None: unset)."""
+        pairs: list[tuple[str, object]] = [
+            (f"TIDEMARK_{name.upper()}", getattr(self, name))
+            for name in type(self).model_fields
+            if name not in SECTIONS
+        ]
+        for section in SECTIONS:
+            values = getattr(self, section)
+            pairs += [(type(values).variable(name), getattr(values, name)) for name in type(values).model_fields]
+        return {variable: _text(value) for variable, value in pairs}
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
 
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        value: object = field.default_factory()  # type: ignore[call-arg]
+    else:
+        value = field.default
+    if isinstance(value, Path):
+        value = ".tidemark" if value == PROJECT_ROOT / ".tidemark" else value
+    text = _text(value)
+    if not text:
+        return "unset"
+    if value == DEFAULT_UNIVERSE:
+        return "SPY, 11 sector ETFs, 28 FX pairs, 6 micro futures"
+    if isinstance(value, list) and len(text) > 40:
+        return f"{len(value)} symbols ({text[:24]}...)"
+    return f"`{text}`"
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated so that it cannot drift from the settings."""
+    rows = ["| variable | section | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if name not in SECTIONS:
+            rows.append(f"| `TIDEMARK_{name.upper()}` | | {_default(field)} | {field.description} |")
+    for title, section in SECTIONS.items():
+        for name, field in section.model_fields.items():
+            rows.append(f"| `{section.variable(name)}` | {title} | {_default(field)} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

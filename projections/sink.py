@@ -105,7 +105,7 @@ class ProjectionSink:
         self.stopping = threading.Event()
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                "bootstrap.servers": settings.kafka.bootstrap,
                 "group.id": f"{settings.app_id}-projections",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -118,7 +118,7 @@ class ProjectionSink:
             }
         )
         self._resume_at: dict[tuple[str, int], int] = {}
-        self._dlq = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
+        self._dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap, "enable.idempotence": True})
 
     def run(self) -> None:
         """Consume until ``stopping`` is set."""
@@ -190,7 +190,9 @@ class ProjectionSink:
         self._consumer.subscribe(list(routes), on_assign=self._seek_to_applied)
         try:
             while not self.stopping.is_set():
-                messages = self._consumer.consume(self.settings.batch_size, timeout=self.settings.batch_within_s)
+                messages = self._consumer.consume(
+                    self.settings.processing.batch_size, timeout=self.settings.processing.batch_within_s
+                )
                 by_topic: dict[str, list[Consumed]] = {}
                 consumed, ends = self._records(messages)
                 for record in consumed:

@@ -62,7 +62,7 @@ class AnalyticsRunner:
         self.stopping = threading.Event()
         self._source = settings.topic(SOURCE)
         self._checkpoints = settings.topic(CHECKPOINTS)
-        bootstrap = settings.kafka_bootstrap
+        bootstrap = settings.kafka.bootstrap
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -119,11 +119,13 @@ class AnalyticsRunner:
             self._start()
             last_commit = time.monotonic()
             while not self.stopping.is_set():
-                messages = self._consumer.consume(self.settings.batch_size, timeout=self.settings.batch_within_s)
+                messages = self._consumer.consume(
+                    self.settings.processing.batch_size, timeout=self.settings.processing.batch_within_s
+                )
                 batch = Batch(messages)
                 if len(batch):
                     await self._transactional(self._cycle(batch))
-                if time.monotonic() - last_commit >= self.settings.checkpoint_every_s:
+                if time.monotonic() - last_commit >= self.settings.processing.checkpoint_every_s:
                     await self._transactional(self._commit())
                     last_commit = time.monotonic()
                 self._progress.maybe_log()
@@ -158,7 +160,7 @@ class AnalyticsRunner:
                 [TopicPartition(self._source, p) for p in self._partitions], timeout=KAFKA_TIMEOUT_S
             ),
             f"reading the committed offsets of group {self.settings.app_id}",
-            self.settings.kafka_bootstrap,
+            self.settings.kafka.bootstrap,
         )
         offsets = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
         if offsets and not self._checkpoint:
@@ -352,7 +354,7 @@ def read_checkpoint(settings: Settings) -> dict[str, bytes]:
     """Each processor's last committed state: the checkpoint topic read to its end (read_committed)."""
     topic = settings.topic(CHECKPOINTS)
     reader = range_reader(
-        settings.kafka_bootstrap,
+        settings.kafka.bootstrap,
         f"{settings.app_id}-checkpoint-reader",
         **{"fetch.max.bytes": FETCH_MAX_BYTES, "max.partition.fetch.bytes": FETCH_MAX_BYTES},
     )

@@ -46,8 +46,8 @@ def _start_containers() -> Settings:
     for container in (kafka, postgres, redis):
         container.start()
         atexit.register(container.stop)
-    settings = Settings(
-        kafka_bootstrap=kafka.get_bootstrap_server(),
+    settings = Settings().changed(
+        kafka__bootstrap=kafka.get_bootstrap_server(),
         postgres_dsn=postgres.get_connection_url(),
         redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
     )

@@ -62,7 +62,7 @@ def read_symbols(symbols: str | None, universe: Path | None) -> tuple[str, ...]:
 
 
 def api_key(settings: Settings) -> str:
-    key = settings.polygon_api_key.get_secret_value() if settings.polygon_api_key else ""
+    key = settings.polygon.api_key.get_secret_value() if settings.polygon.api_key else ""
     if not key:
         console.print("[red]no Polygon API key:[/red] set TIDEMARK_POLYGON_API_KEY (or put it in .env)", soft_wrap=True)
         raise typer.Exit(2)
@@ -128,11 +128,11 @@ def backfill_command(
             )
 
         backfill = Backfill(
-            bootstrap=settings.kafka_bootstrap,
+            bootstrap=settings.kafka.bootstrap,
             topic=topic,
             partitions=partitions,
             store=store,
-            new_client=lambda: make_client(key, settings.polygon_rest_url, stop=stop),
+            new_client=lambda: make_client(key, settings.polygon.rest_url, stop=stop),
             timespan=timespan,
             start_ns=start_ns,
             end_ns=end_ns,
@@ -177,7 +177,7 @@ def corporate_actions_command(
     end_day = parse_day(last, "--to") if last else None
     wanted = read_symbols(symbols, universe)
     settings = get_settings()
-    client = make_client(api_key(settings), settings.polygon_rest_url)
+    client = make_client(api_key(settings), settings.polygon.rest_url)
     events = []
     unusable = 0
     try:
@@ -190,7 +190,7 @@ def corporate_actions_command(
         raise typer.Exit(2) from exc
     topic = settings.topic("md.corporate_actions")
     create_topics(settings)
-    published, known = publish_actions(settings.kafka_bootstrap, topic, events)
+    published, known = publish_actions(settings.kafka.bootstrap, topic, events)
     console.print(
         f"{len(events)} corporate action(s) of {len(wanted)} symbol(s): {published} published to {topic}, "
         f"{known} already there" + (f"; {unusable} without a usable date or amount were skipped" if unusable else ""),
@@ -214,5 +214,5 @@ def _progress() -> Progress:
 def _partitions(settings: Settings, topic: str) -> int:
     from confluent_kafka.admin import AdminClient
 
-    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(topic, timeout=30)
+    metadata = AdminClient({"bootstrap.servers": settings.kafka.bootstrap}).list_topics(topic, timeout=30)
     return len(metadata.topics[topic].partitions)

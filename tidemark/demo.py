@@ -31,7 +31,7 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 def demo_settings(base: Settings, universe: list[str]) -> Settings:
     """The demo's own topics, consumer group and database (its context), so it can be rerun and never touches
     other data; ``--context demo`` finds them afterwards."""
-    return Settings(**{**base.model_dump(), "context": Context.demo, "universe": universe})
+    return base.changed(correlation__universe=universe, context=Context.demo)
 
 
 async def _fresh_database(server_dsn: str, dsn: str) -> None:
@@ -76,8 +76,8 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
             # The analytics runner and the projections of its output trail the bars: done when all have caught up.
             if (
                 bars >= expected
-                and consumer_lag(settings.kafka_bootstrap, settings.app_id, analytics_topics) == 0
-                and consumer_lag(settings.kafka_bootstrap, f"{settings.app_id}-projections", sink_topics) == 0
+                and consumer_lag(settings.kafka.bootstrap, settings.app_id, analytics_topics) == 0
+                and consumer_lag(settings.kafka.bootstrap, f"{settings.app_id}-projections", sink_topics) == 0
             ):
                 return
             time.sleep(0.5)
@@ -111,7 +111,7 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
     settings = demo_settings(base, list(dict.fromkeys([*DEFAULT_UNIVERSE, *regime_symbols])))
     console.rule("[bold]Tidemark demo")
     console.print(
-        f"Kafka {settings.kafka_bootstrap} · PostgreSQL {settings.postgres_dsn.split('@')[-1]} · "
+        f"Kafka {settings.kafka.bootstrap} · PostgreSQL {settings.postgres_dsn.split('@')[-1]} · "
         f"Redis {settings.redis_url.split('@')[-1]}; topics prefixed '{settings.topic_prefix}'"
     )
     # Each run starts clean, so what it shows is this version's work on this market, never an older run's leftovers.
@@ -191,10 +191,10 @@ def next_commands() -> list[str]:
 async def _latest(settings: Settings) -> read.CorrelationView | None:
     conn = await asyncpg.connect(settings.postgres_dsn)
     try:
-        return await read.latest_correlation(conn, settings.universe_name)
+        return await read.latest_correlation(conn, settings.correlation.universe_name)
     finally:
         await conn.close()
 
 
 def _published_count(settings: Settings) -> int:
-    return message_count(settings.kafka_bootstrap, settings.topic("md.bars.1m"))
+    return message_count(settings.kafka.bootstrap, settings.topic("md.bars.1m"))

@@ -84,7 +84,7 @@ def published_tail(settings: Settings, topic: str, symbols: tuple[str, ...]) -> 
     rank = {symbol: i for i, symbol in enumerate(symbols)}
     tail: dict[int, tuple[int, int]] = {}
     registry = get_registry()
-    for partition, (_key, value) in last_records(settings.kafka_bootstrap, topic).items():
+    for partition, (_key, value) in last_records(settings.kafka.bootstrap, topic).items():
         try:
             record = registry.decode_as(BAR_SCHEMA, value)
         except DecodeError:
@@ -157,7 +157,7 @@ def ingest_synthetic(
     if tail:
         console.print(f"resuming: {len(tail)} partition(s) already hold bars of this market")
         batches = skip_published(batches, symbol_order, partitions, tail, skipped)
-    publisher = BarPublisher(settings.kafka_bootstrap, topic, source="synthetic")
+    publisher = BarPublisher(settings.kafka.bootstrap, topic, source="synthetic")
     report = _publish_with_progress(publisher, batches, total=None, speed=speed)
     report.skipped = skipped.bars
     _print_report(report, topic)
@@ -211,7 +211,7 @@ def ingest_replay(
             raise typer.BadParameter(f"unknown time zone {tz!r}", param_hint="--tz") from exc
     settings = get_settings()
     topic = settings.topic(f"md.bars.{interval}")
-    publisher = BarPublisher(settings.kafka_bootstrap, topic, source="replay")
+    publisher = BarPublisher(settings.kafka.bootstrap, topic, source="replay")
     try:
         bars = read_bars(
             path,
@@ -265,7 +265,7 @@ def ingest_polygon(
         try:
             connector = LiveConnector(settings, instruments, options, stop=stop)
             markets = ", ".join(f"{len(u)} {m}" for m, u in connector.universes.items())
-            console.print(f"streaming {markets} from {settings.polygon_ws_feed}; Ctrl-C stops", soft_wrap=True)
+            console.print(f"streaming {markets} from {settings.polygon.ws_feed}; Ctrl-C stops", soft_wrap=True)
             asyncio.run(connector.run())
         except PolygonAuthError as exc:
             console.print(f"[red]cannot stream from Polygon:[/red] {escape(str(exc))}", soft_wrap=True)
@@ -277,5 +277,5 @@ def ingest_polygon(
 def _partitions(settings: Settings, topic: str) -> int:
     from confluent_kafka.admin import AdminClient
 
-    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(topic, timeout=30)
+    metadata = AdminClient({"bootstrap.servers": settings.kafka.bootstrap}).list_topics(topic, timeout=30)
     return len(metadata.topics[topic].partitions)

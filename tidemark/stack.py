@@ -174,7 +174,7 @@ def wait_until(
 
 def endpoints(settings: Settings) -> dict[str, _Endpoint]:
     """Host and port of each service as the settings name them (the first Kafka bootstrap server)."""
-    kafka_host, _, kafka_port = settings.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+    kafka_host, _, kafka_port = settings.kafka.bootstrap.split(",")[0].strip().rpartition(":")
     pg = urlsplit(settings.postgres_dsn)
     rd = urlsplit(settings.redis_url)
     return {
@@ -391,14 +391,14 @@ def _await_group_coordinator(settings: Settings) -> None:
 
     from core.kafka import until_ready
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": _rdkafka_log})
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "logger": _rdkafka_log})
     probe = "tidemark-stack-probe"
     try:
         # Not list_consumer_group_offsets: confluent-kafka 2.16 crashes (SIGSEGV) on a NOT_COORDINATOR answer to it.
         until_ready(
             lambda: admin.describe_consumer_groups([probe])[probe].result(),
             "waiting for the group coordinator",
-            settings.kafka_bootstrap,
+            settings.kafka.bootstrap,
             READY_TIMEOUT_S["kafka"],
         )
     except Exception as exc:  # KafkaNotReady or a refusal: either way the stack is not usable yet
@@ -560,7 +560,7 @@ _STARTERS: dict[str, Callable[[Settings, _Paths, _Endpoint], int]] = {
 
 def _probe(settings: Settings, name: str, timeout: float, *, maintenance_db: bool = False) -> str:
     if name == "kafka":
-        return _probe_kafka(settings.kafka_bootstrap, timeout)
+        return _probe_kafka(settings.kafka.bootstrap, timeout)
     if name == "postgres":
         dsn = with_database(settings.postgres_dsn, "postgres") if maintenance_db else settings.postgres_dsn
         return _probe_postgres(dsn, timeout)

@@ -1,6 +1,6 @@
 """Create and inspect the catalogue's topics on the cluster (``tidemark topics create|list``).
 
-Topics the catalogue sizes with ``KEYED_PARTITIONS`` are created with ``Settings.topic_partitions`` instead,
+Topics the catalogue sizes with ``KEYED_PARTITIONS`` are created with ``KafkaSettings.topic_partitions`` instead,
 so one setting sizes everything keyed by symbol or strategy; Faust (the domain agents of the coming issues)
 sizes its changelog and repartition topics with it too, and they must stay co-partitioned with the topics they
 read. Every other topic gets the catalogue's count.
@@ -42,11 +42,11 @@ class TopicRow:
 
 
 def planned_partitions(spec: TopicSpec, settings: Settings) -> int:
-    return settings.topic_partitions if spec.partitions == KEYED_PARTITIONS else spec.partitions
+    return settings.kafka.topic_partitions if spec.partitions == KEYED_PARTITIONS else spec.partitions
 
 
 def _admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
 
 
 def _existing(admin: AdminClient) -> dict[str, int]:
@@ -66,7 +66,7 @@ def create_topics(settings: Settings) -> list[str]:
             NewTopic(
                 settings.topic(spec.name),
                 num_partitions=planned_partitions(spec, settings),
-                replication_factor=settings.replication_factor,
+                replication_factor=settings.kafka.replication_factor,
                 config=kafka_config(spec),
             )
             for spec in CATALOGUE
@@ -82,7 +82,7 @@ def create_topics(settings: Settings) -> list[str]:
             else:
                 created.append(name)
 
-    until_ready(create_missing, "creating topics", settings.kafka_bootstrap)
+    until_ready(create_missing, "creating topics", settings.kafka.bootstrap)
     _wait_for_leaders(admin, created)
     return sorted(created)
 
@@ -111,7 +111,7 @@ def delete_prefixed_topics(settings: Settings, groups: Sequence[str] = ()) -> li
                 admin.delete_topics(doomed, request_timeout=ADMIN_TIMEOUT_S), KafkaError.UNKNOWN_TOPIC_OR_PART
             ),
             f"deleting topics {settings.topic_prefix}*",
-            settings.kafka_bootstrap,
+            settings.kafka.bootstrap,
         )
     if groups:
         until_ready(
@@ -120,7 +120,7 @@ def delete_prefixed_topics(settings: Settings, groups: Sequence[str] = ()) -> li
                 KafkaError.GROUP_ID_NOT_FOUND,
             ),
             f"deleting consumer groups {', '.join(groups)}",
-            settings.kafka_bootstrap,
+            settings.kafka.bootstrap,
         )
     deadline = time.monotonic() + ADMIN_TIMEOUT_S
     while set(doomed) & set(_existing(admin)):

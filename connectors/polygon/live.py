@@ -110,7 +110,7 @@ class LiveConnector:
         stop: StopFlag | None = None,
         out: TextIO = sys.stderr,
     ) -> None:
-        if settings.polygon_api_key is None or not settings.polygon_api_key.get_secret_value():
+        if settings.polygon.api_key is None or not settings.polygon.api_key.get_secret_value():
             raise PolygonAuthError(f"no Polygon API key: set {KEY_VARIABLE}")
         if not instruments:
             raise ValueError("no symbols to stream")
@@ -119,7 +119,7 @@ class LiveConnector:
         self.stop = stop if stop is not None else StopFlag()
         self.stats = LiveStats()
         self._out = out
-        self._key = settings.polygon_api_key.get_secret_value()
+        self._key = settings.polygon.api_key.get_secret_value()
         markets: tuple[WsMarket, ...] = ("stocks", "forex", "futures")
         self.universes = {m: u for m in markets if len(u := Universe.of(m, instruments))}
         intervals = self.options.intervals
@@ -131,16 +131,16 @@ class LiveConnector:
         self._pending: dict[Key, list[Bars]] = {key: [] for key in gap_keys}
         self._connection: dict[WsMarket, object] = {}
         self._publishers = {
-            i: BarPublisher(settings.kafka_bootstrap, settings.topic(f"md.bars.{i}"), source=SOURCE) for i in intervals
+            i: BarPublisher(settings.kafka.bootstrap, settings.topic(f"md.bars.{i}"), source=SOURCE) for i in intervals
         }
         self._producer = ReliableProducer(
-            producer_config(settings.kafka_bootstrap, **{"delivery.report.only.error": True}),
+            producer_config(settings.kafka.bootstrap, **{"delivery.report.only.error": True}),
             "publishing trades and dead letters",
         )
         self._trades_topic = settings.topic("md.trades")
         self._dlq_topic = settings.topic("dlq")
         self._recent_trades: dict[str, None] = {}
-        self._rest = make_client(self._key, settings.polygon_rest_url) if gap_keys else None
+        self._rest = make_client(self._key, settings.polygon.rest_url) if gap_keys else None
         self._rest_pool = ThreadPoolExecutor(1, thread_name_prefix="polygon-backfill")
         self._backfills: set[asyncio.Task[None]] = set()
 
@@ -153,10 +153,10 @@ class LiveConnector:
         clients = {
             market: WebSocketClient(
                 api_key=self._key,
-                feed=self.settings.polygon_ws_feed,
+                feed=self.settings.polygon.ws_feed,
                 market=market,
                 raw=True,
-                secure=self.settings.polygon_ws_secure,
+                secure=self.settings.polygon.ws_secure,
                 subscriptions=subscription_params(universe.instruments, self.options.intervals, self.options.trades),
                 max_reconnects=None,
             )
@@ -358,7 +358,7 @@ class LiveConnector:
         }
         for interval, publisher in self._publishers.items():
             lookback = self.options.max_gap_ns if interval == "1m" else 64 * STEP_NS[interval]
-            batch = read_bars_since(self.settings.kafka_bootstrap, publisher.topic, (now_ns() - lookback) // 10**6)
+            batch = read_bars_since(self.settings.kafka.bootstrap, publisher.topic, (now_ns() - lookback) // 10**6)
             if batch is None:
                 continue
             where = [slot_of.get(symbol) for symbol in batch.symbol.tolist()]

@@ -131,11 +131,11 @@ class CorrelationProcessor:
 
 def alert_config(settings: Settings) -> AlertConfig:
     return AlertConfig(
-        pairs=tuple(WatchedPair.parse(p) for p in settings.watched_pairs),
-        hysteresis=settings.alert_hysteresis,
-        regime_threshold=settings.regime_threshold,
-        baseline=settings.regime_baseline,
-        metric=settings.regime_metric,
+        pairs=tuple(WatchedPair.parse(p) for p in settings.correlation.watched_pairs),
+        hysteresis=settings.correlation.alert_hysteresis,
+        regime_threshold=settings.correlation.regime_threshold,
+        baseline=settings.correlation.regime_baseline,
+        metric=settings.correlation.regime_metric,
     )
 
 
@@ -144,22 +144,26 @@ class CorrelationFactory:
 
     def create(self, settings: Settings) -> CorrelationProcessor:
         partitions = topic_spec("md.bars.1m").partitions
-        watched = frozenset(partition_for_key(symbol.encode(), partitions) for symbol in settings.universe)
-        windows = [Window.parse(w) for w in settings.correlation_windows]
+        watched = frozenset(partition_for_key(symbol.encode(), partitions) for symbol in settings.correlation.universe)
+        windows = [Window.parse(w) for w in settings.correlation.windows]
         rolling = RollingProcessor(
-            settings.universe, windows, settings.snapshot_every, watched, settings.correlation_min_coverage
+            settings.correlation.universe,
+            windows,
+            settings.processing.snapshot_every,
+            watched,
+            settings.correlation.min_coverage,
         )
-        return CorrelationProcessor(rolling, AlertDetector(alert_config(settings)), settings.universe_name)
+        return CorrelationProcessor(rolling, AlertDetector(alert_config(settings)), settings.correlation.universe_name)
 
     def restore(self, data: bytes, settings: Settings) -> CorrelationProcessor:
         (length,) = _LENGTH.unpack_from(data)
         rolling = RollingProcessor.from_bytes(data[_LENGTH.size : _LENGTH.size + length])
-        if rolling.universe != tuple(settings.universe):
+        if rolling.universe != tuple(settings.correlation.universe):
             raise ValueError("the universe was reconfigured")
-        if [str(w) for w in rolling.windows] != [str(Window.parse(w)) for w in settings.correlation_windows]:
+        if [str(w) for w in rolling.windows] != [str(Window.parse(w)) for w in settings.correlation.windows]:
             raise ValueError("the correlation windows were reconfigured")
         alerts = AlertDetector.from_bytes(data[_LENGTH.size + length :], alert_config(settings))
-        return CorrelationProcessor(rolling, alerts, settings.universe_name)
+        return CorrelationProcessor(rolling, alerts, settings.correlation.universe_name)
 
 
 FACTORY = CorrelationFactory()

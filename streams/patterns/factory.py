@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def watched_partitions(settings: Settings) -> frozenset[int]:
     """The partitions of the configured universe: the market clock the analytics processors share."""
     partitions = topic_spec("md.bars.1m").partitions
-    return frozenset(partition_for_key(symbol.encode(), partitions) for symbol in settings.universe)
+    return frozenset(partition_for_key(symbol.encode(), partitions) for symbol in settings.correlation.universe)
 
 
 class PatternFactory:

@@ -23,9 +23,13 @@ class CurrencyStrengthFactory:
     name = CurrencyStrengthProcessor.name
 
     def create(self, settings: Settings) -> CurrencyStrengthProcessor:
-        pairs = settings.currency_pairs
+        pairs = settings.rotation.currency_pairs
         return CurrencyStrengthProcessor.create(
-            settings.currency_basket, pairs, settings.strength_window, settings.snapshot_every, _watched(pairs)
+            settings.rotation.currency_basket,
+            pairs,
+            settings.rotation.strength_window,
+            settings.processing.snapshot_every,
+            _watched(pairs),
         )
 
     def restore(self, data: bytes, settings: Settings) -> CurrencyStrengthProcessor:
@@ -40,15 +44,15 @@ class SectorRotationFactory:
 
     def create(self, settings: Settings) -> SectorRotationProcessor:
         return SectorRotationProcessor.create(
-            settings.sector_universe,
-            settings.sector_benchmark,
-            settings.sector_etfs,
-            settings.rotation_window,
-            settings.rotation_momentum,
-            settings.snapshot_every,
-            settings.rotation_top_k,
-            settings.rotation_band,
-            _watched([settings.sector_benchmark, *settings.sector_etfs]),
+            settings.rotation.sector_universe,
+            settings.rotation.sector_benchmark,
+            settings.rotation.sector_etfs,
+            settings.rotation.window,
+            settings.rotation.momentum,
+            settings.processing.snapshot_every,
+            settings.rotation.top_k,
+            settings.rotation.band,
+            _watched([settings.rotation.sector_benchmark, *settings.rotation.sector_etfs]),
         )
 
     def restore(self, data: bytes, settings: Settings) -> SectorRotationProcessor:

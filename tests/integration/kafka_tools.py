@@ -46,13 +46,13 @@ def worker_caught_up(settings: Settings) -> bool:
     bookkeeping (committed after the rows, and not at all for records a restarted sink finds already applied).
     Redis is written after each PostgreSQL commit, so this says nothing about Redis. Dead-lettered records never
     count as applied: not for tests that dead-letter."""
-    if consumer_lag(settings.kafka_bootstrap, settings.app_id, [settings.topic("md.bars.1m")]):
+    if consumer_lag(settings.kafka.bootstrap, settings.app_id, [settings.topic("md.bars.1m")]):
         return False
     applied = asyncio.run(_applied_offsets(settings.postgres_dsn))
     for name in PROJECTED_TOPICS:
         topic = settings.topic(name)
         positions = {partition: offset for (t, partition), offset in applied.items() if t == topic}
-        if records_from(settings.kafka_bootstrap, topic, positions):
+        if records_from(settings.kafka.bootstrap, topic, positions):
             return False
     return True
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.polygon.fake import FakePolygon
+from fakes.polygon import FakePolygon
 from core.settings import Settings
 from schemas.codec import get_registry
 from tests.integration.kafka_tools import read_all
@@ -41,9 +41,7 @@ def test_aapl_split_and_dividend_adjust_history_on_read(
     isolated: Settings, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     with FakePolygon(KEY, page_size=1) as fake:  # page size 1: every list is paginated
-        settings = isolated.model_copy(
-            update={"polygon_api_key": KEY, "polygon_rest_url": fake.rest_url, "state_dir": tmp_path}
-        )
+        settings = isolated.changed(polygon__api_key=KEY, polygon__rest_url=fake.rest_url, state_dir=tmp_path)
         fake.add_bars(
             "AAPL",
             "day",
@@ -62,7 +60,7 @@ def test_aapl_split_and_dividend_adjust_history_on_read(
         )
 
     registry = get_registry()
-    topic = read_all(settings.kafka_bootstrap, settings.topic("md.corporate_actions"))
+    topic = read_all(settings.kafka.bootstrap, settings.topic("md.corporate_actions"))
     events = [registry.decode_as("tidemark.marketdata.CorporateActionAnnounced", value) for *_, value in topic]
     assert len(events) == len({e["event_id"] for e in events}) == 3
 

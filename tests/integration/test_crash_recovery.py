@@ -72,7 +72,7 @@ def publish_minutes(settings: Settings, first: int, last: int, symbols: int = CR
     """Publish the synthetic market's minutes ``[first, last)`` as the connector would (same bars, same ids): the
     input arrives in stages, so "part-way" is a fact of the topic, not a race against the worker. Returns the count."""
     universe = build_universe(n_symbols=symbols, seed=SEED, start=START, days=1)
-    publisher = BarPublisher(settings.kafka_bootstrap, settings.topic("md.bars.1m"), source="synthetic")
+    publisher = BarPublisher(settings.kafka.bootstrap, settings.topic("md.bars.1m"), source="synthetic")
     published = 0
     for bars in generate_bars(universe, start=START, minutes=last, seed=SEED, skip_minutes=first):
         publisher.publish(bars)
@@ -122,7 +122,7 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     # hour away), and the bars projection, having applied the first part, is inside the transaction of the next
     # batch (held there by our lock on the table).
     first = publish_minutes(isolated, 0, MID_FIRST)
-    victim = start_worker(isolated.model_copy(update={"checkpoint_every_s": 3600.0}))
+    victim = start_worker(isolated.changed(processing__checkpoint_every_s=3600.0))
     eventually(lambda: count(dsn, "bars") == first, timeout=120, what="the bars projection applied the first part")
     eventually(lambda: _uncommitted(isolated, stats) > 0, timeout=120, what="events in an open transaction")
     with writers_held(dsn, "bars") as waiting:
@@ -139,7 +139,7 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
     kill(worker)
     assert count(dsn, "bars") == first + second
     rest = publish_minutes(isolated, MID_SECOND, CRASH_MINUTES)
-    assert first + second + rest == total == message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
+    assert first + second + rest == total == message_count(isolated.kafka.bootstrap, isolated.topic("md.bars.1m"))
     assert _analytics_lag(isolated) == rest, "the runner resumes from a checkpoint part-way through the bars"
 
     start_worker()
@@ -166,7 +166,7 @@ def test_worker_killed_mid_stream_recovers_to_the_uninterrupted_projections(
         pd.testing.assert_frame_equal(table(dsn, query, order), table(reference.postgres_dsn, query, order))
     duplicates = fetch(dsn, "SELECT coalesce(sum(value), 0) AS n FROM projection_counters")[0]["n"]
     assert duplicates == 0, "offsets in the same transaction mean a redelivered bar is skipped, not re-inserted"
-    assert message_count(isolated.kafka_bootstrap, isolated.topic("dlq")) == 0
+    assert message_count(isolated.kafka.bootstrap, isolated.topic("dlq")) == 0
 
 
 ANALYTICS_OUTPUTS = (
@@ -181,13 +181,13 @@ ANALYTICS_OUTPUTS = (
 
 
 def _analytics_lag(settings: Settings) -> int:
-    return consumer_lag(settings.kafka_bootstrap, settings.app_id, [settings.topic("md.bars.1m")])
+    return consumer_lag(settings.kafka.bootstrap, settings.app_id, [settings.topic("md.bars.1m")])
 
 
 def _uncommitted(settings: Settings, topic: str) -> int:
     """Events only a read_uncommitted reader sees: those of open (or aborted) transactions."""
-    committed = len(read_all(settings.kafka_bootstrap, topic))
-    return len(read_all(settings.kafka_bootstrap, topic, committed=False)) - committed
+    committed = len(read_all(settings.kafka.bootstrap, topic))
+    return len(read_all(settings.kafka.bootstrap, topic, committed=False)) - committed
 
 
 def _event_ids(settings: Settings) -> list[str]:
@@ -195,7 +195,7 @@ def _event_ids(settings: Settings) -> list[str]:
     return [
         registry.decode(value).record["event_id"]
         for name in ANALYTICS_OUTPUTS
-        for _, _, _, value in read_all(settings.kafka_bootstrap, settings.topic(name))
+        for _, _, _, value in read_all(settings.kafka.bootstrap, settings.topic(name))
     ]
 
 
@@ -208,7 +208,7 @@ def test_worker_killed_between_checkpoints_publishes_each_event_once(
     run_cli("topics", "create")
     total = len(expected_bars(symbols=CRASH_SYMBOLS, minutes=CRASH_MINUTES))
     stats = isolated.topic("analytics.stats")
-    hourly = isolated.model_copy(update={"checkpoint_every_s": 3600.0})  # commits only when stopped
+    hourly = isolated.changed(processing__checkpoint_every_s=3600.0)  # commits only when stopped
 
     def uncommitted_events() -> int:
         return _uncommitted(isolated, stats)
@@ -224,7 +224,7 @@ def test_worker_killed_between_checkpoints_publishes_each_event_once(
 
     # The rest of the bars arrive after that checkpoint, so the next worker has work left whenever it starts.
     rest = publish_minutes(isolated, SPLIT, CRASH_MINUTES)
-    assert first + rest == total == message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))
+    assert first + rest == total == message_count(isolated.kafka.bootstrap, isolated.topic("md.bars.1m"))
     checkpointed_lag = _analytics_lag(isolated)
     assert rest <= checkpointed_lag < total
 
@@ -267,7 +267,7 @@ def test_a_second_worker_with_the_same_app_id_fences_the_first(
 
 
 def _bar_keys(settings: Settings) -> list[tuple[str, int]]:
-    values = [value for _, _, _, value in read_all(settings.kafka_bootstrap, settings.topic("md.bars.1m"))]
+    values = [value for _, _, _, value in read_all(settings.kafka.bootstrap, settings.topic("md.bars.1m"))]
     bars, _, failures = decode_bars(values)
     assert not failures
     return list(zip(bars.symbol.tolist(), bars.start_ns.tolist(), strict=True))
@@ -305,7 +305,7 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     behind = partition_for_key(str(universe.symbols[0]).encode(), partitions)
     (minute,) = generate_bars(universe, start=START, minutes=121, seed=SEED, skip_minutes=120)
     lost = np.array([partition_for_key(s.encode(), partitions) == behind for s in minute.symbol.tolist()])
-    publisher = BarPublisher(isolated.kafka_bootstrap, topic, source="synthetic")
+    publisher = BarPublisher(isolated.kafka.bootstrap, topic, source="synthetic")
     publisher.publish(minute.take(~lost))
     publisher.flush()
     landed += int((~lost).sum())
@@ -314,9 +314,9 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     # it is killed mid-stream with nothing in flight, and the topic holds exactly the first 121 minutes.
     connector = _connector(isolated, *args)
     filled = landed + int(lost.sum())
-    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) == filled, timeout=120, what="the gap filled")
+    eventually(lambda: message_count(isolated.kafka.bootstrap, topic) == filled, timeout=120, what="the gap filled")
     kill(connector)
-    interrupted_at = message_count(isolated.kafka_bootstrap, topic)
+    interrupted_at = message_count(isolated.kafka.bootstrap, topic)
     assert interrupted_at == filled < expected
 
     rerun = run_cli(*args)
@@ -328,7 +328,7 @@ def test_connector_killed_and_rerun_with_the_same_seed_publishes_each_bar_once(
     # Without resume the same seed republishes everything: the topic now holds each bar twice, the
     # projection stores each once and counts the rest as recognised duplicates.
     run_cli(*args, "--no-resume")
-    assert message_count(isolated.kafka_bootstrap, topic) == 2 * expected
+    assert message_count(isolated.kafka.bootstrap, topic) == 2 * expected
     start_worker()
     eventually(
         lambda: (
@@ -358,14 +358,14 @@ def test_connector_stopped_by_sigterm_flushes_everything_it_reports(
     args = ("--symbols", str(SIGTERM_SYMBOLS), "--seed", str(SEED), "--start", ALL_OPEN.isoformat(), "--days", "1")
     connector = _connector(isolated, "ingest", "synthetic", *args, stderr=subprocess.PIPE)
     # Its first minute published, the connector waits years for the second: the stop finds it mid-stream.
-    eventually(lambda: message_count(isolated.kafka_bootstrap, topic) == first_minute, timeout=120)
+    eventually(lambda: message_count(isolated.kafka.bootstrap, topic) == first_minute, timeout=120)
     connector.send_signal(signal.SIGTERM)
     _, stderr = connector.communicate(timeout=60)
     assert connector.returncode == 130
     reported = re.search(r"interrupted after publishing ([\d,]+) bars", stderr.replace("\n", " "))
     assert reported, stderr
     assert int(reported.group(1).replace(",", "")) >= first_minute
-    assert message_count(isolated.kafka_bootstrap, topic) == int(reported.group(1).replace(",", ""))
+    assert message_count(isolated.kafka.bootstrap, topic) == int(reported.group(1).replace(",", ""))
 
 
 def test_rerun_after_a_run_that_never_reached_some_partitions_publishes_every_bar_once(
@@ -378,7 +378,7 @@ def test_rerun_after_a_run_that_never_reached_some_partitions_publishes_every_ba
     partitions = planned_partitions(topic_spec("md.bars.1m"), isolated)
     universe = build_universe(n_symbols=CRASH_SYMBOLS, seed=SEED, start=START, days=1)
     empty = partition_for_key(str(universe.symbols[0]).encode(), partitions)
-    publisher = BarPublisher(isolated.kafka_bootstrap, topic, source="synthetic")
+    publisher = BarPublisher(isolated.kafka.bootstrap, topic, source="synthetic")
     for bars in generate_bars(universe, start=START, minutes=120, seed=SEED):
         landed = np.array([partition_for_key(s.encode(), partitions) != empty for s in bars.symbol.tolist()])
         publisher.publish(bars.take(landed))
@@ -394,12 +394,12 @@ def test_rerun_after_a_run_that_never_reached_some_partitions_publishes_every_ba
 
 def _projections_lag(settings: Settings) -> int:
     topics = [settings.topic(name) for name in PROJECTED_TOPICS]
-    return consumer_lag(settings.kafka_bootstrap, f"{settings.app_id}-projections", topics)
+    return consumer_lag(settings.kafka.bootstrap, f"{settings.app_id}-projections", topics)
 
 
 def _rewind_group(settings: Settings, group: str, topics: list[str]) -> None:
     """Commit offset 0 for every partition of ``topics`` in ``group`` (which has no members)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": group})
     try:
         metadata = consumer.list_topics(timeout=30).topics
         rewound = [TopicPartition(topic, p, 0) for topic in topics for p in metadata[topic].partitions]

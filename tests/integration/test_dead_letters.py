@@ -57,7 +57,7 @@ def test_undecodable_bars_are_dead_lettered_with_their_bytes_and_reason(
         "another event type": wrong_schema,
     }
     sequence = [valid[0], *bad.values(), *valid[1:]]
-    producer = Producer({"bootstrap.servers": isolated.kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": isolated.kafka.bootstrap})
     for value in sequence:
         producer.produce(topic, value, b"SPY", partition=0)
     assert producer.flush(30) == 0
@@ -68,7 +68,7 @@ def test_undecodable_bars_are_dead_lettered_with_their_bytes_and_reason(
     processors = {"projection.bars", "analytics.host"}
     dlq = isolated.topic("dlq")
     letters = eventually(
-        lambda: (found := read_all(isolated.kafka_bootstrap, dlq)) and len(found) >= len(bad) * 2 and found,
+        lambda: (found := read_all(isolated.kafka.bootstrap, dlq)) and len(found) >= len(bad) * 2 and found,
         timeout=120,
         what="dead letters",
     )

@@ -53,7 +53,7 @@ def _tidemark(settings: Settings, *args: str, timeout: float) -> subprocess.Comp
 @contextmanager
 def _fresh_broker(services: Settings, state_dir: Path) -> Iterator[Settings]:
     """A Kafka broker of its own (state directory and ports), started by `tidemark stack up` like a user's."""
-    settings = services.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{_free_port_pair()}", "state_dir": state_dir})
+    settings = services.changed(kafka__bootstrap=f"127.0.0.1:{_free_port_pair()}", state_dir=state_dir)
     try:
         up = _tidemark(settings, "stack", "up", "--service", "kafka", timeout=600)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -110,6 +110,6 @@ def test_every_command_the_demo_suggests_shows_the_demos_data(
 def test_stack_up_returns_once_the_broker_coordinates_groups(services: Settings, tmp_path: Path) -> None:
     """No retry here: the first group request right after `stack up` must be served."""
     with _fresh_broker(services, tmp_path) as settings:
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
         described = admin.describe_consumer_groups(["first-request"])["first-request"].result(timeout=10)
         assert described.group_id == "first-request"

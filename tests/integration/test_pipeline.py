@@ -106,7 +106,7 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     published = run_cli(*synthetic_args())
     expected = expected_bars()
     assert f"published {len(expected):,} bars" in published.stderr
-    assert message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == len(expected)
+    assert message_count(isolated.kafka.bootstrap, isolated.topic("md.bars.1m")) == len(expected)
 
     start_worker()
     eventually(lambda: count(isolated.postgres_dsn, "bars") == len(expected), timeout=180, what="all bars projected")
@@ -150,8 +150,8 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     )[0]
     assert last["as_of_ns"] == int(pd.Timestamp("2025-03-03T15:45Z").value)
     symbols = list(last["symbols"])
-    assert set(symbols) == set(isolated.universe)
-    reference = market_time_correlation(want, isolated.universe, last["as_of_ns"], last["window_bars"])
+    assert set(symbols) == set(isolated.correlation.universe)
+    reference = market_time_correlation(want, isolated.correlation.universe, last["as_of_ns"], last["window_bars"])
     n = len(symbols)
     rows, cols = np.triu_indices(n, 1)
     reference_upper = reference.loc[symbols, symbols].to_numpy()[rows, cols]
@@ -163,7 +163,7 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     np.testing.assert_allclose(dequantise(history["upper_q"]), reference_upper, atol=0.5 / 32767 + 1e-12)
     cached = eventually(
         lambda: (
-            (found := latest_of(isolated, f"tm:correlations:{isolated.universe_name}:1m:60"))
+            (found := latest_of(isolated, f"tm:correlations:{isolated.correlation.universe_name}:1m:60"))
             and int(found[b"as_of_ns"]) == last["as_of_ns"]
             and found
         ),
@@ -174,7 +174,7 @@ def test_synthetic_bars_flow_through_the_worker_into_the_projections(
     top = pairs[0]
     assert top["correlation"] == pytest.approx(reference.loc[top["a"], top["b"]], abs=1e-9)
 
-    assert count(isolated.postgres_dsn, "symbol_stats") == 2 * len(isolated.universe)
+    assert count(isolated.postgres_dsn, "symbol_stats") == 2 * len(isolated.correlation.universe)
     spy = fetch(
         isolated.postgres_dsn,
         "SELECT window_return, last_close FROM symbol_stats WHERE symbol = 'SPY' AND window_bars = 60",

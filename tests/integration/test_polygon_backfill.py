@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from connectors.polygon.backfill import Checkpoint, CheckpointStore, checkpoint_dir
-from connectors.polygon.fake import FakePolygon
+from fakes.polygon import FakePolygon
 from connectors.polygon.rest import PolygonAuthError, PolygonError, RetryPolicy, fetch_bars, guard, make_client
 from core.settings import Settings
 from schemas.fastbars import decode_bars
@@ -85,9 +85,7 @@ def fake() -> Iterator[GatedPolygon]:
 
 @pytest.fixture
 def settings(isolated: Settings, fake: FakePolygon, tmp_path: Path) -> Settings:
-    return isolated.model_copy(
-        update={"polygon_api_key": KEY, "polygon_rest_url": fake.rest_url, "state_dir": tmp_path / "state"}
-    )
+    return isolated.changed(polygon__api_key=KEY, polygon__rest_url=fake.rest_url, state_dir=tmp_path / "state")
 
 
 def tidemark(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -119,7 +117,7 @@ def load_market(fake: FakePolygon, symbols: dict[str, str], minutes: int) -> dic
 
 
 def topic_bars(settings: Settings, topic: str = "md.bars.1m") -> list[tuple[str, int]]:
-    values = [value for _, _, _, value in read_all(settings.kafka_bootstrap, settings.topic(topic))]
+    values = [value for _, _, _, value in read_all(settings.kafka.bootstrap, settings.topic(topic))]
     batch, _, failures = decode_bars(values)
     assert not failures
     return list(zip(batch.symbol.tolist(), batch.start_ns.tolist(), strict=True))
@@ -172,11 +170,11 @@ def test_a_wrong_key_is_named_but_never_shown(fake: FakePolygon, settings: Setti
         fetch_bars(make_client(wrong, fake.rest_url), "AAPL", "minute", START_NS, END_NS)
     assert wrong not in str(raised.value)
 
-    result = tidemark(settings.model_copy(update={"polygon_api_key": wrong}), *backfill_args("AAPL"), check=False)
+    result = tidemark(settings.changed(polygon__api_key=wrong), *backfill_args("AAPL"), check=False)
     assert result.returncode == 2
     assert "TIDEMARK_POLYGON_API_KEY" in result.stderr and wrong not in result.stderr + result.stdout
 
-    missing = tidemark(settings.model_copy(update={"polygon_api_key": None}), *backfill_args("AAPL"), check=False)
+    missing = tidemark(settings.changed(polygon__api_key=None), *backfill_args("AAPL"), check=False)
     assert missing.returncode == 2 and "set TIDEMARK_POLYGON_API_KEY" in missing.stderr
 
 
@@ -283,7 +281,7 @@ def test_day_bars_go_to_their_own_topic(fake: FakePolygon, settings: Settings) -
     fake.add_bars("AAPL", "day", [{"t": t, "o": 1.0, "h": 2.0, "l": 0.5, "c": 1.5, "v": 10.0} for t in days_ms])
     result = tidemark(settings, *backfill_args("AAPL", "--timespan", "day"))
     assert "5 bars" in result.stderr
-    values = [value for _, _, _, value in read_all(settings.kafka_bootstrap, settings.topic("md.bars.1d"))]
+    values = [value for _, _, _, value in read_all(settings.kafka.bootstrap, settings.topic("md.bars.1d"))]
     batch, _, _ = decode_bars(values)
     assert batch.interval == "1d"
     assert batch.start_ns.tolist() == [t * 1_000_000 for t in days_ms]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from connectors.polygon.fake import FakePolygon
+from fakes.polygon import FakePolygon
 from core.deadletter import DEAD_LETTER_SCHEMA
 from core.settings import Settings
 from schemas.codec import get_registry
@@ -48,13 +48,11 @@ def fake() -> Iterator[FakePolygon]:
 
 @pytest.fixture
 def settings(isolated: Settings, fake: FakePolygon) -> Settings:
-    configured = isolated.model_copy(
-        update={
-            "polygon_api_key": SecretStr(KEY),
-            "polygon_rest_url": fake.rest_url,
-            "polygon_ws_feed": fake.ws_feed,
-            "polygon_ws_secure": False,
-        }
+    configured = isolated.changed(
+        polygon__api_key=SecretStr(KEY),
+        polygon__rest_url=fake.rest_url,
+        polygon__ws_feed=fake.ws_feed,
+        polygon__ws_secure=False,
     )
     create_topics(configured)
     return configured
@@ -102,7 +100,7 @@ def start(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Connecto
 
 def bars_in(settings: Settings, interval: str = "1m") -> dict[str, list[tuple[int, float]]]:
     """(start minute, close) per symbol in topic order (one symbol is one partition, so this is its order)."""
-    records = read_all(settings.kafka_bootstrap, settings.topic(f"md.bars.{interval}"))
+    records = read_all(settings.kafka.bootstrap, settings.topic(f"md.bars.{interval}"))
     records.sort(key=lambda r: (r[0], r[1]))
     batch, _, failures = decode_bars([value for *_, value in records])
     assert not failures
@@ -188,7 +186,7 @@ def test_duplicate_late_and_malformed_frames_are_dropped_counted_or_dead_lettere
 
 
 def _dead_letters(settings: Settings, count: int) -> list[dict[str, Any]]:
-    records = read_all(settings.kafka_bootstrap, settings.topic("dlq"))
+    records = read_all(settings.kafka.bootstrap, settings.topic("dlq"))
     decoded = [get_registry().decode_as(DEAD_LETTER_SCHEMA, value) for *_, value in records]
     assert len(decoded) == count, decoded
     return decoded
@@ -219,7 +217,7 @@ def test_a_refused_key_is_a_clear_error_that_never_shows_the_key(
     fake: FakePolygon, settings: Settings, tmp_path: Path
 ) -> None:
     leaked = "sk-LEAKCHECK-0123456789"
-    env = settings.model_copy(update={"polygon_api_key": SecretStr(leaked)}).environment()
+    env = settings.changed(polygon__api_key=SecretStr(leaked)).environment()
     result = subprocess.run(
         [sys.executable, "-m", "tidemark.cli", "ingest", "polygon", "--symbols", "AAPL,EURUSD"],
         env=env, capture_output=True, text=True, timeout=120, cwd=REPO,

@@ -53,7 +53,7 @@ def test_replayed_file_lands_in_the_topic_bar_for_bar(
     frame = expected_bars().head(5000)
     result = run_cli("ingest", "replay", str(bars_file(tmp_path / f"bars{suffix}", frame)))
     assert "published 5,000 bars" in result.stderr
-    values = [value for _, _, _, value in read_all(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))]
+    values = [value for _, _, _, value in read_all(isolated.kafka.bootstrap, isolated.topic("md.bars.1m"))]
     bars, _, failures = decode_bars(values)
     assert not failures
     got = pd.DataFrame({"symbol": bars.symbol.astype(str), "start_ns": bars.start_ns, "close": bars.close})
@@ -78,7 +78,7 @@ def test_a_bad_file_is_rejected_with_its_row_and_publishes_nothing(
     result = run_cli("ingest", "replay", str(path), check=False)
     assert result.returncode == 2
     assert "row 42" in result.stderr.replace("\n", " ")
-    assert message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == 0
+    assert message_count(isolated.kafka.bootstrap, isolated.topic("md.bars.1m")) == 0
 
 
 def test_replayed_equity_bars_carry_the_nyse_session_flag(
@@ -91,7 +91,7 @@ def test_replayed_equity_bars_carry_the_nyse_session_flag(
         path, index=False
     )
     run_cli("ingest", "replay", str(path), "--symbol", "SPY", "--asset-class", "equity")
-    values = [value for _, _, _, value in read_all(isolated.kafka_bootstrap, isolated.topic("md.bars.1m"))]
+    values = [value for _, _, _, value in read_all(isolated.kafka.bootstrap, isolated.topic("md.bars.1m"))]
     bars, _, failures = decode_bars(values)
     assert not failures
     order = np.argsort(bars.start_ns)
@@ -101,7 +101,7 @@ def test_replayed_equity_bars_carry_the_nyse_session_flag(
 
 def topic_bars(settings: Settings, topic: str) -> BarBatch:
     """Every bar of the topic, in (start, symbol) order."""
-    bars, _, failures = decode_bars([value for *_, value in read_all(settings.kafka_bootstrap, settings.topic(topic))])
+    bars, _, failures = decode_bars([value for *_, value in read_all(settings.kafka.bootstrap, settings.topic(topic))])
     assert not failures
     return bars.take(np.lexsort((bars.symbol.astype(str), bars.start_ns)))
 
@@ -170,7 +170,7 @@ def test_naive_intraday_times_without_tz_are_rejected_naming_the_option(
     message = " ".join(result.stderr.split())
     assert "row 1, column 'time': naive timestamp '2024-07-01 09:30'" in message
     assert "--tz America/New_York" in message
-    assert message_count(isolated.kafka_bootstrap, isolated.topic("md.bars.1m")) == 0
+    assert message_count(isolated.kafka.bootstrap, isolated.topic("md.bars.1m")) == 0
 
 
 def test_unsupported_interval_lists_the_accepted_ones(run_cli: Callable[..., Any], tmp_path: Path) -> None:

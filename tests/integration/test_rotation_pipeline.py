@@ -37,8 +37,8 @@ def grid_before(bars: pd.DataFrame, symbols: list[str], before_ns: int, rows: in
 def test_currency_strength_and_sector_rotation_reach_the_cli(
     isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any]
 ) -> None:
-    settings = isolated.model_copy(
-        update={"strength_window": STRENGTH_WINDOW, "rotation_window": ROTATION_WINDOW, "rotation_momentum": MOMENTUM}
+    settings = isolated.changed(
+        rotation__strength_window=STRENGTH_WINDOW, rotation__window=ROTATION_WINDOW, rotation__momentum=MOMENTUM
     )
     run_cli("topics", "create")
     run_cli(*synthetic_args())
@@ -52,7 +52,7 @@ def test_currency_strength_and_sector_rotation_reach_the_cli(
     assert [r["rank"] for r in rows] == list(range(1, 9))
     assert {r["basket"] for r in rows} == {"G8"} and {r["window_bars"] for r in rows} == {STRENGTH_WINDOW}
     assert pd.Timestamp(rows[0]["as_of"]).value == last
-    pairs = settings.currency_pairs
+    pairs = settings.rotation.currency_pairs
     grid = grid_before(bars, pairs, last, STRENGTH_WINDOW + 1)
     returns = np.log(grid.iloc[-1] / grid.iloc[0])
     against: dict[str, list[float]] = {}
@@ -77,7 +77,7 @@ def test_currency_strength_and_sector_rotation_reach_the_cli(
     sectors = json.loads(run_cli("query", "sectors", "--json").stdout)
     assert [s["rank"] for s in sectors] == list(range(1, 12))
     assert pd.Timestamp(sectors[0]["as_of"]).value == last
-    etfs = settings.sector_etfs
+    etfs = settings.rotation.sector_etfs
     grid = grid_before(bars, ["SPY", *etfs], last, ROTATION_WINDOW + MOMENTUM + 1)
     rs = grid[etfs].div(grid["SPY"], axis=0)
     ratio = 100 * rs.iloc[-1] / rs.iloc[-1 - ROTATION_WINDOW]

@@ -26,7 +26,7 @@ def _local_stack(settings: Settings) -> bool:
 
 
 def test_kafka_metadata_lists_the_broker(settings: Settings) -> None:
-    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
+    metadata = AdminClient({"bootstrap.servers": settings.kafka.bootstrap}).list_topics(timeout=10)
     assert len(metadata.brokers) == 1
 
 

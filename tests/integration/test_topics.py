@@ -25,11 +25,11 @@ def test_topics_create_is_idempotent_and_matches_the_catalogue(isolated: Setting
     assert {row["name"] for row in listed} == names
     assert all(row["exists"] for row in listed)
 
-    admin = AdminClient({"bootstrap.servers": isolated.kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": isolated.kafka.bootstrap})
     metadata = admin.list_topics(timeout=30).topics
     for spec in CATALOGUE:
         name = isolated.topic(spec.name)
-        expected_partitions = isolated.topic_partitions if spec.partitions == 8 else spec.partitions
+        expected_partitions = isolated.kafka.topic_partitions if spec.partitions == 8 else spec.partitions
         assert len(metadata[name].partitions) == expected_partitions, name
     dlq = ConfigResource(ConfigResource.Type.TOPIC, isolated.topic("dlq"))
     config = admin.describe_configs([dlq])[dlq].result(timeout=30)

@@ -4,7 +4,6 @@ layers below it (the three middle ones not each other), so each can be read, tes
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 

@@ -258,20 +258,20 @@ def test_sector_bars_outside_regular_hours_never_enter_the_window() -> None:
 
 
 def settings(**changes: Any) -> Settings:
-    return Settings(snapshot_every=EVERY).model_copy(update=changes)
+    return Settings().changed(**{"processing__snapshot_every": EVERY, **changes})
 
 
 @pytest.mark.parametrize(
     ("factory", "change"),
     [
-        (CURRENCY_STRENGTH, {"currency_pairs": ["EURUSD", "USDJPY"]}),
-        (CURRENCY_STRENGTH, {"strength_window": 30}),
-        (CURRENCY_STRENGTH, {"currency_basket": "majors"}),
-        (CURRENCY_STRENGTH, {"snapshot_every": 1}),
-        (SECTOR_ROTATION, {"sector_etfs": ["XLK", "XLE"]}),
-        (SECTOR_ROTATION, {"sector_benchmark": "VOO"}),
-        (SECTOR_ROTATION, {"rotation_momentum": 10}),
-        (SECTOR_ROTATION, {"rotation_band": 0.0}),
+        (CURRENCY_STRENGTH, {"rotation__currency_pairs": ["EURUSD", "USDJPY"]}),
+        (CURRENCY_STRENGTH, {"rotation__strength_window": 30}),
+        (CURRENCY_STRENGTH, {"rotation__currency_basket": "majors"}),
+        (CURRENCY_STRENGTH, {"processing__snapshot_every": 1}),
+        (SECTOR_ROTATION, {"rotation__sector_etfs": ["XLK", "XLE"]}),
+        (SECTOR_ROTATION, {"rotation__sector_benchmark": "VOO"}),
+        (SECTOR_ROTATION, {"rotation__momentum": 10}),
+        (SECTOR_ROTATION, {"rotation__band": 0.0}),
     ],
 )
 def test_factories_restore_their_state_and_refuse_one_from_another_configuration(
