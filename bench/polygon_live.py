@@ -29,13 +29,13 @@ from polygon.websocket.models import Market, parse
 from pydantic import SecretStr
 
 from bench.pipeline import Figure, create_topic, raw_producer_run
-from fakes.polygon import FakePolygon
 from connectors.polygon.live import LiveConnector, LiveOptions
 from connectors.polygon.normalise import Universe, normalise_frame
 from connectors.polygon.symbols import Instrument
 from connectors.publisher import StopFlag
 from core.kafka import watermarks
 from core.settings import Settings, get_settings
+from fakes.polygon import FakePolygon
 from schemas.bars import BarBatch
 from schemas.fastbars import decode_bars
 from tidemark.topics import create_topics, delete_prefixed_topics

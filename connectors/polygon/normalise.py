@@ -104,7 +104,11 @@ def normalise_frame(frame: str | bytes, universe: Universe) -> Normalised:
     trade_event = TRADE_EVENTS.get(universe.market)
     kinds = [e.get("ev") if type(e) is dict else None for e in events]
     groups: dict[Any, list[Any]] = {}
-    if len(set(kinds)) == 1:
+    try:
+        one_kind = len(set(kinds)) == 1
+    except TypeError:  # an ev that is a list or an object: not hashable, filed below under None
+        one_kind = False
+    if one_kind:
         groups[kinds[0]] = events
     else:
         for kind, event in zip(kinds, events, strict=True):

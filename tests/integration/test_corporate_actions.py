@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fakes.polygon import FakePolygon
 from core.settings import Settings
+from fakes.polygon import FakePolygon
 from schemas.codec import get_registry
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, fetch

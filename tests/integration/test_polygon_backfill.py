@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 
 from connectors.polygon.backfill import Checkpoint, CheckpointStore, checkpoint_dir
-from fakes.polygon import FakePolygon
 from connectors.polygon.rest import PolygonAuthError, PolygonError, RetryPolicy, fetch_bars, guard, make_client
 from core.settings import Settings
+from fakes.polygon import FakePolygon
 from schemas.fastbars import decode_bars
 from tests.conftest import REPO
 from tests.integration.kafka_tools import read_all

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from fakes.polygon import FakePolygon
 from core.deadletter import DEAD_LETTER_SCHEMA
 from core.settings import Settings
+from fakes.polygon import FakePolygon
 from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
 from tests.integration.kafka_tools import read_all

@@ -22,7 +22,9 @@ Public API (sync, callable from any thread; ``FakePolygon(api_key, page_size=...
   WebSocket: ``push(market, events)``, ``push_text(market, text)`` (verbatim, e.g. malformed frames),
              ``drop_connections()`` (TCP abort: the client sees a network drop and reconnects),
              ``subscriptions(market)``, ``connections(market)``, ``auth_attempts``
-``python -m connectors.polygon.fake [--api-key KEY]`` runs it in the foreground for manual use.
+Recorded payloads (``tests/fixtures/polygon/``) are served as they are: ``push(market, frame)`` per WebSocket frame,
+``add_bars(ticker, timespan, page["results"])`` per REST page.
+``python -m fakes.polygon [--api-key KEY]`` runs it in the foreground for manual use.
 """
 
 from __future__ import annotations
@@ -457,7 +459,9 @@ class FakePolygon:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run a fake Polygon server until Ctrl-C.")
+    parser = argparse.ArgumentParser(
+        prog="python -m fakes.polygon", description="Run a fake Polygon server until Ctrl-C."
+    )
     parser.add_argument("--api-key", default="fake-polygon-key")
     parser.add_argument("--page-size", type=int, default=AGGS_MAX_LIMIT)
     args = parser.parse_args()
