@@ -19,14 +19,14 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from core.sessions import NS_PER_DAY, Market, session_label
+from core.sessions import Market, session_label
+from core.units import NS_PER_DAY, NS_PER_MINUTE
 from schemas.bars import ASSET_CLASSES
-from streams.correlation.clock import MINUTE_NS
 from streams.correlation.processor import BARS_PER_YEAR_1M, RollingProcessor, Snapshot, Window
 
 WINDOWS = ("1m:60", "1m:390", "1d:5", "1d:21")
 FIRST_DAY = pd.Timestamp("2025-01-06T00:00Z").value
-DAILY_BAR_NS = (19 * 60 + 30) * MINUTE_NS  # 19:30 UTC: inside the NYSE session all year
+DAILY_BAR_NS = (19 * 60 + 30) * NS_PER_MINUTE  # 19:30 UTC: inside the NYSE session all year
 EQUITY = ASSET_CLASSES.index("EQUITY")
 MIN_COVERAGE = 0.5  # the settings' default
 
@@ -49,7 +49,7 @@ def _bar_times(window: Window, count: int) -> np.ndarray:
     """The first ``count`` NYSE session minutes (or trading days at 19:30 UTC) from FIRST_DAY."""
     days = count // 300 + 3 if window.timeframe == "1m" else count * 2 + 10
     if window.timeframe == "1m":
-        grid = FIRST_DAY + np.arange(days * 1440, dtype=np.int64) * MINUTE_NS
+        grid = FIRST_DAY + np.arange(days * 1440, dtype=np.int64) * NS_PER_MINUTE
     else:
         grid = FIRST_DAY + np.arange(days, dtype=np.int64) * NS_PER_DAY + DAILY_BAR_NS
     times: np.ndarray = grid[session_label(Market.NYSE, grid) >= 0][:count]

@@ -25,7 +25,7 @@ from statsmodels.tsa.adfvalues import mackinnonp
 from statsmodels.tsa.stattools import coint
 
 from streams.patterns import stats
-from streams.patterns.scan import PAIRS, TIMEFRAMES, Panel, ScanConfig, scan
+from streams.patterns.scan import PAIRS, SCAN_TIMEFRAMES, Panel, ScanConfig, scan
 
 SYMBOLS = 1000
 SAMPLE_SYMBOLS = 40
@@ -37,7 +37,7 @@ def panels(symbols: int, seed: int = 7) -> list[Panel]:
     rng = np.random.default_rng(seed)
     names = np.array([f"S{i:04d}" for i in range(symbols)], dtype=object)
     out = []
-    for tf in TIMEFRAMES:
+    for tf in SCAN_TIMEFRAMES:
         rows = tf.window + 1
         factor = rng.normal(0, 1e-3, (rows, 1))
         returns = factor * rng.uniform(0.3, 1.5, symbols) + rng.normal(0, 1e-3, (rows, symbols))
@@ -151,7 +151,7 @@ def main() -> None:
     sampled_pairs = SAMPLE_PAIRS * len(data)
     reference_s = partners_s + single_s * singles / sampled_singles + pair_s * pairs / sampled_pairs + correction_s
     print(
-        f"pattern scan, {SYMBOLS} symbols x {len(data)} timeframes ({', '.join(tf.name for tf in TIMEFRAMES)}): "
+        f"pattern scan, {SYMBOLS} symbols x {len(data)} timeframes ({', '.join(tf.name for tf in SCAN_TIMEFRAMES)}): "
         f"{result.tests} hypotheses ({singles} symbol-timeframes x 2 tests, {pairs} pairs), "
         f"{len(result.signals())} signals"
     )

@@ -19,6 +19,7 @@ import numpy as np
 
 from core.events import deterministic_event_ids_array, stream_hash
 from core.settings import get_settings
+from core.units import NS_PER_DAY, NS_PER_MINUTE
 from projections.bars import _CREATE_STAGE, _MERGE_STAGE, _STAGE_COLUMNS, _stage_records
 from projections.migrations import apply_migrations
 from schemas.bars import BarBatch
@@ -27,15 +28,13 @@ from schemas.fastbars import encode_bars
 EQUITY_YEAR = 252 * 390
 FX_YEAR = 52 * 5 * 1440
 FUTURES_YEAR = 252 * 23 * 60
-MINUTE_NS = 60 * 10**9
-DAY_NS = 86_400 * 10**9
 FIRST_OPEN_NS = 1_704_205_800 * 10**9  # 2024-01-02 14:30 UTC, the NYSE open
 
 
 def session(symbols: int, day: int, rng: np.random.Generator) -> BarBatch:
     """One 390-minute session of every symbol, time-major (each minute for all symbols), random-walk prices."""
     n = symbols * 390
-    start = FIRST_OPEN_NS + day * DAY_NS + np.repeat(np.arange(390, dtype=np.int64) * MINUTE_NS, symbols)
+    start = FIRST_OPEN_NS + day * NS_PER_DAY + np.repeat(np.arange(390, dtype=np.int64) * NS_PER_MINUTE, symbols)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, (390, symbols)), axis=0)).ravel()
     spread = np.abs(rng.normal(0, 0.02, n))
     return BarBatch(
@@ -43,7 +42,7 @@ def session(symbols: int, day: int, rng: np.random.Generator) -> BarBatch:
         asset_class=np.ones(n, dtype=np.int8),
         interval="1m",
         start_ns=start,
-        end_ns=start + MINUTE_NS,
+        end_ns=start + NS_PER_MINUTE,
         open=np.round(close * (1 + rng.normal(0, 2e-4, n)), 2),
         high=np.round(close + spread, 2),
         low=np.round(close - spread, 2),

@@ -28,9 +28,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from core.units import NS_PER_DAY
+
 Int64 = npt.NDArray[np.int64]
 
-NS_PER_DAY = 86_400_000_000_000
 NEW_YORK = ZoneInfo("America/New_York")
 CHICAGO = ZoneInfo("America/Chicago")
 # A query needs the session after it (next_open/next_close); no market closes longer than this.

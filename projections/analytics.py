@@ -14,8 +14,8 @@ from core.consumed import Consumed
 from projections.offsets import apply_exactly_once
 from projections.redis_store import LatestValue, RedisProjection, key, position
 
-STATS_CONSUMER = "projection.stats"
-CORRELATIONS_CONSUMER = "projection.correlations"
+STATS_PROJECTION = "projection.stats"
+CORRELATIONS_PROJECTION = "projection.correlations"
 _NS = "timestamptz 'epoch' + ({} / 1000) * interval '1 microsecond'"
 
 _UPSERT_STATS = f"""
@@ -72,11 +72,17 @@ class EventProjection:
     Redis, exactly once."""
 
     def __init__(
-        self, pool: asyncpg.Pool, redis: RedisProjection, consumer: str, statement: str, rows: RowsOf, latest: LatestOf
+        self,
+        pool: asyncpg.Pool,
+        redis: RedisProjection,
+        projection: str,
+        statement: str,
+        rows: RowsOf,
+        latest: LatestOf,
     ) -> None:
         self._pool = pool
         self._redis = redis
-        self._consumer = consumer
+        self._projection = projection
         self._statement = statement
         self._rows = rows
         self._latest = latest
@@ -88,7 +94,7 @@ class EventProjection:
         async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
             await conn.executemany(self._statement, [row for c in fresh for row in self._rows(event_of[id(c)])])
 
-        fresh = await apply_exactly_once(self._pool, self._consumer, records, write)
+        fresh = await apply_exactly_once(self._pool, self._projection, records, write)
         values = []
         for record in fresh:
             redis_key, fields = self._latest(event_of[id(record)])
@@ -98,7 +104,7 @@ class EventProjection:
 
 
 def stats_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
-    return EventProjection(pool, redis, STATS_CONSUMER, _UPSERT_STATS, _stats_rows, _stats_latest)
+    return EventProjection(pool, redis, STATS_PROJECTION, _UPSERT_STATS, _stats_rows, _stats_latest)
 
 
 class CorrelationProjection:
@@ -117,7 +123,7 @@ class CorrelationProjection:
             upper = [np.asarray(e["matrix"], dtype="<f8").tobytes() for e in chosen]
             await conn.executemany(_UPSERT_LATEST, [_snapshot_row(e, u) for e, u in zip(chosen, upper, strict=True)])
 
-        fresh = await apply_exactly_once(self._pool, CORRELATIONS_CONSUMER, records, write)
+        fresh = await apply_exactly_once(self._pool, CORRELATIONS_PROJECTION, records, write)
         latest = [(_snapshot_latest(event_of[id(r)]), position(r.partition, r.offset)) for r in fresh]
         await self._redis.set_latest(LatestValue(key, at, fields) for (key, fields), at in latest)
         return len(fresh)

@@ -12,11 +12,11 @@ Writer = Callable[[asyncpg.Connection, Sequence[Consumed]], Awaitable[None]]
 
 
 async def apply_exactly_once(
-    pool: asyncpg.Pool, consumer: str, batch: Sequence[Consumed], write: Writer
+    pool: asyncpg.Pool, projection: str, batch: Sequence[Consumed], write: Writer
 ) -> list[Consumed]:
-    """Run ``write`` on the records of ``batch`` not yet applied by ``consumer``; return those records.
+    """Run ``write`` on the records of ``batch`` not yet applied by ``projection``; return those records.
 
-    The offset rows are locked for the transaction, so two instances of the same consumer (a zombie and its
+    The offset rows are locked for the transaction, so two instances of the same projection (a zombie and its
     replacement during a rebalance) cannot both apply the same record.
     """
     if not batch:
@@ -26,7 +26,7 @@ async def apply_exactly_once(
         rows = await conn.fetch(
             "SELECT topic, partition, next_offset FROM applied_offsets"
             " WHERE consumer = $1 AND topic = ANY($2::text[]) FOR UPDATE",
-            consumer,
+            projection,
             topics,
         )
         next_offsets = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
@@ -42,25 +42,25 @@ async def apply_exactly_once(
             "INSERT INTO applied_offsets (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT (consumer, topic, partition) DO UPDATE"
             " SET next_offset = GREATEST(applied_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-            [(consumer, topic, partition, nxt) for (topic, partition), nxt in advanced.items()],
+            [(projection, topic, partition, nxt) for (topic, partition), nxt in advanced.items()],
         )
         return fresh
 
 
-async def add_counter(conn: asyncpg.Connection, consumer: str, counter: str, amount: int) -> None:
+async def add_counter(conn: asyncpg.Connection, projection: str, counter: str, amount: int) -> None:
     if amount:
         await conn.execute(
             "INSERT INTO projection_counters (consumer, counter, value) VALUES ($1, $2, $3)"
             " ON CONFLICT (consumer, counter) DO UPDATE SET value = projection_counters.value + EXCLUDED.value",
-            consumer,
+            projection,
             counter,
             amount,
         )
 
 
-async def applied_offsets(pool: asyncpg.Pool, consumer: str, topic: str) -> dict[int, int]:
-    """Per partition of ``topic``, the next offset ``consumer`` has to apply."""
+async def applied_offsets(pool: asyncpg.Pool, projection: str, topic: str) -> dict[int, int]:
+    """Per partition of ``topic``, the next offset ``projection`` has to apply."""
     rows = await pool.fetch(
-        "SELECT partition, next_offset FROM applied_offsets WHERE consumer = $1 AND topic = $2", consumer, topic
+        "SELECT partition, next_offset FROM applied_offsets WHERE consumer = $1 AND topic = $2", projection, topic
     )
     return {r["partition"]: r["next_offset"] for r in rows}

@@ -18,8 +18,8 @@ import asyncpg
 from projections.analytics import EventProjection
 from projections.redis_store import RedisProjection, key
 
-STRENGTH_CONSUMER = "projection.currency_strength"
-ROTATION_CONSUMER = "projection.sector_rotation"
+STRENGTH_PROJECTION = "projection.currency_strength"
+ROTATION_PROJECTION = "projection.sector_rotation"
 _NS = "timestamptz 'epoch' + ($4::bigint / 1000) * interval '1 microsecond'"
 
 _INSERT_STRENGTH = f"""
@@ -38,11 +38,11 @@ ON CONFLICT (universe, timeframe, window_bars, as_of, symbol) DO NOTHING
 
 
 def strength_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
-    return EventProjection(pool, redis, STRENGTH_CONSUMER, _INSERT_STRENGTH, _strength_rows, _strength_latest)
+    return EventProjection(pool, redis, STRENGTH_PROJECTION, _INSERT_STRENGTH, _strength_rows, _strength_latest)
 
 
 def rotation_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
-    return EventProjection(pool, redis, ROTATION_CONSUMER, _INSERT_ROTATION, _rotation_rows, _rotation_latest)
+    return EventProjection(pool, redis, ROTATION_PROJECTION, _INSERT_ROTATION, _rotation_rows, _rotation_latest)
 
 
 def _finite(value: float | None) -> float | None:

@@ -29,30 +29,30 @@ from core import batches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.settings import Settings, get_settings
-from projections.alerts import CONSUMER as ALERTS_CONSUMER
+from projections.alerts import CONSUMER as ALERTS_PROJECTION
 from projections.alerts import AlertsProjection
 from projections.analytics import (
-    CORRELATIONS_CONSUMER,
-    STATS_CONSUMER,
+    CORRELATIONS_PROJECTION,
+    STATS_PROJECTION,
     CorrelationProjection,
     EventProjection,
     correlation_projection,
     stats_projection,
 )
-from projections.bars import CONSUMER as BARS_CONSUMER
+from projections.bars import CONSUMER as BARS_PROJECTION
 from projections.bars import BarsProjection
-from projections.corporate_actions import CONSUMER as ACTIONS_CONSUMER
+from projections.corporate_actions import CONSUMER as ACTIONS_PROJECTION
 from projections.corporate_actions import SCHEMA as ACTIONS_SCHEMA
 from projections.corporate_actions import corporate_actions_projection
 from projections.offsets import applied_offsets
 from projections.redis_store import RedisProjection
 from projections.rotation import (
-    ROTATION_CONSUMER,
-    STRENGTH_CONSUMER,
+    ROTATION_PROJECTION,
+    STRENGTH_PROJECTION,
     rotation_projection,
     strength_projection,
 )
-from projections.signals import CONSUMER as SIGNALS_CONSUMER
+from projections.signals import CONSUMER as SIGNALS_PROJECTION
 from projections.signals import SCHEMA as SIGNALS_SCHEMA
 from projections.signals import signals_projection
 from schemas.codec import DecodeError, get_registry
@@ -76,9 +76,9 @@ PROJECTED_TOPICS = (
 
 @dataclass(frozen=True)
 class Route:
-    """Where one topic's records go: the projection (its offsets are stored under ``consumer``) and how."""
+    """Where one topic's records go: the projection (its name keys its stored offsets) and how."""
 
-    consumer: str
+    projection: str
     project: batches.Handler
 
 
@@ -136,43 +136,45 @@ class ProjectionSink:
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
-            await self._dead_letter(records, failures, BARS_CONSUMER, "DecodeError")
+            await self._dead_letter(records, failures, BARS_PROJECTION, "DecodeError")
             if len(batch):
                 await bars.apply([records[i] for i in rows], batch)
 
         def project_events(
-            consumer: str,
+            name: str,
             schema: str,
             projection: EventProjection | CorrelationProjection | AlertsProjection,
         ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
-                await self._dead_letter(records, failures, consumer, "DecodeError")
+                await self._dead_letter(records, failures, name, "DecodeError")
                 await projection.apply(good, events)
 
             return project
 
         by_name = {
-            "md.bars.1m": Route(BARS_CONSUMER, project_bars),
-            "md.bars.1d": Route(BARS_CONSUMER, project_bars),
-            "md.corporate_actions": Route(ACTIONS_CONSUMER, project_events(ACTIONS_CONSUMER, ACTIONS_SCHEMA, actions)),
-            "analytics.stats": Route(
-                STATS_CONSUMER, project_events(STATS_CONSUMER, "tidemark.analytics.SymbolStatsComputed", stats)
+            "md.bars.1m": Route(BARS_PROJECTION, project_bars),
+            "md.bars.1d": Route(BARS_PROJECTION, project_bars),
+            "md.corporate_actions": Route(
+                ACTIONS_PROJECTION, project_events(ACTIONS_PROJECTION, ACTIONS_SCHEMA, actions)
             ),
-            "alerts": Route(ALERTS_CONSUMER, project_events(ALERTS_CONSUMER, "tidemark.risk.AlertRaised", alerts)),
+            "analytics.stats": Route(
+                STATS_PROJECTION, project_events(STATS_PROJECTION, "tidemark.analytics.SymbolStatsComputed", stats)
+            ),
+            "alerts": Route(ALERTS_PROJECTION, project_events(ALERTS_PROJECTION, "tidemark.risk.AlertRaised", alerts)),
             "analytics.correlations": Route(
-                CORRELATIONS_CONSUMER,
-                project_events(CORRELATIONS_CONSUMER, "tidemark.analytics.CorrelationSnapshotTaken", correlations),
+                CORRELATIONS_PROJECTION,
+                project_events(CORRELATIONS_PROJECTION, "tidemark.analytics.CorrelationSnapshotTaken", correlations),
             ),
             "analytics.currency_strength": Route(
-                STRENGTH_CONSUMER,
-                project_events(STRENGTH_CONSUMER, "tidemark.analytics.CurrencyStrengthComputed", strength),
+                STRENGTH_PROJECTION,
+                project_events(STRENGTH_PROJECTION, "tidemark.analytics.CurrencyStrengthComputed", strength),
             ),
             "analytics.sector_rotation": Route(
-                ROTATION_CONSUMER,
-                project_events(ROTATION_CONSUMER, "tidemark.analytics.SectorRotationComputed", rotation),
+                ROTATION_PROJECTION,
+                project_events(ROTATION_PROJECTION, "tidemark.analytics.SectorRotationComputed", rotation),
             ),
-            "signals.patterns": Route(SIGNALS_CONSUMER, project_events(SIGNALS_CONSUMER, SIGNALS_SCHEMA, signals)),
+            "signals.patterns": Route(SIGNALS_PROJECTION, project_events(SIGNALS_PROJECTION, SIGNALS_SCHEMA, signals)),
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(
@@ -185,7 +187,7 @@ class ProjectionSink:
         redis_client = aioredis.from_url(self.settings.redis_url)
         routes = self._routes(pool, RedisProjection(redis_client))
         for topic, route in routes.items():
-            for partition, offset in (await applied_offsets(pool, route.consumer, topic)).items():
+            for partition, offset in (await applied_offsets(pool, route.projection, topic)).items():
                 self._resume_at[(topic, partition)] = offset
         self._consumer.subscribe(list(routes), on_assign=self._seek_to_applied)
         try:
@@ -199,7 +201,7 @@ class ProjectionSink:
                     by_topic.setdefault(record.topic, []).append(record)
                 for topic, records in by_topic.items():
                     route = routes[topic]
-                    await batches.handle_batch(records, route.consumer, route.project, self._dead_letter)
+                    await batches.handle_batch(records, route.projection, route.project, self._dead_letter)
                     self._commit(records)
                 self._skip_markers(ends)
         finally:

@@ -43,7 +43,7 @@ from streams.registry import FACTORIES
 log = logging.getLogger("tidemark.streams.runner")
 
 HOST = "analytics.host"
-SOURCE = "md.bars.1m"
+INPUT_TOPIC = "md.bars.1m"
 CHECKPOINTS = "analytics.checkpoints"
 KAFKA_TIMEOUT_S = 60.0
 PROGRESS_EVERY_S = 10.0
@@ -60,7 +60,7 @@ class AnalyticsRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stopping = threading.Event()
-        self._source = settings.topic(SOURCE)
+        self._input_topic = settings.topic(INPUT_TOPIC)
         self._checkpoints = settings.topic(CHECKPOINTS)
         bootstrap = settings.kafka.bootstrap
         self._consumer = Consumer(
@@ -152,12 +152,12 @@ class AnalyticsRunner:
             self._producer.kafka.init_transactions(KAFKA_TIMEOUT_S)
         except KafkaException as exc:
             raise FatalKafkaError(_fatal_message(self.settings, self._cause(exc.args[0]))) from exc
-        self._partitions = sorted(_partitions(self._consumer, self._source))
+        self._partitions = sorted(_partitions(self._consumer, self._input_topic))
         started = time.perf_counter()
         self._checkpoint = read_checkpoint(self.settings)
         committed = until_ready(
             lambda: self._consumer.committed(
-                [TopicPartition(self._source, p) for p in self._partitions], timeout=KAFKA_TIMEOUT_S
+                [TopicPartition(self._input_topic, p) for p in self._partitions], timeout=KAFKA_TIMEOUT_S
             ),
             f"reading the committed offsets of group {self.settings.app_id}",
             self.settings.kafka.bootstrap,
@@ -174,7 +174,7 @@ class AnalyticsRunner:
             len(self._checkpoint),
             sum(map(len, self._checkpoint.values())) / 1e6,
             time.perf_counter() - started,
-            self._source,
+            self._input_topic,
             {p: self._committed.get(p, "start") for p in self._partitions},
         )
         self._rewind()
@@ -189,7 +189,7 @@ class AnalyticsRunner:
         self._positions = dict(self._committed)
         self._fed = False
         self._consumer.assign(
-            [TopicPartition(self._source, p, self._committed.get(p, OFFSET_BEGINNING)) for p in self._partitions]
+            [TopicPartition(self._input_topic, p, self._committed.get(p, OFFSET_BEGINNING)) for p in self._partitions]
         )
         self._producer.kafka.begin_transaction()
 
@@ -251,7 +251,7 @@ class AnalyticsRunner:
         self._produce(
             [(self._checkpoints, key, value) for key, value in checkpoint_records(self.settings.app_id, states)]
         )
-        offsets = [TopicPartition(self._source, p, offset) for p, offset in sorted(self._positions.items())]
+        offsets = [TopicPartition(self._input_topic, p, offset) for p, offset in sorted(self._positions.items())]
         self._producer.kafka.send_offsets_to_transaction(
             offsets, self._consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
         )

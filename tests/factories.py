@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.units import NS_PER_MINUTE
 from schemas.bars import BarBatch
-
-MINUTE_NS = 60_000_000_000
 
 
 def minute_bars(symbols: Sequence[str], starts: Sequence[int], interval: str = "1m") -> BarBatch:
@@ -20,7 +19,7 @@ def minute_bars(symbols: Sequence[str], starts: Sequence[int], interval: str = "
         asset_class=np.ones(n, dtype=np.int8),
         interval=interval,
         start_ns=start,
-        end_ns=start + MINUTE_NS,
+        end_ns=start + NS_PER_MINUTE,
         open=close,
         high=close + 1,
         low=close - 1,

@@ -71,7 +71,7 @@ def api_key(settings: Settings) -> str:
 
 @contextmanager
 def stop_event() -> Iterator[threading.Event]:
-    """Set by SIGINT/SIGTERM: workers finish the slice in hand, checkpoint it and return."""
+    """Set by SIGINT/SIGTERM: workers finish the slice in hand, progress it and return."""
     event = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -92,10 +92,10 @@ def backfill_command(
     last: str = typer.Option(..., "--to", help="last day, inclusive, YYYY-MM-DD (New York)"),
     timespan: str = typer.Option("minute", "--timespan", help="minute (-> md.bars.1m) or day (-> md.bars.1d)"),
     concurrency: int = typer.Option(4, min=1, max=32, help="symbols fetched at once"),
-    slice_bars: int = typer.Option(20_000, min=1, help="bars per publish-and-checkpoint step"),
+    slice_bars: int = typer.Option(20_000, min=1, help="bars per publish-and-progress step"),
 ) -> None:
     """Backfill Polygon history (raw, unadjusted) into Kafka; rerun to resume after an interruption."""
-    from connectors.polygon.backfill import Backfill, BackfillReport, CheckpointStore, checkpoint_dir
+    from connectors.polygon.backfill import Backfill, BackfillReport, ProgressStore, progress_dir
     from connectors.polygon.rest import PolygonAuthError, make_client
     from tidemark.topics import create_topics
 
@@ -111,7 +111,7 @@ def backfill_command(
     topic = settings.topic(TOPIC_OF_TIMESPAN[timespan])
     create_topics(settings)
     partitions = _partitions(settings, topic)
-    store = CheckpointStore(checkpoint_dir(settings.state_dir, topic, timespan, start_ns, end_ns))
+    store = ProgressStore(progress_dir(settings.state_dir, topic, timespan, start_ns, end_ns))
 
     with stop_event() as stop, _progress() as progress:
         task = progress.add_task(f"→ {topic}", total=len(wanted), bars=0, rate=0.0, limited=0, waited=0.0, now="")
@@ -151,7 +151,7 @@ def backfill_command(
         f"{'interrupted: ' if report.interrupted else ''}{report.done} symbol(s) completed, {report.already_done} "
         f"already complete, {len(report.failed)} failed; {report.bars:,} bars to {topic} in {report.seconds:.1f}s "
         f"({report.rate:,.0f} bars/s); {report.rate_limited} rate limit(s) waited out ({report.waited_s:.1f}s); "
-        f"{report.resumed_past} resumed past bars found in the topic. Checkpoints: {store.directory}",
+        f"{report.resumed_past} resumed past bars found in the topic. Progress records: {store.directory}",
         soft_wrap=True,
     )
     for symbol, reason in sorted(report.failed.items()):

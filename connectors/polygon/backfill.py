@@ -1,10 +1,10 @@
 """Historical backfill: Polygon aggregates over REST into md.bars.1m / md.bars.1d, resumable symbol by symbol.
 
 Each symbol runs in order on one worker thread (several symbols at once), in slices: publish, flush (Kafka has
-acknowledged every bar), then checkpoint ``through_ns`` (every bar starting before it is in the topic) in a small
+acknowledged every bar), then record ``through_ns`` (every bar starting before it is in the topic) in a small
 JSON file per symbol, replaced atomically. A rerun skips finished symbols and resumes the others at their
-checkpoint. The window between a flush and its checkpoint (a ``kill -9`` there) is closed on resume: the
-checkpoint also holds ``scan_from``, the partition's end offset after the last acknowledged slice, and the
+recorded progress. The window between a flush and its record (a ``kill -9`` there) is closed on resume: the
+record also holds ``scan_from``, the partition's end offset after the last acknowledged slice, and the
 symbol's bars found at or after it in the partition, within the range still to do, advance ``through_ns`` past
 them. So the topic holds each (symbol, start) once however often the run is interrupted. (A live connector
 publishing the same symbol inside that range during a resume would look like landed backfill bars: resume ranges
@@ -42,14 +42,14 @@ SOURCE = "polygon"
 
 
 @dataclass
-class Checkpoint:
+class BackfillProgress:
     through_ns: int
     scan_from: int
     bars: int = 0
     done: bool = False
 
 
-class CheckpointStore:
+class ProgressStore:
     """One JSON file per symbol, written to a temporary file and renamed over the old one (atomic on POSIX)."""
 
     def __init__(self, directory: Path) -> None:
@@ -59,24 +59,24 @@ class CheckpointStore:
     def _path(self, symbol: str) -> Path:
         return self.directory / f"{symbol.replace('/', '_')}.json"
 
-    def load(self, symbol: str) -> Checkpoint | None:
+    def load(self, symbol: str) -> BackfillProgress | None:
         try:
-            return Checkpoint(**json.loads(self._path(symbol).read_text()))
+            return BackfillProgress(**json.loads(self._path(symbol).read_text()))
         except FileNotFoundError:
             return None
 
-    def save(self, symbol: str, checkpoint: Checkpoint) -> None:
+    def save(self, symbol: str, progress: BackfillProgress) -> None:
         path = self._path(symbol)
         tmp = path.with_suffix(f".tmp{threading.get_ident()}")
         with open(tmp, "w") as f:
-            json.dump(asdict(checkpoint), f)
+            json.dump(asdict(progress), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
 
-def checkpoint_dir(state_dir: Path, topic: str, timespan: str, start_ns: int, end_ns: int) -> Path:
-    """Checkpoints belong to one (topic, timespan, range): a different range starts afresh."""
+def progress_dir(state_dir: Path, topic: str, timespan: str, start_ns: int, end_ns: int) -> Path:
+    """Progress records belong to one (topic, timespan, range): a different range starts afresh."""
     return state_dir / "backfill" / topic / f"{timespan}_{start_ns}_{end_ns}"
 
 
@@ -147,7 +147,7 @@ class Backfill:
         bootstrap: str,
         topic: str,
         partitions: int,
-        store: CheckpointStore,
+        store: ProgressStore,
         new_client: Callable[[], RESTClient],
         timespan: str,
         start_ns: int,
@@ -201,8 +201,8 @@ class Backfill:
         report = self.report
         if self.stop.is_set():
             return
-        checkpoint = self.store.load(symbol)
-        if checkpoint is not None and checkpoint.done:
+        progress = self.store.load(symbol)
+        if progress is not None and progress.done:
             with report._lock:
                 report.already_done += 1
             self.on_progress(report)
@@ -212,18 +212,18 @@ class Backfill:
         with report._lock:
             report.current.add(symbol)
         try:
-            if checkpoint is None:
-                checkpoint = Checkpoint(self.start_ns, lane.end_offset(self.topic, partition))
-                self.store.save(symbol, checkpoint)
+            if progress is None:
+                progress = BackfillProgress(self.start_ns, lane.end_offset(self.topic, partition))
+                self.store.save(symbol, progress)
             else:
                 landed = lane.last_landed_start(
-                    self.topic, partition, checkpoint.scan_from, symbol, checkpoint.through_ns, self.end_ns
+                    self.topic, partition, progress.scan_from, symbol, progress.through_ns, self.end_ns
                 )
                 if landed is not None:
-                    checkpoint.through_ns = landed + 1
+                    progress.through_ns = landed + 1
                     with report._lock:
                         report.resumed_past += 1
-            self._fetch(symbol, lane, partition, checkpoint)
+            self._fetch(symbol, lane, partition, progress)
         except PolygonAuthError:
             self.stop.set()
             raise
@@ -237,25 +237,25 @@ class Backfill:
                 report.current.discard(symbol)
             self.on_progress(report)
 
-    def _fetch(self, symbol: str, lane: _Lane, partition: int, checkpoint: Checkpoint) -> None:
+    def _fetch(self, symbol: str, lane: _Lane, partition: int, progress: BackfillProgress) -> None:
         report = self.report
         slices = iter_bars(
-            lane.client, symbol, self.timespan, checkpoint.through_ns, self.end_ns, slice_bars=self.slice_bars
+            lane.client, symbol, self.timespan, progress.through_ns, self.end_ns, slice_bars=self.slice_bars
         )
         for batch, through_ns in slices:
             if len(batch):
                 lane.publisher.publish(batch)
                 lane.publisher.flush()
-                checkpoint.scan_from = lane.end_offset(self.topic, partition)
-                checkpoint.bars += len(batch)
-            checkpoint.through_ns = through_ns
-            self.store.save(symbol, checkpoint)
+                progress.scan_from = lane.end_offset(self.topic, partition)
+                progress.bars += len(batch)
+            progress.through_ns = through_ns
+            self.store.save(symbol, progress)
             with report._lock:
                 report.bars += len(batch)
             self.on_progress(report)
             if self.stop.is_set():
                 return
-        checkpoint.done = True
-        self.store.save(symbol, checkpoint)
+        progress.done = True
+        self.store.save(symbol, progress)
         with report._lock:
             report.done += 1

@@ -50,13 +50,13 @@ from core.deadletter import DEAD_LETTER_SCHEMA
 from core.events import common_fields, deterministic_event_id, now_ns
 from core.kafka import ReliableProducer, producer_config, range_reader, read_range
 from core.settings import Settings
+from core.units import NS_PER_HOUR
 from schemas.bars import BarBatch
 from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
 
 TRADE_SCHEMA = "tidemark.marketdata.TradePrinted"
-PROCESSOR = "polygon-live"
-HOUR_NS = 3_600_000_000_000
+CONNECTOR_NAME = "polygon-live"
 RECENT_TRADES = 500_000  # trade ids remembered to drop repeated trade events
 MAX_FRAME_BYTES = 1 << 24
 Key = tuple[WsMarket, Interval]
@@ -67,7 +67,7 @@ class LiveOptions:
     intervals: tuple[Interval, ...] = ("1s", "1m")
     trades: bool = False
     backfill: bool = True  # fill gaps after a reconnect or restart through REST (minute bars)
-    max_gap_ns: int = 24 * HOUR_NS  # a longer gap is filled only over its last max_gap_ns
+    max_gap_ns: int = 24 * NS_PER_HOUR  # a longer gap is filled only over its last max_gap_ns
     progress_s: float = 10.0
     recover: bool = True  # rebuild the ledgers from the topics at start-up
 
@@ -328,7 +328,9 @@ class LiveConnector:
         for item in rejected:
             digest = hashlib.sha256(item.raw + item.reason.encode()).hexdigest()
             record = {
-                **common_fields(PROCESSOR, now_ns(), event_id=deterministic_event_id("dlq", PROCESSOR, source, digest)),
+                **common_fields(
+                    CONNECTOR_NAME, now_ns(), event_id=deterministic_event_id("dlq", CONNECTOR_NAME, source, digest)
+                ),
                 "source_topic": source,
                 "partition": -1,
                 "offset": -1,
@@ -336,7 +338,7 @@ class LiveConnector:
                 "original_value": item.raw,
                 "reason": item.reason,
                 "error_type": "InvalidEvent",
-                "processor": PROCESSOR,
+                "processor": CONNECTOR_NAME,
             }
             self._producer.produce(self._dlq_topic, registry.encode(DEAD_LETTER_SCHEMA, record), source.encode())
             self.stats.dead_letters += 1

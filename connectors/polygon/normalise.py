@@ -26,10 +26,10 @@ import numpy.typing as npt
 from connectors.polygon.symbols import AGG_EVENTS, TRADE_EVENTS, Instrument, Interval, WsMarket
 from core.events import deterministic_event_id, now_ns
 from core.sessions import market_of, regular_session_mask
+from core.units import NS_PER_MS
 from schemas.bars import ASSET_CLASSES, BarBatch
 
 SOURCE = "polygon"
-NS_PER_MS = 1_000_000
 STEP_NS: dict[Interval, int] = {"1s": 1_000_000_000, "1m": 60_000_000_000}
 _NUMBER = (int, float)
 _PRICE_FIELDS = ("o", "h", "l", "c", "v")

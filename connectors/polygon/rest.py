@@ -27,18 +27,17 @@ from urllib3.util.retry import Retry
 
 from connectors.polygon.symbols import Instrument, parse_symbol
 from core.sessions import market_of, regular_session_mask
+from core.units import NS_PER_DAY, NS_PER_MINUTE
 from schemas.bars import BarBatch
 
 SOURCE = "polygon"
 KEY_VARIABLE = "TIDEMARK_POLYGON_API_KEY"
-MINUTE_NS = 60 * 10**9
-DAY_NS = 86_400 * 10**9
 # timespan -> (our interval, bar length, request window). A window of 30 days of minute bars is at most 43,200
 # bars (FX, 24h), under the 50,000 a single aggregates page holds, so pagination is the exception, not the rule.
 TIMESPANS: dict[str, tuple[str, int, int]] = {
-    "second": ("1s", 10**9, DAY_NS // 2),
-    "minute": ("1m", MINUTE_NS, 30 * DAY_NS),
-    "day": ("1d", DAY_NS, 3650 * DAY_NS),
+    "second": ("1s", 10**9, NS_PER_DAY // 2),
+    "minute": ("1m", NS_PER_MINUTE, 30 * NS_PER_DAY),
+    "day": ("1d", NS_PER_DAY, 3650 * NS_PER_DAY),
 }
 AGGS_LIMIT = 50_000
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

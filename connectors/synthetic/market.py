@@ -33,13 +33,13 @@ import numpy.typing as npt
 from scipy.signal import lfilter
 
 from core.sessions import market_of, regular_session_mask
+from core.units import NS_PER_MINUTE
 from schemas.bars import ASSET_CLASSES, BarBatch, Float64, Int64
 
 EQUITY = ASSET_CLASSES.index("EQUITY")
 FX = ASSET_CLASSES.index("FX")
 FUTURE = ASSET_CLASSES.index("FUTURE")
 
-NS_PER_MINUTE = 60_000_000_000
 BLOCK_MINUTES = 120
 
 SECTORS: tuple[tuple[str, str, float], ...] = (

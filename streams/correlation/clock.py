@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-MINUTE_NS = 60 * 1_000_000_000
-
 
 @dataclass
 class SnapshotClock:

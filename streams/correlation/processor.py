@@ -26,16 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.sessions import NS_PER_DAY, Market, market_of, next_close, session_label
+from core.sessions import Market, market_of, next_close, session_label
+from core.units import NS_PER_DAY, NS_PER_MINUTE
 from schemas.bars import ASSET_CLASSES
-from streams.correlation.clock import MINUTE_NS, SnapshotClock
+from streams.correlation.clock import SnapshotClock
 from streams.correlation.rolling import CorrelationSnapshot, RollingWindow, SymbolStats
 
 _STATE_VERSION = 2
 BARS_PER_YEAR_1M = 252 * 390.0
 """Annualisation of minute-bar statistics: a 252-day, 6.5-hour equity year."""
-TIMEFRAMES = ("1m", "1d")
-MARKETS = (Market.NYSE, Market.CME, Market.FX)
+WINDOW_TIMEFRAMES = ("1m", "1d")
+CALENDARS = (Market.NYSE, Market.CME, Market.FX)
 _NO_TIME = np.iinfo(np.int64).min
 # Every market's session of trading day D contains 15:00 UTC of D (NYSE 13:30/14:30-20:00/21:00, CME until 16:00
 # Chicago, FX until 17:00 New York): probing it tells whether a market traded on D.
@@ -43,11 +44,11 @@ _DAY_PROBE_NS = 15 * 3_600_000_000_000
 
 
 def _class_markets() -> npt.NDArray[np.int8]:
-    """Market index (into ``MARKETS``) per asset-class index; -1 for a class without a calendar."""
+    """Market index (into ``CALENDARS``) per asset-class index; -1 for a class without a calendar."""
     table = np.full(len(ASSET_CLASSES), -1, np.int8)
     for i, name in enumerate(ASSET_CLASSES):
         try:
-            table[i] = MARKETS.index(market_of(name))
+            table[i] = CALENDARS.index(market_of(name))
         except ValueError:
             continue
     return table
@@ -64,8 +65,8 @@ class Window:
     bars: int
 
     def __post_init__(self) -> None:
-        if self.timeframe not in TIMEFRAMES:
-            raise ValueError(f"timeframe {self.timeframe!r} is not one of {TIMEFRAMES}")
+        if self.timeframe not in WINDOW_TIMEFRAMES:
+            raise ValueError(f"timeframe {self.timeframe!r} is not one of {WINDOW_TIMEFRAMES}")
         if self.bars < 2:
             raise ValueError("a window needs at least 2 returns")
 
@@ -111,7 +112,7 @@ class RollingProcessor:
         daily = [w.bars for w in windows if w.timeframe == "1d"]
         self.minute = RollingWindow(self.universe, max(minute)) if minute else None
         self.daily = RollingWindow(self.universe, max(daily), bar_ns=NS_PER_DAY) if daily else None
-        self.clock = SnapshotClock(every_ns=every_minutes * MINUTE_NS, partitions=watched_partitions)
+        self.clock = SnapshotClock(every_ns=every_minutes * NS_PER_MINUTE, partitions=watched_partitions)
         self._column = {symbol: i for i, symbol in enumerate(self.universe)}
         self._market = np.full(len(self.universe), -1, np.int8)
         self._daily_last_ns = np.full(len(self.universe), _NO_TIME, np.int64)
@@ -182,7 +183,7 @@ class RollingProcessor:
         """Trading day of each bar's session in its market (-1 outside it); the UTC day where the market is unknown."""
         labels = start // NS_PER_DAY
         market = self._market[column]
-        for k, name in enumerate(MARKETS):
+        for k, name in enumerate(CALENDARS):
             rows = np.flatnonzero(market == k)
             if rows.size:
                 labels[rows] = session_label(name, start[rows])
@@ -218,13 +219,13 @@ class RollingProcessor:
     def _minute_valid(self, bars: int) -> npt.NDArray[np.bool_] | None:
         """Returns inside one regular session of the symbol's market: both closes in it, no overnight gap."""
         assert self.minute is not None
-        times = self.minute.window_times(bars) * MINUTE_NS
+        times = self.minute.window_times(bars) * NS_PER_MINUTE
         if times.size < 2 or self._markets() == [-1]:
             return None
         valid = np.ones((times.size - 1, len(self.universe)), dtype=np.bool_)
         for k in self._markets():
             if k >= 0:
-                label = session_label(MARKETS[k], times)
+                label = session_label(CALENDARS[k], times)
                 valid[:, self._market == k] = ((label[1:] >= 0) & (label[1:] == label[:-1]))[:, None]
         return valid
 
@@ -237,7 +238,7 @@ class RollingProcessor:
         valid = np.ones((days.size - 1, len(self.universe)), dtype=np.bool_)
         for k in self._markets():
             if k >= 0:
-                traded = session_label(MARKETS[k], days * NS_PER_DAY + _DAY_PROBE_NS) == days
+                traded = session_label(CALENDARS[k], days * NS_PER_DAY + _DAY_PROBE_NS) == days
                 valid[:, self._market == k] = traded[1:, None]
         return valid
 
@@ -247,7 +248,7 @@ class RollingProcessor:
         for k in self._markets():
             if k < 0 and boundary_ns // NS_PER_DAY > previous // NS_PER_DAY:
                 return True
-            if k >= 0 and next_close(MARKETS[k], previous) <= boundary_ns:
+            if k >= 0 and next_close(CALENDARS[k], previous) <= boundary_ns:
                 return True
         return False
 

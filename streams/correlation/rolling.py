@@ -34,6 +34,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.linalg import eigh_tridiagonal
 
+from core.units import NS_PER_MINUTE
+
 Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]
 IntP = npt.NDArray[np.intp]
@@ -41,7 +43,6 @@ Objects = npt.NDArray[np.object_]
 
 _Scalar = TypeVar("_Scalar", np.int64, np.float64)
 
-MINUTE_NS = 60_000_000_000
 _NO_TIME = np.iinfo(np.int64).min
 _MAGIC = b"TMRW"
 _VERSION = 1
@@ -172,7 +173,7 @@ class RollingWindow:
         universe: Sequence[str],
         window: int,
         min_periods: int | None = None,
-        bar_ns: int = MINUTE_NS,
+        bar_ns: int = NS_PER_MINUTE,
     ) -> None:
         if len(set(universe)) != len(universe):
             raise ValueError("universe symbols must be unique")

@@ -25,10 +25,11 @@ import numpy.typing as npt
 
 from core.events import common_fields, deterministic_event_id
 from core.sessions import Market, market_of, session_label
+from core.units import NS_PER_MINUTE
 from schemas.bars import ASSET_CLASSES
-from streams.correlation.clock import MINUTE_NS, SnapshotClock
+from streams.correlation.clock import SnapshotClock
 from streams.patterns.grid import BarGrid
-from streams.patterns.scan import TIMEFRAMES, Panel, ScanConfig, Signal, Timeframe, scan
+from streams.patterns.scan import SCAN_TIMEFRAMES, Panel, ScanConfig, Signal, Timeframe, scan
 from streams.processors import BarFrame, Emitted
 
 NAME = "patterns"
@@ -38,11 +39,11 @@ SCHEMA = "tidemark.signals.PatternSignalDetected"
 SCAN_EVERY_MINUTES = 60
 _STATE_VERSION = 1
 
-MARKETS = ("EQUITY", "FX", "FUTURE")
+TRADED_CLASSES = ("EQUITY", "FX", "FUTURE")
 """Grids are per market: ``ASSET_CLASSES`` minus UNKNOWN, which is treated as an equity (see BarFrame)."""
-_MARKET_OF_CLASS = np.array([0, 0, 1, 2], dtype=np.int8)  # ASSET_CLASSES index -> MARKETS index
-assert tuple(ASSET_CLASSES[1:]) == MARKETS
-_SESSIONS: tuple[Market, ...] = tuple(market_of(m) for m in MARKETS)
+_MARKET_OF_CLASS = np.array([0, 0, 1, 2], dtype=np.int8)  # ASSET_CLASSES index -> TRADED_CLASSES index
+assert tuple(ASSET_CLASSES[1:]) == TRADED_CLASSES
+_SESSIONS: tuple[Market, ...] = tuple(market_of(m) for m in TRADED_CLASSES)
 # Trading days per year and minutes per trading day, for annualising Sharpe ratios.
 _DAYS_PER_YEAR = (252.0, 260.0, 260.0)
 _MINUTES_PER_DAY = (390.0, 1440.0, 1380.0)
@@ -61,7 +62,7 @@ class _Symbols:
     names: list[str] = field(default_factory=list)
     market: list[int] = field(default_factory=list)
     column: list[int] = field(default_factory=list)
-    per_market: list[list[int]] = field(default_factory=lambda: [[] for _ in MARKETS])
+    per_market: list[list[int]] = field(default_factory=lambda: [[] for _ in TRADED_CLASSES])
 
     def ids(self, symbols: npt.NDArray[np.object_], asset_class: npt.NDArray[np.int8] | None) -> npt.NDArray[np.intp]:
         """Id of each bar's symbol, registering new ones (one dict look-up per distinct symbol of the batch)."""
@@ -88,16 +89,16 @@ class PatternProcessor:
         self,
         watched_partitions: frozenset[int],
         config: ScanConfig = ScanConfig(),
-        timeframes: tuple[Timeframe, ...] = TIMEFRAMES,
+        timeframes: tuple[Timeframe, ...] = SCAN_TIMEFRAMES,
         every_minutes: int = SCAN_EVERY_MINUTES,
     ) -> None:
         self.config = config
         self.timeframes = timeframes
-        self.clock = SnapshotClock(every_ns=every_minutes * MINUTE_NS, partitions=watched_partitions)
+        self.clock = SnapshotClock(every_ns=every_minutes * NS_PER_MINUTE, partitions=watched_partitions)
         self.symbols = _Symbols()
         # Daily grids keep one row more: the session still in progress.
-        self.grids = [[BarGrid(tf.window + 1 + (tf.minutes == 0)) for _ in MARKETS] for tf in timeframes]
-        self.scanned = np.full((len(timeframes), len(MARKETS)), np.iinfo(np.int64).min, dtype=np.int64)
+        self.grids = [[BarGrid(tf.window + 1 + (tf.minutes == 0)) for _ in TRADED_CLASSES] for tf in timeframes]
+        self.scanned = np.full((len(timeframes), len(TRADED_CLASSES)), np.iinfo(np.int64).min, dtype=np.int64)
         self._pending_id = np.empty(0, dtype=np.intp)
         self._pending_start = np.empty(0, dtype=np.int64)
         self._pending_close = np.empty(0, dtype=np.float64)
@@ -138,13 +139,13 @@ class PatternProcessor:
         )
         market = np.asarray(self.symbols.market, dtype=np.int8)[ids]
         column = np.asarray(self.symbols.column, dtype=np.intp)[ids]
-        for m in range(len(MARKETS)):
+        for m in range(len(TRADED_CLASSES)):
             mine = np.flatnonzero(market == m)
             if not mine.size:
                 continue
             days = session_label(_SESSIONS[m], start[mine])
             for t, tf in enumerate(self.timeframes):
-                labels = start[mine] // (tf.minutes * MINUTE_NS) if tf.minutes else days
+                labels = start[mine] // (tf.minutes * NS_PER_MINUTE) if tf.minutes else days
                 valid = labels >= 0
                 grid = self.grids[t][m]
                 grid.grow(len(self.symbols.per_market[m]))
@@ -154,7 +155,7 @@ class PatternProcessor:
         """One panel per (timeframe, market) with an unscanned complete row; marks those rows scanned."""
         panels = []
         for t, tf in enumerate(self.timeframes):
-            for m, market in enumerate(MARKETS):
+            for m, market in enumerate(TRADED_CLASSES):
                 grid = self.grids[t][m]
                 end = grid.labels.size
                 if tf.minutes == 0 and end:
@@ -210,7 +211,7 @@ class PatternProcessor:
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, config: ScanConfig = ScanConfig(), timeframes: tuple[Timeframe, ...] = TIMEFRAMES
+        cls, data: bytes, config: ScanConfig = ScanConfig(), timeframes: tuple[Timeframe, ...] = SCAN_TIMEFRAMES
     ) -> PatternProcessor:
         """Rebuild a processor; ValueError when the state is of another version or other timeframes/config."""
         try:
@@ -224,7 +225,7 @@ class PatternProcessor:
             raise ValueError("the pattern timeframes changed")
         if meta["config"] != [config.alpha, config.min_sharpe, config.correction, config.partners]:
             raise ValueError("the pattern scan configuration changed")
-        processor = cls(frozenset(meta["partitions"]), config, timeframes, meta["every_ns"] // MINUTE_NS)
+        processor = cls(frozenset(meta["partitions"]), config, timeframes, meta["every_ns"] // NS_PER_MINUTE)
         clock = processor.clock
         clock.high_ns = {int(k): v for k, v in meta["high_ns"].items()}
         clock.low_ns = {int(k): v for k, v in meta["low_ns"].items()}

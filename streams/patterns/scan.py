@@ -51,7 +51,7 @@ class Timeframe:
     lookback: int
 
 
-TIMEFRAMES = (
+SCAN_TIMEFRAMES = (
     Timeframe("1m", 1, 390, 1, 10, 60),
     Timeframe("15m", 15, 100, 1, 4, 25),
     Timeframe("1h", 60, 100, 1, 4, 25),

@@ -22,7 +22,8 @@ import numpy.typing as npt
 
 from core.events import common_fields, deterministic_event_id
 from core.sessions import Market, regular_session_mask
-from streams.correlation.clock import MINUTE_NS, SnapshotClock
+from core.units import NS_PER_MINUTE
+from streams.correlation.clock import SnapshotClock
 from streams.correlation.rolling import RollingWindow
 from streams.processors import BarFrame, Emitted
 from streams.rotation.sectors import (
@@ -200,7 +201,7 @@ class CurrencyStrengthProcessor:
         cls, basket: str, pairs: Sequence[str], window: int, every_minutes: int, watched: frozenset[int]
     ) -> CurrencyStrengthProcessor:
         basket_of(pairs)  # a malformed pair is a configuration error: say so before anything is watched
-        closes = AlignedCloses(pairs, window, every_minutes * MINUTE_NS, watched, Market.FX)
+        closes = AlignedCloses(pairs, window, every_minutes * NS_PER_MINUTE, watched, Market.FX)
         return cls(basket, closes)
 
     def config(self) -> tuple[Any, ...]:
@@ -281,7 +282,7 @@ class SectorRotationProcessor:
         watched: frozenset[int],
     ) -> SectorRotationProcessor:
         symbols = (benchmark, *sectors)
-        closes = AlignedCloses(symbols, window + momentum, every_minutes * MINUTE_NS, watched, Market.NYSE)
+        closes = AlignedCloses(symbols, window + momentum, every_minutes * NS_PER_MINUTE, watched, Market.NYSE)
         return cls(universe, closes, window, momentum, top_k, band)
 
     def config(self) -> tuple[Any, ...]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from connectors.polygon.backfill import Checkpoint, CheckpointStore, checkpoint_dir
+from connectors.polygon.backfill import BackfillProgress, ProgressStore, progress_dir
 from connectors.polygon.rest import PolygonAuthError, PolygonError, RetryPolicy, fetch_bars, guard, make_client
 from core.settings import Settings
 from fakes.polygon import FakePolygon
@@ -194,14 +194,14 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-def checkpoints(settings: Settings, timespan: str = "minute") -> dict[str, Checkpoint]:
-    folder = checkpoint_dir(settings.state_dir, settings.topic("md.bars.1m"), timespan, START_NS, END_NS)
-    store = CheckpointStore(folder)
+def progress_records(settings: Settings, timespan: str = "minute") -> dict[str, BackfillProgress]:
+    folder = progress_dir(settings.state_dir, settings.topic("md.bars.1m"), timespan, START_NS, END_NS)
+    store = ProgressStore(folder)
     found = {}
     for path in folder.glob("*.json"):
-        checkpoint = store.load(path.stem)
-        if checkpoint is not None:
-            found[path.stem] = checkpoint
+        progress = store.load(path.stem)
+        if progress is not None:
+            found[path.stem] = progress
     return found
 
 
@@ -215,7 +215,7 @@ def test_backfill_killed_mid_run_and_rerun_holds_every_bar_exactly_once(
     tidemark(settings, "topics", "create")
 
     # Four pages of 700 bars are served (each symbol has nine), then both lanes wait out a day-long rate limit: the
-    # kill finds the backfill part-way, every slice it published checkpointed, whatever the machine's speed.
+    # kill finds the backfill part-way, every slice it published recorded, whatever the machine's speed.
     fake.hold_after(4)
     victim = subprocess.Popen(
         [sys.executable, "-m", "tidemark.cli", *args],
@@ -228,8 +228,8 @@ def test_backfill_killed_mid_run_and_rerun_holds_every_bar_exactly_once(
     kill(victim)
     partial = len(topic_bars(settings))
     assert 1000 < partial < total
-    assert sum(c.bars for c in checkpoints(settings).values()) == partial
-    assert not all(c.done for c in checkpoints(settings).values())
+    assert sum(c.bars for c in progress_records(settings).values()) == partial
+    assert not all(c.done for c in progress_records(settings).values())
 
     fake.open_gate()
     rerun = tidemark(settings, *args)
@@ -239,7 +239,7 @@ def test_backfill_killed_mid_run_and_rerun_holds_every_bar_exactly_once(
     assert len(published) == len(set(published)) == total, "every bar once in the topic"
     for symbol, starts in expected.items():
         assert sorted(start for s, start in published if s == symbol) == starts
-    assert all(c.done for c in checkpoints(settings).values())
+    assert all(c.done for c in progress_records(settings).values())
 
     again = tidemark(settings, *args)
     assert "3 already complete" in again.stderr and len(topic_bars(settings)) == total
@@ -254,26 +254,28 @@ def test_backfill_killed_mid_run_and_rerun_holds_every_bar_exactly_once(
     assert not fetch(dsn, "SELECT * FROM projection_counters WHERE counter = 'duplicates_ignored'")
 
 
-def test_a_crash_between_flush_and_checkpoint_publishes_nothing_twice(fake: FakePolygon, settings: Settings) -> None:
-    """The window a kill -9 rarely hits, made certain: the topic holds slices the checkpoint does not know of."""
+def test_a_crash_between_flush_and_progress_record_publishes_nothing_twice(
+    fake: FakePolygon, settings: Settings
+) -> None:
+    """The window a kill -9 rarely hits, made certain: the topic holds slices the progress does not know of."""
     expected = load_market(fake, {"AAPL": "AAPL"}, minutes=1000)
     args = backfill_args("AAPL", "--slice-bars", "200", "--concurrency", "1")
     tidemark(settings, *args)
     assert len(topic_bars(settings)) == 1000
 
-    folder = checkpoint_dir(settings.state_dir, settings.topic("md.bars.1m"), "minute", START_NS, END_NS)
-    store = CheckpointStore(folder)
+    folder = progress_dir(settings.state_dir, settings.topic("md.bars.1m"), "minute", START_NS, END_NS)
+    store = ProgressStore(folder)
     finished = store.load("AAPL")
     assert finished is not None and finished.done and finished.bars == 1000
-    # As if killed right after the third slice's flush: the checkpoint still says two slices (400 bars).
-    store.save("AAPL", Checkpoint(through_ns=expected["AAPL"][399] + 1, scan_from=0, bars=400))
+    # As if killed right after the third slice's flush: the progress still says two slices (400 bars).
+    store.save("AAPL", BackfillProgress(through_ns=expected["AAPL"][399] + 1, scan_from=0, bars=400))
 
     rerun = tidemark(settings, *args)
     assert "1 resumed past bars found in the topic" in rerun.stderr
     published = topic_bars(settings)
     assert len(published) == len(set(published)) == 1000
-    checkpoint = store.load("AAPL")
-    assert checkpoint is not None and checkpoint.done
+    progress = store.load("AAPL")
+    assert progress is not None and progress.done
 
 
 def test_day_bars_go_to_their_own_topic(fake: FakePolygon, settings: Settings) -> None:

@@ -12,7 +12,6 @@ from tests.factories import minute_bars
 
 NAN = float("nan")
 NY = "America/New_York"
-DAY_NS = 86_400 * 10**9
 
 
 def _ns(text: str) -> int:

@@ -13,7 +13,7 @@ from connectors.synthetic.market import build_universe, generate_bars
 from core.kafka import partition_for_key
 from schemas.codec import get_registry
 from streams.patterns.processor import SCHEMA, TOPIC, PatternProcessor
-from streams.patterns.scan import TIMEFRAMES
+from streams.patterns.scan import SCAN_TIMEFRAMES
 from streams.processors import BarFrame
 
 START = datetime(2025, 3, 3, tzinfo=UTC)
@@ -82,7 +82,7 @@ def test_the_reference_run_emits_valid_events() -> None:
     for event in events:
         assert registry.decode(registry.encode(SCHEMA, {**event, "ts_ingest": 0}))[1]["event_id"] == event["event_id"]
     assert len({e["event_id"] for e in events}) == len(events)
-    assert {e["timeframe"] for e in events} <= {tf.name for tf in TIMEFRAMES}
+    assert {e["timeframe"] for e in events} <= {tf.name for tf in SCAN_TIMEFRAMES}
 
 
 @pytest.mark.parametrize("batch", [50_000, 7_919])
@@ -121,6 +121,6 @@ def test_state_round_trip_is_exact_and_compact() -> None:
 def test_a_state_of_other_timeframes_is_refused() -> None:
     data = PatternProcessor(frozenset({0})).to_bytes()
     with pytest.raises(ValueError, match="timeframes"):
-        PatternProcessor.from_bytes(data, timeframes=TIMEFRAMES[:2])
+        PatternProcessor.from_bytes(data, timeframes=SCAN_TIMEFRAMES[:2])
     with pytest.raises(ValueError, match="not a pattern processor state"):
         PatternProcessor.from_bytes(b"garbage")

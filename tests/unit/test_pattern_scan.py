@@ -11,7 +11,7 @@ from scipy.stats import binom
 
 from connectors.synthetic.market import Universe, build_universe, generate_bars
 from streams.patterns.processor import PatternProcessor
-from streams.patterns.scan import TIMEFRAMES, Panel, ScanConfig, scan
+from streams.patterns.scan import SCAN_TIMEFRAMES, Panel, ScanConfig, scan
 from streams.processors import BarFrame
 
 START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
@@ -76,7 +76,7 @@ def test_signals_carry_the_correction_they_survived() -> None:
         assert event["correction"] == "BENJAMINI_HOCHBERG"
         assert event["p_value"] <= event["adjusted_p_value"] < ALPHA  # type: ignore[operator]
         assert event["tests_in_family"] > 100  # type: ignore[operator]
-        assert event["timeframe"] in {tf.name for tf in TIMEFRAMES}
+        assert event["timeframe"] in {tf.name for tf in SCAN_TIMEFRAMES}
         assert 0.0 <= event["psr"] <= 1.0  # type: ignore[operator]
 
 
@@ -85,7 +85,7 @@ def random_walk_panels(seed: int, symbols: int = 30) -> list[Panel]:
     rng = np.random.default_rng(seed)
     names = np.array([f"S{i:02d}" for i in range(symbols)], dtype=object)
     panels = []
-    for tf in TIMEFRAMES:
+    for tf in SCAN_TIMEFRAMES:
         bars = tf.window + 1
         factor = rng.standard_normal((bars, 1)) * 1e-3
         returns = factor * rng.uniform(0.3, 1.5, symbols) + rng.standard_normal((bars, symbols)) * rng.uniform(

@@ -41,6 +41,7 @@ from connectors.polygon.symbols import (
     subscription_params,
     symbol_of_ws_name,
 )
+from core.units import NS_PER_MS
 from fakes.polygon import FakePolygon
 from schemas.bars import ASSET_CLASSES
 from schemas.codec import get_registry
@@ -58,7 +59,6 @@ TRADE_FILES = ("ws_stocks_T.json", "ws_futures_T.json")
 STATUS_FILE = "ws_status.json"
 REST_FILES = ("rest_aggs_stocks_minute.json", "rest_aggs_forex_minute.json", "rest_aggs_stocks_day.json")
 
-NS_PER_MS = 1_000_000
 MIN_NS = 60_000_000_000
 # What Polygon's documentation says, written out here rather than taken from the code under test.
 ASSET_CLASS: dict[WsMarket, str] = {"stocks": "EQUITY", "forex": "FX", "futures": "FUTURE"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from polygon.rest.models import Agg, Dividend, Split
 
-from connectors.polygon.backfill import Checkpoint, CheckpointStore
+from connectors.polygon.backfill import BackfillProgress, ProgressStore
 from connectors.polygon.corporate_actions import dividend_event, split_event
 from connectors.polygon.rest import RetryPolicy, aggs_to_batch, parse_retry_after
 from connectors.polygon.symbols import parse_symbol
@@ -158,10 +158,10 @@ def test_day_range_is_new_york_midnight_to_midnight() -> None:
     assert end == int(datetime(2024, 1, 6, 5, tzinfo=UTC).timestamp()) * 10**9
 
 
-def test_checkpoints_round_trip_and_replace(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path / "cp")
+def test_progress_records_round_trip_and_replace(tmp_path: Path) -> None:
+    store = ProgressStore(tmp_path / "cp")
     assert store.load("AAPL") is None
-    store.save("AAPL", Checkpoint(through_ns=5, scan_from=3))
-    store.save("AAPL", Checkpoint(through_ns=9, scan_from=4, bars=2, done=True))
-    assert store.load("AAPL") == Checkpoint(through_ns=9, scan_from=4, bars=2, done=True)
+    store.save("AAPL", BackfillProgress(through_ns=5, scan_from=3))
+    store.save("AAPL", BackfillProgress(through_ns=9, scan_from=4, bars=2, done=True))
+    assert store.load("AAPL") == BackfillProgress(through_ns=9, scan_from=4, bars=2, done=True)
     assert sorted(p.name for p in (tmp_path / "cp").iterdir()) == ["AAPL.json"]

@@ -6,8 +6,9 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 
+from core.units import NS_PER_MINUTE
 from projections.read import CorrelationView, square_matrix, top_pairs
-from streams.correlation.rolling import MINUTE_NS, RollingWindow
+from streams.correlation.rolling import RollingWindow
 
 NAN = float("nan")
 
@@ -75,7 +76,7 @@ def _snapshot(seed: int, late: int):  # type: ignore[no-untyped-def]
     present = np.ones_like(closes, dtype=bool)
     present[:25, 6 - late : 6] = False
     t, j = np.nonzero(present)
-    window.update(np.array(symbols, dtype=object)[j], t.astype(np.int64) * MINUTE_NS, closes[t, j])
+    window.update(np.array(symbols, dtype=object)[j], t.astype(np.int64) * NS_PER_MINUTE, closes[t, j])
     return window.correlation()
 
 

@@ -14,12 +14,12 @@ import zstandard
 
 from connectors.replay import ReplayError, interval_ns, read_bars
 from connectors.synthetic.market import build_universe, generate_bars
+from core.units import NS_PER_MINUTE
 from schemas.bars import ASSET_CLASSES, BAR_KINDS, CLOSE_ONLY, BarBatch
 from tidemark.backfill import day_range_ns
 
 T0 = datetime(2024, 3, 8, 14, 30, tzinfo=UTC)  # 09:30 New York (EST)
 T0_NS = int(T0.timestamp()) * 1_000_000_000
-MINUTE_NS = 60_000_000_000
 
 
 def _frame(timestamps: list[object], **overrides: list[object]) -> pd.DataFrame:
@@ -63,7 +63,7 @@ ISO = [
     "2024-03-08T15:30:00+01:00",
     "2024-03-08T14:31:00+00:00",
 ]
-EXPECTED = [T0_NS + MINUTE_NS, T0_NS, T0_NS, T0_NS + MINUTE_NS]
+EXPECTED = [T0_NS + NS_PER_MINUTE, T0_NS, T0_NS, T0_NS + NS_PER_MINUTE]
 EPOCH_S = [t // 1_000_000_000 for t in EXPECTED]
 
 
@@ -81,9 +81,9 @@ EPOCH_S = [t // 1_000_000_000 for t in EXPECTED]
 )
 def test_timestamps_become_utc_in_order(tmp_path: Path, suffix: str, timestamps: list[object]) -> None:
     bars = _read(_write(_frame(timestamps), tmp_path / f"bars{suffix}"))
-    assert list(bars.start_ns) == [T0_NS, T0_NS, T0_NS + MINUTE_NS, T0_NS + MINUTE_NS]
+    assert list(bars.start_ns) == [T0_NS, T0_NS, T0_NS + NS_PER_MINUTE, T0_NS + NS_PER_MINUTE]
     assert list(bars.symbol) == ["AAA", "BBB", "AAA", "BBB"]
-    assert (bars.end_ns - bars.start_ns == MINUTE_NS).all()
+    assert (bars.end_ns - bars.start_ns == NS_PER_MINUTE).all()
     assert np.isnan(bars.vwap).all() and (bars.trade_count == -1).all()
     assert (bars.asset_class == ASSET_CLASSES.index("UNKNOWN")).all() and bars.regular_session.all()
 
@@ -91,7 +91,7 @@ def test_timestamps_become_utc_in_order(tmp_path: Path, suffix: str, timestamps:
 def test_parquet_datetime_column_with_zone(tmp_path: Path) -> None:
     stamps = pd.to_datetime(ISO, format="ISO8601", utc=True).tz_convert("America/New_York")
     bars = _read(_write(_frame(list(stamps)), tmp_path / "bars.parquet"))
-    assert list(bars.start_ns) == [T0_NS, T0_NS, T0_NS + MINUTE_NS, T0_NS + MINUTE_NS]
+    assert list(bars.start_ns) == [T0_NS, T0_NS, T0_NS + NS_PER_MINUTE, T0_NS + NS_PER_MINUTE]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_naive_timestamps_need_a_zone(tmp_path: Path, suffix: str, timestamps: l
         _read(path)
     assert info.value.column == "timestamp" and str(path) in str(info.value)
     bars = _read(path, tz="America/New_York")
-    assert sorted(bars.start_ns) == [T0_NS, T0_NS + MINUTE_NS]
+    assert sorted(bars.start_ns) == [T0_NS, T0_NS + NS_PER_MINUTE]
 
 
 def test_aliases_and_optional_columns(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_aliases_and_optional_columns(tmp_path: Path) -> None:
     assert list(bars.symbol) == ["EURUSD", "MES"]
     assert list(bars.asset_class) == [ASSET_CLASSES.index("FX"), ASSET_CLASSES.index("FUTURE")]
     assert list(bars.vwap) == [1.081, 5000.2] and list(bars.trade_count) == [7, 9]
-    assert bars.interval == "5m" and (bars.end_ns - bars.start_ns == 5 * MINUTE_NS).all()
+    assert bars.interval == "5m" and (bars.end_ns - bars.start_ns == 5 * NS_PER_MINUTE).all()
 
 
 def test_symbol_argument(tmp_path: Path) -> None:
@@ -321,7 +321,7 @@ def test_a_corrupt_compressed_file_is_a_replay_error(tmp_path: Path, suffix: str
         ("03/08/2024 09:30:00", "1m", "America/New_York", T0_NS),
         ("2024-03-08 09:30", "1m", "America/New_York", T0_NS),
         ("2024-03-08 14:30:00", "1m", "UTC", T0_NS),
-        ("3/8/2024 16:00", "1d", "America/New_York", T0_NS + 390 * MINUTE_NS),  # a time of day on a daily bar
+        ("3/8/2024 16:00", "1d", "America/New_York", T0_NS + 390 * NS_PER_MINUTE),  # a time of day on a daily bar
         (pd.Timestamp("2024-03-08 09:30"), "1m", "America/New_York", T0_NS),
     ],
 )
@@ -402,7 +402,7 @@ def test_wide_intraday_closes_take_the_zone_and_the_session_calendar(tmp_path: P
     frame = pd.DataFrame({"time": ["2024-03-08 09:29", "2024-03-08 09:30"], "SPY": [510.0, 511.0]})
     path = _write(frame, tmp_path / "minutes.csv")
     bars = _read(path, layout="wide", tz="America/New_York", asset_class="EQUITY")
-    assert list(bars.start_ns) == [T0_NS - MINUTE_NS, T0_NS] and list(bars.regular_session) == [False, True]
+    assert list(bars.start_ns) == [T0_NS - NS_PER_MINUTE, T0_NS] and list(bars.regular_session) == [False, True]
 
 
 @pytest.mark.parametrize(

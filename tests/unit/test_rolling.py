@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streams.correlation.rolling import MINUTE_NS, CorrelationSnapshot, RollingWindow, UpdateResult
+from core.units import NS_PER_MINUTE
+from streams.correlation.rolling import CorrelationSnapshot, RollingWindow, UpdateResult
 
 TOL = 1e-9
 T0 = 1_700_000_040 * 1_000_000_000  # a whole minute, UTC ns
@@ -31,7 +32,7 @@ def make_bars(
     return pd.DataFrame(
         {
             "symbol": np.array(names, dtype=object)[j],
-            "start_ns": T0 + t.astype(np.int64) * MINUTE_NS,
+            "start_ns": T0 + t.astype(np.int64) * NS_PER_MINUTE,
             "close": prices[t, j],
         }
     )
@@ -54,7 +55,7 @@ def reference_returns(bars: pd.DataFrame, universe: list[str]) -> pd.DataFrame:
 def mostly_increasing(bars: pd.DataFrame, seed: int, jitter_minutes: float = 3.0) -> pd.DataFrame:
     """Delivery order: by time plus a few minutes of jitter, interleaving symbols and minutes."""
     rng = np.random.default_rng(seed)
-    key = bars["start_ns"].to_numpy() / MINUTE_NS + rng.uniform(0, jitter_minutes, len(bars))
+    key = bars["start_ns"].to_numpy() / NS_PER_MINUTE + rng.uniform(0, jitter_minutes, len(bars))
     return bars.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
 
 
@@ -87,7 +88,7 @@ def test_correlation_matches_pandas_and_numpy(
     assert list(snap.symbol) == list(eligible)
     np.testing.assert_allclose(snap.matrix, expected.to_numpy(), rtol=0, atol=TOL)
     np.testing.assert_array_equal(snap.matrix, snap.matrix.T)
-    assert snap.as_of_ns == bars["start_ns"].max() + MINUTE_NS
+    assert snap.as_of_ns == bars["start_ns"].max() + NS_PER_MINUTE
     assert (snap.window_bars, snap.observations) == (window, window)
     n = len(eligible)
     i, j = np.triu_indices(n, 1)
@@ -122,7 +123,7 @@ def test_eigen_share_matches_a_full_eigendecomposition(n_symbols: int, window: i
     state = RollingWindow(universe, window)
     state.update(
         np.tile(np.array(universe, dtype=object), window + 1),
-        np.repeat(T0 + np.arange(window + 1, dtype=np.int64) * MINUTE_NS, n_symbols),
+        np.repeat(T0 + np.arange(window + 1, dtype=np.int64) * NS_PER_MINUTE, n_symbols),
         closes.ravel(),
     )
     snap = state.correlation()
@@ -186,7 +187,7 @@ def test_stats_match_pandas_rolling(
     first = closes.bfill().iloc[0].to_numpy()
     simple = np.where(stats.count >= mp, closes.iloc[-1].to_numpy() / first - 1, np.nan)
     np.testing.assert_allclose(stats.window_return, simple, rtol=0, atol=TOL, equal_nan=True)
-    assert (stats.as_of_ns, stats.window_bars) == (rets.index[-1] + MINUTE_NS, w)
+    assert (stats.as_of_ns, stats.window_bars) == (rets.index[-1] + NS_PER_MINUTE, w)
 
 
 def snapshot_arrays(state: RollingWindow) -> tuple[np.ndarray, ...]:
@@ -225,7 +226,7 @@ def test_any_batching_and_replay_give_identical_state(window: int, batch: int, j
 
 def test_gaps_carry_previous_close_forward() -> None:
     state = RollingWindow(["A", "B"], window=3, min_periods=2)
-    m = [T0 + i * MINUTE_NS for i in range(4)]
+    m = [T0 + i * NS_PER_MINUTE for i in range(4)]
     state.update(
         np.array(["A", "B", "A", "A", "B", "A"], dtype=object),
         np.array([m[0], m[0], m[1], m[2], m[2], m[3]], dtype=np.int64),
@@ -242,7 +243,7 @@ def test_gaps_carry_previous_close_forward() -> None:
 
 def test_unseen_symbols_are_nan_and_excluded_until_min_periods() -> None:
     state = RollingWindow(["A", "B", "C"], window=4, min_periods=3)
-    times = np.array([T0 + i * MINUTE_NS for i in range(5)], dtype=np.int64)
+    times = np.array([T0 + i * NS_PER_MINUTE for i in range(5)], dtype=np.int64)
     a = np.array([10.0, 11.0, 10.5, 11.5, 12.0])
     b = np.array([5.0, 5.5, 5.2, 5.1, 5.6])
     state.update(np.array(["A"] * 5 + ["B"] * 3, dtype=object), np.r_[times, times[2:]], np.r_[a, b[2:]])
@@ -270,11 +271,11 @@ def test_late_bar_before_window_only_moves_the_carried_close(
     state = RollingWindow(["A", "B"], window=2, min_periods=2)
     state.update(
         np.array(["A", "B", "B", "B", "B"], dtype=object),
-        T0 + np.array([0, 0, 2, 3, 4], dtype=np.int64) * MINUTE_NS,
+        T0 + np.array([0, 0, 2, 3, 4], dtype=np.int64) * NS_PER_MINUTE,
         np.array([6.0, 1.0, 1.1, 1.2, 1.3]),
     )
     result = state.update(
-        np.array(["A"], dtype=object), np.array([T0 + late_minute * MINUTE_NS]), np.array([late_close])
+        np.array(["A"], dtype=object), np.array([T0 + late_minute * NS_PER_MINUTE]), np.array([late_close])
     )
     assert result.new_times == 0
     assert result.applied + result.stale == 1
@@ -302,7 +303,7 @@ def test_serialisation_round_trip_and_resume() -> None:
     data = state.to_bytes()
     restored = RollingWindow.from_bytes(data)
     assert restored.to_bytes() == data
-    assert (restored.window, restored.min_periods, restored.bar_ns) == (50, 30, MINUTE_NS)
+    assert (restored.window, restored.min_periods, restored.bar_ns) == (50, 30, NS_PER_MINUTE)
     assert_same(state, restored)
     feed(state, bars.iloc[1500:], 100)
     feed(restored, bars.iloc[1500:], 100)
@@ -340,9 +341,9 @@ def test_top_pairs_match_brute_force(n_symbols: int, k: int) -> None:
     [(None, 5, 15, False), (13, 14, 15, False), (14, 15, 15, True), (14, 44, 15, True), (15, 29, 15, False)],
 )
 def test_snapshot_boundary(previous: int | None, latest: int, every: int, crossed: bool) -> None:
-    prev_ns = None if previous is None else T0 * 0 + previous * MINUTE_NS
-    result = UpdateResult(prev_ns, latest * MINUTE_NS, 1, 1, 0, 0)
-    assert result.crossed(every * MINUTE_NS) is crossed
+    prev_ns = None if previous is None else T0 * 0 + previous * NS_PER_MINUTE
+    result = UpdateResult(prev_ns, latest * NS_PER_MINUTE, 1, 1, 0, 0)
+    assert result.crossed(every * NS_PER_MINUTE) is crossed
 
 
 def test_update_reports_market_time() -> None:
@@ -351,9 +352,9 @@ def test_update_reports_market_time() -> None:
     assert (first.previous_ns, first.latest_ns, first.new_times, first.applied) == (None, T0, 1, 2)
     second = state.update(
         np.array(["A", "A", "B", "A"], dtype=object),
-        np.array([T0 + 2 * MINUTE_NS, T0 + MINUTE_NS, T0, T0 + 2 * MINUTE_NS]),
+        np.array([T0 + 2 * NS_PER_MINUTE, T0 + NS_PER_MINUTE, T0, T0 + 2 * NS_PER_MINUTE]),
         np.array([1.1, 1.05, 2.0, 1.2]),
     )
-    assert (second.previous_ns, second.latest_ns, second.new_times) == (T0, T0 + 2 * MINUTE_NS, 2)
+    assert (second.previous_ns, second.latest_ns, second.new_times) == (T0, T0 + 2 * NS_PER_MINUTE, 2)
     assert (second.applied, second.stale) == (3, 1)  # repeated (A, minute 2) in one batch: last wins
     assert state.stats(bars_per_year=1.0).last_close[0] == 1.2

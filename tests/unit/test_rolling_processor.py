@@ -12,11 +12,11 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 
-from streams.correlation.clock import MINUTE_NS
+from core.units import NS_PER_MINUTE
 from streams.correlation.processor import BARS_PER_YEAR_1M, RollingProcessor, Snapshot, Window
 from streams.correlation.rolling import RollingWindow
 
-M = MINUTE_NS
+M = NS_PER_MINUTE
 T0 = 1_700_000_100 * 1_000_000_000  # a whole minute and a whole 5 minutes
 UNIVERSE = ("S0", "S1", "S2", "S3", "S4", "S5")
 OUTSIDERS = ("X0", "X1", "X2")

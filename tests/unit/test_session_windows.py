@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streams.correlation.clock import MINUTE_NS
+from core.units import NS_PER_MINUTE
 from streams.correlation.processor import RollingProcessor, Window
 
 UNIVERSE = ("E1", "E2", "F1", "F2")
@@ -20,7 +20,7 @@ def market() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     factor = rng.normal(0, 1e-3, (MINUTES, 1))
     closes = 100 * np.exp(np.cumsum(factor + rng.normal(0, 1e-3, (MINUTES, 4)), axis=0))
-    times = START + np.arange(MINUTES, dtype=np.int64) * MINUTE_NS
+    times = START + np.arange(MINUTES, dtype=np.int64) * NS_PER_MINUTE
     frame = pd.DataFrame(closes, index=times, columns=list(UNIVERSE))
     frame.loc[frame.index >= pd.Timestamp("2025-03-03T21:00Z").value, ["E1", "E2"]] = np.nan
     return frame

@@ -18,13 +18,13 @@ from core.sessions import (
     regular_session_mask,
     session_label,
 )
+from core.units import NS_PER_MINUTE
 
 # The references below call exchange_calendars, which still reads Series.values (deprecated in pandas 3).
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 NYSE, CME, FX = Market.NYSE, Market.CME, Market.FX
 NEW_YORK, CHICAGO = ZoneInfo("America/New_York"), ZoneInfo("America/Chicago")
-NS_PER_MINUTE = 60_000_000_000
 
 
 def ns(utc: str) -> int:

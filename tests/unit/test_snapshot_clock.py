@@ -7,9 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from streams.correlation.clock import MINUTE_NS, SnapshotClock
+from core.units import NS_PER_MINUTE
+from streams.correlation.clock import SnapshotClock
 
-M = MINUTE_NS
+M = NS_PER_MINUTE
 T0 = 1_700_000_100 * 1_000_000_000  # a whole minute and a whole 5 minutes (1_700_000_100 / 300 is integral)
 
 
