@@ -384,9 +384,12 @@ def _probe_kafka(bootstrap: str, timeout: float) -> str:
     return f"{len(metadata.brokers)} broker(s), {len(metadata.topics)} topic(s)"
 
 
-def _await_group_coordinator(settings: Settings) -> None:
-    """A broker answers metadata before it can coordinate groups: a brand-new one creates __consumer_offsets on
-    the first group request and answers NOT_COORDINATOR meanwhile. Every command after ``up`` needs groups."""
+def _await_coordinators(settings: Settings) -> None:
+    """A broker answers metadata before it can coordinate groups or transactions: a brand-new one creates
+    __consumer_offsets and __transaction_state on their first requests and answers NOT_COORDINATOR or
+    COORDINATOR_LOAD_IN_PROGRESS meanwhile. Every command after ``up`` needs groups; producers (idempotent or
+    transactional) need the transaction coordinator, and would otherwise print librdkafka's retry warnings."""
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
     from core.kafka import until_ready
@@ -401,8 +404,17 @@ def _await_group_coordinator(settings: Settings) -> None:
             settings.kafka.bootstrap,
             READY_TIMEOUT_S["kafka"],
         )
+        transactional = Producer(
+            {"bootstrap.servers": settings.kafka.bootstrap, "transactional.id": probe, "logger": _rdkafka_log}
+        )
+        until_ready(
+            lambda: transactional.init_transactions(READY_TIMEOUT_S["kafka"]),
+            "waiting for the transaction coordinator",
+            settings.kafka.bootstrap,
+            READY_TIMEOUT_S["kafka"],
+        )
     except Exception as exc:  # KafkaNotReady or a refusal: either way the stack is not usable yet
-        raise StackError(f"kafka answers but cannot coordinate consumer groups: {exc}") from exc
+        raise StackError(f"kafka answers but cannot coordinate consumer groups and transactions: {exc}") from exc
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
@@ -640,7 +652,7 @@ def up(settings: Settings, *, services: Iterable[str] = SERVICES) -> None:
         for name in (n for n in START_ORDER if n in wanted):
             _await_ready(settings, paths, eps[name], started.get(name))
             if name == "kafka":
-                _await_group_coordinator(settings)
+                _await_coordinators(settings)
             if name == "postgres" and eps[name].local:
                 _run_sync(_create_database(settings.postgres_dsn))
     if "postgres" in wanted:
