@@ -127,6 +127,9 @@ def publish_batches(
             first_bar_ns = first_bar_ns if first_bar_ns is not None else int(bars.start_ns.min())
             due = (int(bars.start_ns.min()) - first_bar_ns) / 1e9 / speed
             _sleep_unless(stop, due - (time.perf_counter() - started))
+            if stop:  # the signal came while waiting for these bars' time: they are not due, so not published
+                report.interrupted = True
+                break
         publisher.publish(bars)
         report.bars += len(bars)
         report.batches += 1

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from connectors.publisher import BarIds, keep_after_positions
+from connectors.publisher import BarIds, StopFlag, keep_after_positions, publish_batches
 from core.events import deterministic_event_ids_array, stream_hash
 from core.kafka import partition_for_key
+from core.units import NS_PER_SECOND
 from schemas.bars import BarBatch
 from tests.factories import minute_bars
 
@@ -222,3 +223,49 @@ def test_bar_ids_are_version_8_rfc_9562_uuids() -> None:
 
 def test_bar_ids_of_an_empty_batch() -> None:
     assert BarIds("alpaca")(batch([], [])).shape == (0, 36)
+
+
+# ----------------------------------------------------------------------------------------------------- publish_batches
+class _Recording:
+    """Stands where a BarPublisher does: keeps what it was given (the pacing logic is under test, not Kafka)."""
+
+    def __init__(self) -> None:
+        self.published: list[BarBatch] = []
+        self.flushed = 0
+
+    def publish(self, bars: BarBatch) -> None:
+        self.published.append(bars)
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+
+class _StopDuringWait(StopFlag):
+    """Not set when the loop looks before a batch; set from the first look inside the pacing wait on."""
+
+    def __init__(self, looks_before_set: int) -> None:
+        super().__init__()
+        self._looks = looks_before_set
+
+    def __bool__(self) -> bool:
+        self._looks -= 1
+        return self._looks < 0
+
+
+def test_a_stop_during_the_pacing_wait_publishes_nothing_more_and_flushes() -> None:
+    first = minute_bars(["SPY"], [0])
+    later = minute_bars(["SPY"], [3_600 * NS_PER_SECOND])  # due an hour of bar time later, at speed 1
+    publisher = _Recording()
+    # Looks: before the first batch (no wait: it is due at once), before the second, then inside its wait.
+    report = publish_batches(publisher, [first, later], stop=_StopDuringWait(2), speed=1.0)  # type: ignore[arg-type]
+    assert [len(b) for b in publisher.published] == [1]
+    assert report.interrupted and report.bars == 1
+    assert publisher.flushed == 1
+
+
+def test_without_a_stop_every_batch_is_published_once() -> None:
+    batches = [minute_bars(["SPY", "XLK"], [i * 60 * NS_PER_SECOND] * 2) for i in range(3)]
+    publisher = _Recording()
+    report = publish_batches(publisher, batches, stop=StopFlag())  # type: ignore[arg-type]
+    assert publisher.published == batches
+    assert (report.bars, report.batches, report.interrupted) == (6, 3, False)
