@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 from aiokafka.partitioner import murmur2
@@ -163,24 +164,52 @@ def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 3
     return low, high
 
 
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition of a group's lag: its committed offset (None: never committed) and the partition's end."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+
+    @property
+    def lag(self) -> int:
+        """Records after the committed offset; all of them from offset 0 when the group never committed."""
+        return self.end - (self.committed or 0)
+
+
 def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Messages of ``topics`` the consumer group has not committed yet (all of them when it never committed).
+    """Messages of ``topics`` the consumer group has not committed yet (all of them when it never committed)."""
+    return sum(p.lag for p in partition_lags(bootstrap, group, topics))
+
+
+def partition_lags(
+    bootstrap: str, group: str, topics: list[str], timeout: float = 30.0, ready_timeout: float = READY_TIMEOUT_S
+) -> list[PartitionLag]:
+    """``consumer_lag`` per partition, for whoever shows where a group stands (``tidemark status``).
 
     Read through a consumer that carries the group id without joining the group: its offset fetch waits for a
     coordinator that is still loading, where AdminClient.list_consumer_group_offsets (confluent-kafka 2.16)
-    crashes the process on a NOT_COORDINATOR answer.
+    crashes the process on a NOT_COORDINATOR answer. ``timeout`` bounds each request, ``ready_timeout`` the wait
+    for a broker that answers "not ready".
     """
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(timeout=30).topics
+        metadata = consumer.list_topics(timeout=timeout).topics
         partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
         committed = until_ready(
-            lambda: consumer.committed(partitions, timeout=30),
+            lambda: consumer.committed(partitions, timeout=timeout),
             f"reading the committed offsets of group {group}",
             bootstrap,
+            ready_timeout,
         )
-        position = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
-        return sum(watermarks(consumer, tp)[1] - position[(tp.topic, tp.partition)] for tp in partitions)
+        return [
+            PartitionLag(
+                tp.topic, tp.partition, tp.offset if tp.offset >= 0 else None, watermarks(consumer, tp, timeout)[1]
+            )
+            for tp in committed
+        ]
     finally:
         consumer.close()
 
