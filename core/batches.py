@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -14,6 +15,9 @@ from redis import exceptions as redis_exceptions
 from core.consumed import Consumed
 
 log = logging.getLogger("tidemark.streams")
+
+# Outages are retried at most this far apart, so work resumes within seconds of the service answering again.
+RETRY_CAP_S = 5.0
 
 DeadLetter = Callable[[Sequence[Consumed], Sequence[tuple[int, str]], str, str], Awaitable[None]]
 Handler = Callable[[Sequence[Consumed]], Awaitable[None]]
@@ -30,21 +34,34 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-async def handle_batch(records: Sequence[Consumed], processor: str, handler: Handler, dead_letter: DeadLetter) -> None:
+class Interrupted(Exception):
+    """Asked to stop while a batch waited out an outage: the batch is not applied, and is redone on restart."""
+
+
+async def handle_batch(
+    records: Sequence[Consumed],
+    processor: str,
+    handler: Handler,
+    dead_letter: DeadLetter,
+    stopping: threading.Event | None = None,
+) -> None:
     """Run ``handler`` on a batch so that it can neither crash its consumer nor lose the batch.
 
-    Outages (connections, timeouts) are retried with capped backoff until they pass; any other failure
-    dead-letters the whole batch with the error, so an escaping exception can neither stop the consumer nor,
-    once its offsets move on, lose the batch silently.
+    Outages (connections, timeouts) are retried with capped backoff until they pass or ``stopping`` is set (then
+    Interrupted); any other failure dead-letters the whole batch with the error, so an escaping exception can
+    neither stop the consumer nor, once its offsets move on, lose the batch silently.
     """
     for attempt in itertools.count(1):
         try:
             await handler(records)
             return
         except TRANSIENT_ERRORS as exc:
-            delay = min(30.0, 0.25 * 2**attempt)
+            delay = min(RETRY_CAP_S, 0.25 * 2**attempt)
             log.warning("%s: %r; retrying the batch in %.1fs (attempt %d)", processor, exc, delay, attempt)
-            await asyncio.sleep(delay)
+            if stopping is None:
+                await asyncio.sleep(delay)
+            elif await asyncio.to_thread(stopping.wait, delay):
+                raise Interrupted(f"{processor}: stopped while waiting out {exc!r}") from exc
         except Exception as exc:
             log.exception("%s: batch of %d failed; dead-lettering it", processor, len(records))
             reason = f"processing failed: {exc!r}"

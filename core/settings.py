@@ -203,6 +203,30 @@ class RotationSettings(Section):
     _lists = field_validator("currency_pairs", "sector_etfs", mode="before")(_split)
 
 
+class OperationsSettings(Section):
+    stall_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="longest a Kafka, PostgreSQL or Redis call may block before the process exits (code 75) and "
+        "the worker restarts it from its last commit",
+    )
+    stop_within_s: float = Field(10.0, gt=0, description="longest a process takes to stop after SIGTERM or Ctrl-C")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics and liveness endpoints listen on")
+    metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="the analytics runner's /metrics and /healthz port, the projection sink's is the next one; "
+        "0: ports the system picks (logged)",
+    )
+    liveness_after_s: float = Field(
+        120.0, gt=0, description="/healthz fails when a process has made no progress for this long with lag > 0"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="log level of the worker's processes (`tidemark worker --loglevel` sets it)"
+    )
+
+
 class PolygonSettings(Section):
     model_config = SettingsConfigDict(env_prefix="TIDEMARK_POLYGON_")
 
@@ -222,6 +246,7 @@ SECTIONS: dict[str, type[Section]] = {
     "correlation": CorrelationSettings,
     "rotation": RotationSettings,
     "polygon": PolygonSettings,
+    "operations": OperationsSettings,
 }
 
 
@@ -250,6 +275,7 @@ class Settings(BaseSettings):
     correlation: CorrelationSettings = Field(default_factory=CorrelationSettings)
     rotation: RotationSettings = Field(default_factory=RotationSettings)
     polygon: PolygonSettings = Field(default_factory=PolygonSettings)
+    operations: OperationsSettings = Field(default_factory=OperationsSettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:

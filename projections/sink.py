@@ -10,13 +10,8 @@ bookkeeping, anything redelivered after a crash is skipped, and a recreated data
 from __future__ import annotations
 
 import asyncio
-import atexit
-import ctypes
 import logging
-import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +23,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 from core import batches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
+from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, serve
 from core.settings import Settings, get_settings
+from core.supervision import Watchdog, configure_logging
 from projections.alerts import CONSUMER as ALERTS_PROJECTION
 from projections.alerts import AlertsProjection
 from projections.analytics import (
@@ -59,7 +56,6 @@ from schemas.codec import DecodeError, get_registry
 from schemas.fastbars import decode_bars
 
 log = logging.getLogger("tidemark.projections")
-_PR_SET_PDEATHSIG = 1
 # Every topic the sink projects (catalogue names): what anyone waiting for the projections to catch up watches.
 PROJECTED_TOPICS = (
     "md.bars.1m",
@@ -100,9 +96,11 @@ def decode_all(
 
 
 class ProjectionSink:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, watchdog: Watchdog | None = None) -> None:
         self.settings = settings
-        self.stopping = threading.Event()
+        self.watchdog = watchdog or Watchdog("projection sink", settings.operations.stop_within_s)
+        self.stopping = self.watchdog.stopping
+        self.metrics = ProcessMetrics("projections", settings.operations.liveness_after_s)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap,
@@ -115,6 +113,8 @@ class ProjectionSink:
                 "enable.partition.eof": True,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+                "stats_cb": self.metrics.on_statistics,
             }
         )
         self._resume_at: dict[tuple[str, int], int] = {}
@@ -183,8 +183,14 @@ class ProjectionSink:
         return {self.settings.topic(name): by_name[name] for name in PROJECTED_TOPICS}
 
     async def _run(self) -> None:
-        pool = await asyncpg.create_pool(self.settings.postgres_dsn, min_size=1, max_size=2)
-        redis_client = aioredis.from_url(self.settings.redis_url)
+        stall = self.settings.operations.stall_timeout_s
+        # Bounded waits: a paused server times out (and the batch is retried) instead of blocking for ever.
+        pool = await asyncpg.create_pool(
+            self.settings.postgres_dsn, min_size=1, max_size=2, timeout=min(stall, 10.0), command_timeout=stall
+        )
+        redis_client = aioredis.from_url(
+            self.settings.redis_url, socket_timeout=stall, socket_connect_timeout=min(stall, 10.0)
+        )
         routes = self._routes(pool, RedisProjection(redis_client))
         for topic, route in routes.items():
             for partition, offset in (await applied_offsets(pool, route.projection, topic)).items():
@@ -201,9 +207,16 @@ class ProjectionSink:
                     by_topic.setdefault(record.topic, []).append(record)
                 for topic, records in by_topic.items():
                     route = routes[topic]
-                    await batches.handle_batch(records, route.projection, route.project, self._dead_letter)
+                    self.metrics.consumed(topic, len(records))
+                    await batches.handle_batch(
+                        records, route.projection, route.project, self._dead_letter, self.stopping
+                    )
                     self._commit(records)
+                    self.metrics.produced([(topic, len(records))])
+                    self.metrics.committed()
                 self._skip_markers(ends)
+        except batches.Interrupted as exc:
+            log.warning("%s; the batch is applied on restart", exc)
         finally:
             self._consumer.close()
             await pool.close()
@@ -268,6 +281,7 @@ class ProjectionSink:
             remaining = self._dlq.flush(30)
             if remaining:
                 raise OSError(f"{remaining} dead letters not acknowledged by Kafka")
+            self.metrics.dead_lettered(len(failures))
             log.warning("%s: dead-lettered %d message(s), first: %s", processor, len(failures), failures[0][1])
 
     def _commit(self, records: Sequence[Consumed]) -> None:
@@ -280,35 +294,21 @@ class ProjectionSink:
         self._consumer.commit(offsets=offsets, asynchronous=True)
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGKILL to the sink when the worker that started it dies, even by kill -9."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-
-def spawn_projection_sink() -> subprocess.Popen[bytes]:
-    """The sink in a process of its own, so it does not share a GIL with the analytics runner."""
-    sink = subprocess.Popen([sys.executable, "-m", "projections.sink"], preexec_fn=_die_with_parent)
-    atexit.register(_stop, sink)
-    return sink
-
-
-def _stop(sink: subprocess.Popen[bytes]) -> None:
-    if sink.poll() is None:
-        sink.terminate()
-        try:
-            sink.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            sink.kill()
-
-
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    sink = ProjectionSink(get_settings())
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: sink.stopping.set())
-    sink.run()
+    """The sink as a process of the worker. PostgreSQL or Redis unreachable at start: exit 1, and the worker
+    restarts it with back-off; outages later are waited out batch by batch."""
+    settings = get_settings()
+    configure_logging(settings.operations.log_level)
+    watchdog = Watchdog("projection sink", settings.operations.stop_within_s)
+    watchdog.install()
+    sink = ProjectionSink(settings, watchdog)
+    ops = settings.operations
+    serve(sink.metrics, ops.metrics_host, ops.metrics_port + 1 if ops.metrics_port else 0)
+    try:
+        sink.run()
+    except batches.TRANSIENT_ERRORS as exc:
+        log.error("projection sink cannot start: %r; PostgreSQL and Redis must be reachable", exc)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ at all: a crash (even kill -9) rolls back to the last checkpoint, and the batche
 the same events (processors are deterministic; event ids too), which the aborted transaction never exposed.
 
 One active instance per app id: the transactional id is ``{app_id}-analytics``, so starting a second instance
-fences the first, whose next transactional call fails and which then exits non-zero. Run one runner per app id.
+fences the first, whose next transactional call fails and which then exits 78 (never restarted: it would only fence
+the newer one back). Run one runner per app id.
+
+No call may block for ever: a watchdog (core/supervision.py) ends the process (exit 75) when a transactional step
+outlasts ``operations.stall_timeout_s``, as librdkafka's ``send_offsets_to_transaction`` does while the transaction
+coordinator is away, and the worker restarts it from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
-import threading
+import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Sequence
+from contextlib import AbstractContextManager
 from typing import overload
 
 import numpy as np
@@ -31,8 +37,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from core import batches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
-from core.kafka import ReliableProducer, range_reader, read_range, until_ready
-from core.settings import Settings
+from core.kafka import KafkaNotReady, ReliableProducer, range_reader, read_range, until_ready
+from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, serve
+from core.settings import Settings, get_settings
+from core.supervision import EXIT_FENCED, Watchdog, configure_logging
 from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
@@ -48,6 +56,8 @@ CHECKPOINTS = "analytics.checkpoints"
 KAFKA_TIMEOUT_S = 60.0
 PROGRESS_EVERY_S = 10.0
 FETCH_MAX_BYTES = 64 * 1024 * 1024
+# Start-up reads every processor's checkpoint (tens of MB for a large universe) and waits for the coordinators.
+_START_BOUND_S = 12 * KAFKA_TIMEOUT_S
 
 Outbox = list[tuple[str, bytes | None, bytes]]
 
@@ -55,11 +65,17 @@ Outbox = list[tuple[str, bytes | None, bytes]]
 class FatalKafkaError(RuntimeError):
     """Fenced by a newer instance, or an error the producer cannot recover from: the runner must stop."""
 
+    def __init__(self, message: str, fenced: bool = False) -> None:
+        super().__init__(message)
+        self.fenced = fenced
+
 
 class AnalyticsRunner:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, watchdog: Watchdog | None = None) -> None:
         self.settings = settings
-        self.stopping = threading.Event()
+        self.watchdog = watchdog or Watchdog("analytics runner", settings.operations.stop_within_s)
+        self.stopping = self.watchdog.stopping
+        self.metrics = ProcessMetrics("analytics", settings.operations.liveness_after_s)
         self._input_topic = settings.topic(INPUT_TOPIC)
         self._checkpoints = settings.topic(CHECKPOINTS)
         bootstrap = settings.kafka.bootstrap
@@ -73,6 +89,8 @@ class AnalyticsRunner:
                 "isolation.level": "read_committed",
                 "fetch.max.bytes": FETCH_MAX_BYTES,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+                "stats_cb": self.metrics.on_statistics,
             }
         )
         self._producer = ReliableProducer(
@@ -116,7 +134,8 @@ class AnalyticsRunner:
 
     async def _run(self) -> None:
         try:
-            self._start()
+            with self.watchdog.bounded("starting (fencing older instances, reading the checkpoint)", _START_BOUND_S):
+                self._start()
             last_commit = time.monotonic()
             while not self.stopping.is_set():
                 messages = self._consumer.consume(
@@ -124,6 +143,7 @@ class AnalyticsRunner:
                 )
                 batch = Batch(messages)
                 if len(batch):
+                    self.metrics.consumed(self._input_topic, len(batch))
                     await self._transactional(self._cycle(batch))
                 if time.monotonic() - last_commit >= self.settings.processing.checkpoint_every_s:
                     await self._transactional(self._commit())
@@ -141,17 +161,22 @@ class AnalyticsRunner:
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if not error.txn_requires_abort():
-                raise FatalKafkaError(_fatal_message(self.settings, self._cause(error))) from exc
+                raise _fatal(self.settings, self._cause(error)) from exc
             log.warning("transaction failed (%s); aborting it and resuming from the last checkpoint", error)
-            self._producer.kafka.abort_transaction(KAFKA_TIMEOUT_S)
+            with self._kafka_bounded("aborting a transaction"):
+                self._producer.kafka.abort_transaction(KAFKA_TIMEOUT_S)
             self._rewind()
+
+    def _kafka_bounded(self, what: str) -> AbstractContextManager[None]:
+        """Kafka calls only, never processing: a slow batch (a first JIT compile on a busy machine) is not a hang."""
+        return self.watchdog.bounded(f"{what}; is Kafka reachable?", self.settings.operations.stall_timeout_s)
 
     def _start(self) -> None:
         try:
             # Fences any older instance with our transactional id and aborts the transaction it left open.
             self._producer.kafka.init_transactions(KAFKA_TIMEOUT_S)
         except KafkaException as exc:
-            raise FatalKafkaError(_fatal_message(self.settings, self._cause(exc.args[0]))) from exc
+            raise _fatal(self.settings, self._cause(exc.args[0])) from exc
         self._partitions = sorted(_partitions(self._consumer, self._input_topic))
         started = time.perf_counter()
         self._checkpoint = read_checkpoint(self.settings)
@@ -221,6 +246,7 @@ class AnalyticsRunner:
             topic = self.settings.topic
             for event in self._host.process(bar_frame(batch.partitions, bars, rows)):
                 outbox.append((topic(event.topic), event.key, encode(event.schema, event.event)))
+        self.metrics.produced(Counter(topic for topic, _, _ in outbox).items())
         return outbox
 
     def _dead_letters(
@@ -228,14 +254,16 @@ class AnalyticsRunner:
     ) -> Outbox:
         if failures:
             log.warning("%s: dead-lettering %d message(s), first: %s", processor, len(failures), failures[0][1])
+            self.metrics.dead_lettered(len(failures))
         dlq = self.settings.topic("dlq")
         messages = dead_letter_messages(get_registry(), records, failures, processor, error_type)
         return [(dlq, key, value) for key, value in messages]
 
     def _produce(self, outbox: Outbox) -> None:
-        for topic, key, value in outbox:
-            self._producer.produce(topic, value, key)
-        self._producer.kafka.poll(0)
+        with self._kafka_bounded("publishing outputs"):  # a full queue waits for the broker
+            for topic, key, value in outbox:
+                self._producer.produce(topic, value, key)
+            self._producer.kafka.poll(0)
 
     async def _commit(self) -> None:
         """Checkpoint, offsets and everything produced since the last commit, atomically; then a new transaction."""
@@ -252,14 +280,17 @@ class AnalyticsRunner:
             [(self._checkpoints, key, value) for key, value in checkpoint_records(self.settings.app_id, states)]
         )
         offsets = [TopicPartition(self._input_topic, p, offset) for p, offset in sorted(self._positions.items())]
-        self._producer.kafka.send_offsets_to_transaction(
-            offsets, self._consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
-        )
-        self._commit_transaction()
+        with self._kafka_bounded("committing a checkpoint"):
+            # librdkafka ignores this timeout while the coordinator is away (issue 5456): the bound ends the wait.
+            self._producer.kafka.send_offsets_to_transaction(
+                offsets, self._consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
+            )
+            self._commit_transaction()
         self._checkpoint.update(states)
         self._committed = dict(self._positions)
         self._fed = False
         self._producer.kafka.begin_transaction()
+        self.metrics.committed()
         self._progress.checkpoint(sum(map(len, states.values())), time.perf_counter() - started)
 
     def _commit_transaction(self) -> None:
@@ -366,18 +397,34 @@ def read_checkpoint(settings: Settings) -> dict[str, bytes]:
         reader.close()
 
 
-def _fatal_message(settings: Settings, error: KafkaError) -> str:
+def _fatal(settings: Settings, error: KafkaError) -> FatalKafkaError:
     if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
-        return (
+        return FatalKafkaError(
             f"analytics runner fenced: another instance with app id {settings.app_id!r} took over "
-            f"(transactional id {settings.app_id}-analytics); only one may run per app id ({error})"
+            f"(transactional id {settings.app_id}-analytics); only one may run per app id ({error})",
+            fenced=True,
         )
-    return f"analytics runner stopped on a Kafka error it cannot recover from: {error}"
+    return FatalKafkaError(f"analytics runner stopped on a Kafka error it cannot recover from: {error}")
 
 
-def run_until_stopped(settings: Settings) -> None:
-    """The runner in this process, stopped (with its open transaction committed) by SIGTERM or SIGINT."""
-    runner = AnalyticsRunner(settings)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: runner.stopping.set())
-    runner.run()
+def main() -> None:
+    """The runner as a process of the worker: SIGTERM commits what is open and exits 0; see module doc for codes."""
+    settings = get_settings()
+    configure_logging(settings.operations.log_level)
+    watchdog = Watchdog("analytics runner", settings.operations.stop_within_s)
+    watchdog.install()
+    runner = AnalyticsRunner(settings, watchdog)
+    ops = settings.operations
+    serve(runner.metrics, ops.metrics_host, ops.metrics_port)
+    try:
+        runner.run()
+    except FatalKafkaError as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_FENCED if exc.fenced else 1)
+    except KafkaNotReady as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

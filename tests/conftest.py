@@ -67,6 +67,8 @@ def isolated(services: Settings, new_database: Callable[[], str]) -> Settings:
             "app_id": f"tidemark-{tag}",
             "postgres_dsn": dsn,
             "redis_url": redis_url,
+            # Tests run several workers at once: each process's metrics on a port the system picks.
+            "operations": services.operations.model_copy(update={"metrics_port": 0}),
         }
     )
 

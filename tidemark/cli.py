@@ -113,21 +113,13 @@ def db_migrate() -> None:
 def worker(
     loglevel: str = typer.Option("info", help="log level: critical, error, warning, info, debug"),
 ) -> None:
-    """Run the worker: the analytics runner in this process, the projection writers in a process of their own."""
-    import logging
+    """Run the worker: the analytics runner and the projection sink as child processes, restarted with back-off
+    when one dies; exits 78 when another worker with the same app id took over. Metrics: see `tidemark status`."""
+    from core.supervision import configure_logging
+    from tidemark.worker import supervise
 
-    from projections.sink import spawn_projection_sink
-    from streams.runner import FatalKafkaError, run_until_stopped
-
-    logging.basicConfig(
-        level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-    )
-    spawn_projection_sink()
-    try:
-        run_until_stopped(get_settings())
-    except FatalKafkaError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+    configure_logging(loglevel.upper())
+    raise typer.Exit(supervise(get_settings().changed(operations__log_level=loglevel.upper())))
 
 
 @query_app.command("bars")

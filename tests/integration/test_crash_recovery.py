@@ -31,6 +31,7 @@ from connectors.publisher import BarPublisher
 from connectors.synthetic.market import build_universe, generate_bars
 from core.kafka import consumer_lag, message_count, partition_for_key
 from core.settings import Settings
+from core.supervision import EXIT_FENCED
 from projections.sink import PROJECTED_TOPICS
 from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
@@ -260,7 +261,7 @@ def test_a_second_worker_with_the_same_app_id_fences_the_first(
     second = start_worker()
     eventually(lambda: "resuming" in (tmp_path / "worker-1.log").read_text(), timeout=120, what="the second started")
     run_cli(*synthetic_args(symbols=100, minutes=60))  # the first runner's next commit meets the newer instance
-    assert first.wait(timeout=120) == 1
+    assert first.wait(timeout=120) == EXIT_FENCED  # never restarted: it would only fence the newer one back
     assert "analytics runner fenced: another instance with app id" in log.read_text().replace("\n", " ")
     assert second.poll() is None
     eventually(lambda: _analytics_lag(isolated) == 0, timeout=120, what="the second runner did the work")
