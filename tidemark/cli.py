@@ -21,6 +21,7 @@ from core.settings import Context, get_settings
 from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.stack import stack_app
+from tidemark.status import status_command
 from tidemark.topics import topics_app
 
 app = typer.Typer(help="Tidemark: event-sourced strategy discovery over Kafka.", no_args_is_help=True)
@@ -31,6 +32,7 @@ query_app = typer.Typer(help="Query the projections.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.command("backfill")(backfill_command)
+app.command("status")(status_command)
 ingest_app.command("corporate-actions")(corporate_actions_command)
 app.add_typer(query_app, name="query")
 plot_app = typer.Typer(help="Pictures of the projections.", no_args_is_help=True)
