@@ -6,7 +6,9 @@ event. Bars go to ``md.bars.1s``/``md.bars.1m`` through ``BarPublisher`` (idempo
 deterministic ids), trades to ``md.trades``, invalid events to ``dlq`` with their JSON and the reason.
 
 Each bar is published once: a ``BarLedger`` per (market, interval) drops duplicates and bars too late to fill a
-hole, and is rebuilt at start-up from what the topics already hold. The client reconnects by itself (websockets'
+hole, and is rebuilt at start-up from what the topics already hold. Each trade is published once per event id: the
+last ``RECENT_TRADES`` ids are remembered (``trade_ids.RecentIds``), and at start-up the set is refilled with the ids
+of the trades ``md.trades`` received over the last ``trade_window_ns``. The client reconnects by itself (websockets'
 backoff) and resubscribes; we notice a new connection, and for each symbol compare the first minute bar after it
 with the last one published: a gap is fetched through REST (``rest.fetch_bars``) while that symbol's newer live
 bars are held, so its bars reach the topic in start order. The same check runs after a restart.
@@ -25,7 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from polygon import WebSocketClient
 from polygon.exceptions import AuthError
 
@@ -45,19 +47,20 @@ from connectors.polygon.normalise import (
 )
 from connectors.polygon.rest import KEY_VARIABLE, PolygonAuthError, PolygonError, fetch_bars, make_client
 from connectors.polygon.symbols import TIMESPANS, Instrument, Interval, WsMarket, subscription_params
+from connectors.polygon.trade_ids import RecentIds, leading_event_id, newest_share
 from connectors.publisher import BarPublisher, StopFlag
 from core.deadletter import DEAD_LETTER_SCHEMA
 from core.events import common_fields, deterministic_event_id, now_ns
-from core.kafka import ReliableProducer, producer_config, range_reader, read_range
+from core.kafka import ReliableProducer, producer_config, range_reader, read_range, watermarks
 from core.settings import Settings
-from core.units import NS_PER_HOUR
+from core.units import NS_PER_HOUR, NS_PER_MINUTE
 from schemas.bars import BarBatch
-from schemas.codec import get_registry
+from schemas.codec import DecodeError, get_registry
 from schemas.fastbars import decode_bars
 
 TRADE_SCHEMA = "tidemark.marketdata.TradePrinted"
 CONNECTOR_NAME = "polygon-live"
-RECENT_TRADES = 500_000  # trade ids remembered to drop repeated trade events
+RECENT_TRADES = 500_000  # trade ids remembered to drop repeated trade events (in a run and across restarts)
 MAX_FRAME_BYTES = 1 << 24
 Key = tuple[WsMarket, Interval]
 
@@ -69,7 +72,11 @@ class LiveOptions:
     backfill: bool = True  # fill gaps after a reconnect or restart through REST (minute bars)
     max_gap_ns: int = 24 * NS_PER_HOUR  # a longer gap is filled only over its last max_gap_ns
     progress_s: float = 10.0
-    recover: bool = True  # rebuild the ledgers from the topics at start-up
+    recover: bool = True  # rebuild the ledgers (and the recent trade ids) from the topics at start-up
+    # Trades received this long before a restart are read back (at most RECENT_TRADES ids). The feeds never replay
+    # by themselves: a restarted connector can receive again only what is still on its way (seconds), what another
+    # run overlapping it during a deploy publishes, or, switched to the 15-minute delayed feed, the last 15 minutes.
+    trade_window_ns: int = 15 * NS_PER_MINUTE
 
 
 @dataclass
@@ -86,6 +93,7 @@ class LiveStats:
     backfilled: int = 0
     backfill_failures: int = 0
     recovered: int = 0
+    recovered_trades: int = 0
 
     @property
     def published_bars(self) -> int:
@@ -139,7 +147,7 @@ class LiveConnector:
         )
         self._trades_topic = settings.topic("md.trades")
         self._dlq_topic = settings.topic("dlq")
-        self._recent_trades: dict[str, None] = {}
+        self._recent_trades = RecentIds(RECENT_TRADES)
         self._rest = make_client(self._key, settings.polygon.rest_url) if gap_keys else None
         self._rest_pool = ThreadPoolExecutor(1, thread_name_prefix="polygon-backfill")
         self._backfills: set[asyncio.Task[None]] = set()
@@ -199,7 +207,7 @@ class LiveConnector:
                 rate = (self.stats.published_bars - last_bars) / (now - last_report)
                 self.report(rate)
                 last_report, last_bars = now, self.stats.published_bars
-            self._producer.poll(0)
+            self._producer.kafka.poll(0)  # delivery reports: failures are kept for flush to raise
 
     def report(self, rate: float | None = None) -> None:
         if rate is None:
@@ -312,13 +320,9 @@ class LiveConnector:
     def _publish_trades(self, trades: list[dict[str, Any]]) -> None:
         registry, recent = get_registry(), self._recent_trades
         for record in trades:
-            event_id = record["event_id"]
-            if event_id in recent:
+            if not recent.add(record["event_id"]):
                 self.stats.duplicates += 1
                 continue
-            recent[event_id] = None
-            if len(recent) > RECENT_TRADES:
-                del recent[next(iter(recent))]
             self._producer.produce(self._trades_topic, registry.encode(TRADE_SCHEMA, record), record["symbol"].encode())
             self.stats.trades += 1
 
@@ -352,7 +356,12 @@ class LiveConnector:
 
     def _recover(self) -> None:
         """Rebuild the ledgers from the bars the topics hold (any source), so a restart publishes nothing twice
-        and the first bar of each symbol is checked for a gap."""
+        and the first bar of each symbol is checked for a gap; and the recent trade ids, for the same reason.
+
+        Only at start-up: a reconnect within a run keeps the ledgers and the trade ids in memory.
+        """
+        if self.options.trades:
+            self._recover_trades()
         slot_of = {
             symbol: (market, slot)
             for market, universe in self.universes.items()
@@ -377,26 +386,75 @@ class LiveConnector:
         if self.stats.recovered:
             print(f"polygon: {self.stats.recovered:,} recent bars already in the topics", file=self._out, flush=True)
 
+    def _recover_trades(self) -> None:
+        """Remember the trades published over the last ``trade_window_ns``, so the feed sending them again after a
+        restart publishes none twice (the in-memory set alone forgets them when the process ends)."""
+        since_ms = (now_ns() - self.options.trade_window_ns) // 10**6
+        ids = read_trade_ids_since(self.settings.kafka.bootstrap, self._trades_topic, since_ms, RECENT_TRADES)
+        self._recent_trades = RecentIds(RECENT_TRADES, ids)
+        self.stats.recovered_trades = len(self._recent_trades)
+        if self.stats.recovered_trades:
+            count, topic = self.stats.recovered_trades, self._trades_topic
+            print(f"polygon: {count:,} recent trades already in {topic}", file=self._out, flush=True)
+
 
 def _take(bars: Bars, mask: npt.NDArray[np.bool_]) -> Bars:
     return Bars(bars.batch.take(mask), bars.slots[mask])
+
+
+def _offsets_since(consumer: Consumer, topic: str, since_ms: int, timeout: float) -> dict[int, int]:
+    """Each partition's first offset produced at or after ``since_ms`` (Kafka timestamps); partitions with none are
+    left out, and so is a topic that does not exist."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return {}
+    starts = consumer.offsets_for_times(
+        [TopicPartition(topic, p, since_ms) for p in metadata.partitions], timeout=timeout
+    )
+    return {tp.partition: tp.offset for tp in starts if tp.offset >= 0}
 
 
 def read_bars_since(bootstrap: str, topic: str, since_ms: int, timeout: float = 60.0) -> BarBatch | None:
     """The bars of ``topic`` produced at or after ``since_ms`` (Kafka timestamps), up to the current end."""
     consumer = range_reader(bootstrap, "tidemark-polygon-recovery")
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if metadata is None or metadata.error is not None:
+        since = _offsets_since(consumer, topic, since_ms, timeout)
+        if not since:
             return None
-        starts = consumer.offsets_for_times(
-            [TopicPartition(topic, p, since_ms) for p in metadata.partitions], timeout=timeout
-        )
-        since = {tp.partition: tp.offset for tp in starts if tp.offset >= 0}
         payloads = [message.value() for message in read_range(consumer, topic, since, timeout)]
         if not payloads:
             return None
         batch, _, _ = decode_bars(payloads)
         return batch if len(batch) else None
+    finally:
+        consumer.close()
+
+
+def read_trade_ids_since(bootstrap: str, topic: str, since_ms: int, limit: int, timeout: float = 60.0) -> list[str]:
+    """The event ids of the trades ``topic`` received at or after ``since_ms`` (Kafka timestamps), at most ``limit``
+    of the newest (shared between partitions by ``newest_share``), so a restart reads and keeps a bounded amount.
+
+    Messages this connector's schema version wrote give their id from the first body bytes; any other message is
+    decoded by the codec, and one that does not decode as a trade is no trade of ours and is skipped.
+    """
+    registry = get_registry()
+    header = registry.header(TRADE_SCHEMA)
+    consumer = range_reader(bootstrap, "tidemark-polygon-recovery")
+    try:
+        since = _offsets_since(consumer, topic, since_ms, timeout)
+        ends = {p: watermarks(consumer, TopicPartition(topic, p), timeout)[1] for p in since}
+        take = newest_share({p: ends[p] - offset for p, offset in since.items()}, limit)
+        starts = {p: ends[p] - count for p, count in take.items() if count > 0}
+        ids: list[str] = []
+        for message in read_range(consumer, topic, starts, timeout):
+            value = message.value() or b""
+            event_id = leading_event_id(value, header)
+            if event_id is None:
+                try:
+                    event_id = str(registry.decode_as(TRADE_SCHEMA, value)["event_id"])
+                except DecodeError:
+                    continue
+            ids.append(event_id)
+        return ids
     finally:
         consumer.close()

@@ -6,7 +6,8 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,12 @@ def agg(symbol: str, minute: int, close: float = 100.0, ev: str = "AM") -> dict[
     name = {"pair": symbol} if "/" in symbol else {"sym": symbol}
     return {"ev": ev, **name, "v": 10, "o": close, "h": close + 1, "l": close - 1, "c": close, "vw": close,
             "s": start, "e": start + MINUTE_MS}  # fmt: skip
+
+
+def trade(symbol: str, n: int, price: float = 100.0) -> dict[str, Any]:
+    """The n-th trade of ``symbol``, one second apart, as the stocks feed sends it (ev T)."""
+    return {"ev": "T", "sym": symbol, "i": str(n), "x": 4, "p": price + n, "s": 10, "c": [12], "z": 3, "q": n,
+            "t": T0_MS + n * 1_000}  # fmt: skip
 
 
 def rest_row(minute: int, close: float = 100.0) -> dict[str, Any]:
@@ -211,6 +218,45 @@ def test_a_restart_resumes_from_the_topic_and_fills_the_downtime(
     output = second.stop()
     assert "2 recent bars already in the topics" in output
     assert "backfilled 2" in output.strip().splitlines()[-2]
+
+
+def trade_ids(settings: Settings) -> list[str]:
+    """The event id of every trade in md.trades, repeats included."""
+    records = read_all(settings.kafka.bootstrap, settings.topic("md.trades"))
+    return [get_registry().decode_as("tidemark.marketdata.TradePrinted", value)["event_id"] for *_, value in records]
+
+
+def test_a_restart_publishes_each_trade_once_when_the_feed_sends_it_again(
+    fake: FakePolygon, settings: Settings, start: Callable[..., Connector]
+) -> None:
+    args = ("--symbols", "AAPL,MSFT", "--intervals", "1m", "--trades")
+    first = start(*args)
+    eventually(lambda: subscribed(fake, "stocks", "T.AAPL", "T.MSFT"))
+    replayed: list[Mapping[str, Any]] = [trade(symbol, n) for symbol in ("AAPL", "MSFT") for n in range(3)]
+    fake.push("stocks", replayed)
+    eventually(lambda: len(trade_ids(settings)) == 6)
+    first.stop()
+    before = set(trade_ids(settings))
+
+    second = start(*args)
+    eventually(lambda: subscribed(fake, "stocks", "T.AAPL", "T.MSFT", auths=2))
+    fake.push("stocks", replayed)  # the same trades again, after the restart
+    fake.push("stocks", [trade("AAPL", 3), trade("MSFT", 3)])
+
+    def with_both_new_trades() -> list[str]:
+        """The new trades come in a later frame, each on its symbol's partition behind any repeat the connector
+        published of that symbol: once both are in the topic, so is every repeat."""
+        ids = trade_ids(settings)
+        return ids if len(set(ids) - before) == 2 else []
+
+    ids = eventually(with_both_new_trades)
+    repeated = sorted(event_id for event_id, count in Counter(ids).items() if count > 1)
+    assert not repeated, f"published again after the restart: {repeated}"
+    assert len(ids) == 8 and before < set(ids)
+    output = second.stop()
+    assert "6 recent trades already in" in output
+    last_line = output.strip().splitlines()[-2]
+    assert "trades 2 " in last_line and "duplicates 6" in last_line
 
 
 def test_a_refused_key_is_a_clear_error_that_never_shows_the_key(
