@@ -75,12 +75,14 @@ def isolated(services: Settings, new_database: Callable[[], str]) -> Settings:
 
 @pytest.fixture
 def run_cli(isolated: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Runs ``tidemark ...`` as a user would, in a subprocess with the test's settings."""
+    """Runs ``tidemark ...`` as a user would, in a subprocess with the test's settings (unless given others)."""
 
-    def run(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, check: bool = True, timeout: float = 300, settings: Settings | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "tidemark.cli", *args],
-            env=isolated.environment(),
+            env=(settings or isolated).environment(),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -231,7 +231,12 @@ def _our_pid(paths: _Paths, name: str) -> int | None:
     return pid if cwd == paths.workdir(name).resolve() else None
 
 
-def _port_free(host: str, port: int) -> bool:
+def service_pid(settings: Settings, name: str) -> int | None:
+    """The pid of a service this state dir's stack runs (for operators' and fault-injection tools), else None."""
+    return _our_pid(_Paths(settings.state_dir), name)
+
+
+def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -252,7 +257,7 @@ def _port_holder(port: int) -> str:
 
 def _check_ports(endpoint: _Endpoint, ports: Iterable[int]) -> None:
     for port in ports:
-        if not _port_free(endpoint.bind_host, port):
+        if not port_free(endpoint.bind_host, port):
             raise StackError(
                 f"{endpoint.name}: port {endpoint.bind_host}:{port} is taken by {_port_holder(port)}, which "
                 f"this stack did not start; stop it, or use it or another port via the TIDEMARK_* settings"

@@ -8,11 +8,9 @@ NOT_COORDINATOR meanwhile; the demo's first step deletes consumer groups, which 
 from __future__ import annotations
 
 import shlex
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,23 +18,12 @@ from confluent_kafka.admin import AdminClient
 
 from core.settings import Settings
 from tests.conftest import REPO
-from tidemark import stack
+from tests.integration.brokers import own_broker
 
 pytestmark = pytest.mark.integration
 
 # Enough minutes of US trading for correlation snapshots (60-bar window, every 15 minutes) and SPY bars.
 DEMO_ARGS = ("--symbols", "100", "--hours", "2", "--start", "2025-03-03T14:30:00+00:00")
-
-
-def _free_port_pair() -> int:
-    """A port whose successor is free too (the broker's controller listens on port + 1)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 65535 and stack._port_free("127.0.0.1", port + 1):
-            return port
-    raise RuntimeError("no two consecutive free ports on loopback")
 
 
 def _tidemark(settings: Settings, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -50,22 +37,10 @@ def _tidemark(settings: Settings, *args: str, timeout: float) -> subprocess.Comp
     )
 
 
-@contextmanager
-def _fresh_broker(services: Settings, state_dir: Path) -> Iterator[Settings]:
-    """A Kafka broker of its own (state directory and ports), started by `tidemark stack up` like a user's."""
-    settings = services.changed(kafka__bootstrap=f"127.0.0.1:{_free_port_pair()}", state_dir=state_dir)
-    try:
-        up = _tidemark(settings, "stack", "up", "--service", "kafka", timeout=600)
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield settings
-    finally:
-        stack.down(settings)
-
-
 @pytest.fixture(scope="module")
 def fresh_broker(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Nothing but the demo talks to it: its first group request is the demo's."""
-    with _fresh_broker(services, tmp_path_factory.mktemp("first-run")) as settings:
+    with own_broker(services, tmp_path_factory.mktemp("first-run")) as settings:
         yield settings
 
 
@@ -109,7 +84,7 @@ def test_every_command_the_demo_suggests_shows_the_demos_data(
 
 def test_stack_up_returns_once_the_broker_coordinates_groups(services: Settings, tmp_path: Path) -> None:
     """No retry here: the first group request right after `stack up` must be served."""
-    with _fresh_broker(services, tmp_path) as settings:
+    with own_broker(services, tmp_path) as settings:
         admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
         described = admin.describe_consumer_groups(["first-request"])["first-request"].result(timeout=10)
         assert described.group_id == "first-request"
