@@ -35,7 +35,6 @@ SINK = "projection sink"
 OTHER = "other"
 SINK_SUFFIX = "-projections"
 # A group with lag and no progress for this long is stalled (the bound of the processes' own liveness checks).
-STALL_AFTER_S = 120.0
 REQUEST_TIMEOUT_S = 5.0
 # Checkpoint records read back from the topic's end at first: one checkpoint is a record per processor plus the
 # transaction's commit marker. The window grows when other app ids' checkpoints share the topic.
@@ -268,7 +267,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-def assess(facts: Facts, stall_after_s: float = STALL_AFTER_S) -> Report:
+def assess(facts: Facts, stall_after_s: float) -> Report:
     """The rows and the verdict for ``facts``: unhealthy when a service is down, something could not be read, or a
     group is stalled (lag > 0 and no progress for longer than ``stall_after_s``)."""
     problems = [f"{s.name} down ({s.detail})" for s in facts.services if not s.running]
@@ -460,12 +459,13 @@ def _reason(exc: BaseException) -> str:
 
 def status_command(
     as_json: bool = typer.Option(False, "--json", help="everything as JSON, with the lag of each partition"),
-    stall_after: float = typer.Option(
-        STALL_AFTER_S,
+    stall_after: float | None = typer.Option(
+        None,
         "--stall-after",
         min=1.0,
         help="seconds without progress after which a group with lag is stalled (progress: the analytics "
-        "checkpoint for the runner's group, the last applied offset for the projections')",
+        "checkpoint for the runner's group, the last applied offset for the projections'); default: "
+        "TIDEMARK_LIVENESS_AFTER_S, the bound the processes' /healthz uses",
     ),
     timeout: float = typer.Option(REQUEST_TIMEOUT_S, min=0.5, help="seconds each Kafka or PostgreSQL request may take"),
 ) -> None:
@@ -476,7 +476,7 @@ def status_command(
     and no progress (no checkpoint, nothing applied) for longer than --stall-after seconds.
     """
     settings = get_settings()
-    report = assess(gather(settings, timeout), stall_after)
+    report = assess(gather(settings, timeout), stall_after or settings.operations.liveness_after_s)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
