@@ -99,38 +99,51 @@ def partition_for_key(key: bytes, partitions: int) -> int:
 
 
 class ReliableProducer:
-    """The one produce path: a full local queue is waited out (never a dropped message), every failed delivery is
-    kept, and ``flush`` raises unless everything produced was delivered. ``kafka`` is the client itself, for
-    transactions."""
+    """The one produce path: a full local queue is waited out (never a dropped message) for at most
+    ``full_queue_timeout_s`` (then KafkaNotReady: the broker is not taking messages, and the caller's restart resumes
+    from what the topic holds), every failed delivery is kept, and ``flush`` raises unless everything produced was
+    delivered. ``kafka`` is the client itself, for transactions."""
 
-    def __init__(self, config: Mapping[str, object], what: str) -> None:
+    def __init__(self, config: Mapping[str, object], what: str, full_queue_timeout_s: float = 120.0) -> None:
         self.kafka = Producer({**config, "on_delivery": self._on_delivery})
         self._what = what
         self._failed: list[str] = []
+        self._full_queue_timeout_s = full_queue_timeout_s
+        self._bootstrap = str(config.get("bootstrap.servers", ""))
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._failed.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def produce(self, topic: str, value: bytes, key: bytes | str | None = None) -> None:
-        while True:
-            try:
-                self.kafka.produce(topic, value, key)
-                return
-            except BufferError:
-                self.kafka.poll(0.05)
+        try:
+            self.kafka.produce(topic, value, key)
+        except BufferError:
+            self._wait_for_room(lambda: self.kafka.produce(topic, value, key))
 
     def produce_many(self, topic: str, keys: Iterable[bytes | str | None], values: Iterable[bytes]) -> None:
         """One message per (key, value), then the delivery reports that are ready; the loop is inlined (hot path)."""
         produce = self.kafka.produce
         for key, value in zip(keys, values, strict=True):
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:
-                    self.kafka.poll(0.05)
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                self._wait_for_room(lambda: produce(topic, value, key))  # noqa: B023 - called at once
         self.kafka.poll(0)
+
+    def _wait_for_room(self, produce: Callable[[], None]) -> None:
+        deadline = time.monotonic() + self._full_queue_timeout_s
+        while True:
+            self.kafka.poll(0.05)
+            try:
+                produce()
+                return
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise KafkaNotReady(
+                        f"{self._what}: the local queue stayed full for {self._full_queue_timeout_s:.0f}s; Kafka at "
+                        f"{self._bootstrap} is not taking messages"
+                    ) from None
 
     def flush(self, timeout: float = 60.0) -> None:
         remaining = self.kafka.flush(timeout)

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from core.kafka import KafkaNotReady, ReliableProducer
 from core.supervision import EXIT_FENCED, EXIT_STOP_OVERRAN, EXIT_STUCK, RestartPolicy
 
 # A process whose main thread blocks in os.read on a pipe nobody writes: PEP 475 retries the read after each
@@ -102,3 +103,15 @@ def test_a_child_that_ran_long_enough_starts_the_back_off_again(
 )
 def test_only_a_fenced_child_is_never_restarted(exit_code: int, restarts: bool) -> None:
     assert RestartPolicy.restarts(exit_code) is restarts
+
+
+def test_a_producer_whose_queue_stays_full_gives_up_with_a_clear_error_instead_of_waiting_for_ever() -> None:
+    """No broker answers at this address, so nothing leaves the one-message local queue."""
+    producer = ReliableProducer(
+        {"bootstrap.servers": "127.0.0.1:9", "queue.buffering.max.messages": 1, "linger.ms": 0, "log_level": 0},
+        "publishing test bars",
+        full_queue_timeout_s=0.3,
+    )
+    producer.produce("t", b"first")
+    with pytest.raises(KafkaNotReady, match=r"publishing test bars: the local queue stayed full for 0s; Kafka at "):
+        producer.produce_many("t", [None], [b"second"])
