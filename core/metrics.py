@@ -18,6 +18,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("tidemark.metrics")
 
@@ -141,6 +143,19 @@ class ProcessMetrics:
             self.lag.labels(self.process, topic, str(partition)).set(lag)
         self._lags = lags
         self.reconnects.labels(self.process).set(reconnects_from_statistics(stats))
+
+    def count_from(self, name: str, documentation: str, read: Callable[[], Mapping[str, int]]) -> None:
+        """Counters another component already keeps (a connector's stats), read at scrape time, labelled ``kind``."""
+        process = self.process
+
+        class _Collector(Collector):
+            def collect(self) -> Iterable[Metric]:
+                family = CounterMetricFamily(name, documentation, labels=["process", "kind"])
+                for kind, value in read().items():
+                    family.add_metric([process, kind], value)
+                yield family
+
+        self.registry.register(_Collector())
 
     def alive(self) -> tuple[bool, str]:
         return liveness(sum(self._lags.values()), self.since_progress(), self.liveness_after_s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +264,7 @@ def ingest_polygon(
     with stop_on_signals() as stop:
         try:
             connector = LiveConnector(settings, instruments, options, stop=stop)
+            _serve_connector_metrics(settings, connector.stats.counts)
             markets = ", ".join(f"{len(u)} {m}" for m, u in connector.universes.items())
             console.print(f"streaming {markets} from {settings.polygon.ws_feed}; Ctrl-C stops", soft_wrap=True)
             asyncio.run(connector.run())
@@ -272,6 +273,16 @@ def ingest_polygon(
             raise typer.Exit(2) from None
     connector.report()
     console.print("stopped; every message was flushed", soft_wrap=True)
+
+
+def _serve_connector_metrics(settings: Settings, counts: Callable[[], Mapping[str, int]]) -> None:
+    """The live connector's counts on /metrics, two ports above the runner's (0: a port the system picks)."""
+    from core.metrics import ProcessMetrics, serve
+
+    ops = settings.operations
+    metrics = ProcessMetrics("polygon-live", ops.liveness_after_s)
+    metrics.count_from("tidemark_connector_events", "what the live connector received, published and dropped", counts)
+    serve(metrics, ops.metrics_host, ops.metrics_port + 2 if ops.metrics_port else 0)
 
 
 def _partitions(settings: Settings, topic: str) -> int:

@@ -99,6 +99,16 @@ class LiveStats:
     def published_bars(self) -> int:
         return sum(self.bars.values())
 
+    def counts(self) -> dict[str, int]:
+        """Everything counted, flat, for the metrics endpoint."""
+        flat = {f"bars_{interval}": count for interval, count in self.bars.items()}
+        for name in (
+            "frames", "trades", "duplicates", "late", "hole_fills", "dead_letters", "reconnects", "backfilled",
+            "backfill_failures", "recovered", "recovered_trades",
+        ):  # fmt: skip
+            flat[name] = getattr(self, name)
+        return flat
+
     def line(self, rate: float, held: int) -> str:
         per_interval = " ".join(f"{k} {v:,}" for k, v in sorted(self.bars.items()))
         return (

@@ -118,3 +118,14 @@ def test_a_taken_port_leaves_the_process_running_without_metrics() -> None:
     first = serve(ProcessMetrics("a", 60.0), "127.0.0.1", 0)
     assert first is not None
     assert serve(ProcessMetrics("b", 60.0), "127.0.0.1", first) is None
+
+
+def test_counts_kept_elsewhere_are_read_at_scrape_time() -> None:
+    counts = {"frames": 3, "bars_1m": 2}
+    metrics = ProcessMetrics("polygon-live", 60.0)
+    metrics.count_from("tidemark_connector_events", "test counts", lambda: counts)
+    port = serve(metrics, "127.0.0.1", 0)
+    counts["frames"] = 10
+    text = _get(f"http://127.0.0.1:{port}/metrics")[1]
+    assert 'tidemark_connector_events_total{kind="frames",process="polygon-live"} 10.0' in text
+    assert 'tidemark_connector_events_total{kind="bars_1m",process="polygon-live"} 2.0' in text
