@@ -5,8 +5,8 @@ break every other test if done to the shared one."""
 from __future__ import annotations
 
 import os
+import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,12 +20,11 @@ from tidemark import stack
 
 
 def free_port_pair() -> int:
-    """A port whose successor is free too (the broker's controller listens on port + 1)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 65535 and stack.port_free("127.0.0.1", port + 1):
+    """A free port whose successor is free too (the broker's controller listens on port + 1), below the ephemeral
+    range: a port the system handed out could go to any client's next connection before the broker binds it."""
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for port in random.Random().sample(range(20_000, min(low, 32_768) - 1), 200):
+        if stack.port_free("127.0.0.1", port) and stack.port_free("127.0.0.1", port + 1):
             return port
     raise RuntimeError("no two consecutive free ports on loopback")
 
