@@ -11,4 +11,4 @@ class Consumed:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None for a tombstone: outside input can be anything, and must be dead-lettered, not crash

@@ -27,7 +27,7 @@ def dead_letter_record(record: Consumed, reason: str, error_type: str, processor
         "partition": record.partition,
         "offset": record.offset,
         "original_key": record.key,
-        "original_value": record.value,
+        "original_value": b"" if record.value is None else record.value,  # the schema's tombstone: empty
         "reason": reason,
         "error_type": error_type,
         "processor": processor,

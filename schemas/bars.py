@@ -12,6 +12,8 @@ ASSET_CLASSES = ("UNKNOWN", "EQUITY", "FX", "FUTURE")
 # BarClosed.kind: a CLOSE_ONLY bar observed only its close (open, high and low repeat it, volume is 0).
 BAR_KINDS = ("OHLCV", "CLOSE_ONLY")
 CLOSE_ONLY = np.int8(BAR_KINDS.index("CLOSE_ONLY"))
+# The bar lengths there are topics for (md.bars.1s, md.bars.1m, md.bars.1d): any other interval is not a timeframe.
+BAR_INTERVALS = ("1s", "1m", "1d")
 
 Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]

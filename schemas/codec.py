@@ -242,7 +242,11 @@ class SchemaRegistry:
             raise EncodeError(f"{name}: {exc}") from exc
         return buffer.getvalue()
 
-    def decode(self, data: bytes) -> Decoded:
+    def decode(self, data: bytes | None) -> Decoded:
+        if data is None:  # a tombstone: consumers hand over whatever the topic holds, and must not crash on it
+            raise DecodeError("no value (a tombstone)")
+        if not data:
+            raise DecodeError("empty value")
         if len(data) < HEADER_SIZE or data[:2] != MARKER:
             raise DecodeError("not an Avro single-object message (marker C3 01 and 8-byte fingerprint)")
         name = self._by_fingerprint.get(bytes(data[2:HEADER_SIZE]))
@@ -257,7 +261,7 @@ class SchemaRegistry:
         resolved = cast(dict[str, Any], schemaless_reader(stream, writer.parsed, self._entries[name].parsed))
         return Decoded(name, resolved)
 
-    def decode_as(self, name: str, data: bytes) -> dict[str, Any]:
+    def decode_as(self, name: str, data: bytes | None) -> dict[str, Any]:
         """Decode a message that must be of schema ``name``."""
         decoded = self.decode(data)
         if decoded.schema != name:

@@ -4,6 +4,10 @@ Produces exactly the bytes of the generic codec (``schemas.codec``) and accepts 
 accepts, but does the byte work in two numba kernels over the whole batch. Strings are rare enough to be
 handled per distinct value (symbols) or only checked when they are not plain ASCII. Messages written with the
 released v1 schema (before ``kind``) decode too, as OHLCV bars, like the codec resolves them.
+
+``decode_bars`` also validates by default: a message that decodes but is not a usable bar (NaN or negative prices,
+high below low, a bar from the future, an unknown interval, an unusable symbol: ``schemas.barchecks``) comes back
+as a failure with its reason, like a malformed one, so every consumer dead-letters it the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from schemas.bars import ASSET_CLASSES, BAR_KINDS, BAR_SCHEMA, BarBatch
+from schemas.barchecks import bar_problems, interval_problem, symbol_problem
+from schemas.bars import ASSET_CLASSES, BAR_INTERVALS, BAR_KINDS, BAR_SCHEMA, BarBatch
 from schemas.codec import DecodeError, EncodeError, get_registry
 
 U8 = npt.NDArray[np.uint8]
@@ -40,6 +45,11 @@ _V1 = "v1"
 # re-checked with the generic codec (rare).
 _SLOW = np.int8(-1)
 _NAN_BYTES = np.frombuffer(np.array([np.nan], "<f8").tobytes(), np.uint8)
+_KNOWN_INTERVALS = {interval.encode(): interval for interval in BAR_INTERVALS}
+# Symbols seen, as bytes -> _symbol_entry: a market has a few thousand, each decoded and checked once per process
+# instead of once per batch; cleared when full, so random symbols in bad input cannot grow it without bound.
+_SYMBOLS: dict[bytes, tuple[str, str | None, str | None]] = {}
+_SYMBOL_CACHE = 1 << 16
 
 
 def to_records(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -231,7 +241,7 @@ def _decode_kernel(
     n = offsets.shape[0] - 1
     status = np.zeros(n, np.int8)
     spans = np.zeros((n, 4), np.int64)  # symbol start/end, interval start/end
-    ints = np.zeros((n, 3), np.int64)  # start_ns, end_ns, trade_count (-1 for null)
+    ints = np.zeros((n, 4), np.int64)  # start_ns, end_ns, trade_count (-1 for null), ts_ingest
     floats = np.zeros((n, 48), np.uint8)  # open, high, low, close, volume, vwap (NaN for null) as bytes
     flags = np.zeros((n, 3), np.int8)  # asset_class, regular_session, kind (0 = OHLCV for v1 messages)
     for i in range(n):
@@ -258,10 +268,9 @@ def _decode_kernel(
         slow = not ascii_only or not _canonical_uuid(blob, a, b)
         pos = b
         st = _OK
-        for _ in range(2):  # ts_event, ts_ingest
-            _, pos, st = _get_varint(blob, pos, stop)
-            if st != _OK:
-                break
+        _, pos, st = _get_varint(blob, pos, stop)  # ts_event
+        if st == _OK:
+            ints[i, 3], pos, st = _get_varint(blob, pos, stop)  # ts_ingest
         if st != _OK:
             status[i] = st
             continue
@@ -513,19 +522,93 @@ def _foreign_reason(payload: bytes) -> str:
     return f"not a BarClosed: {schema}"
 
 
-def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tuple[int, str]]]:
+def _same_text(blob: U8, lo: I64, hi: I64, text: bytes) -> npt.NDArray[np.bool_]:
+    """Which of the byte spans ``blob[lo:hi]`` equal ``text``, without a Python object per span."""
+    same = (hi - lo) == len(text)
+    if len(text) and same.any():
+        window = lo[same, None] + np.arange(len(text))
+        same[same] = (blob[window] == _u8(text)).all(axis=1)
+    return np.asarray(same)
+
+
+def _first_interval(
+    blob: U8, data: bytes, rows: I64, lo: I64, hi: I64, keep: npt.NDArray[np.bool_], bad: list[tuple[int, str]]
+) -> str:
+    """The interval of the first row; rows of any other interval are failures (the unvalidated rule)."""
+    first = data[lo[0] : hi[0]]
+    try:
+        interval_text = first.decode("utf-8")
+    except UnicodeDecodeError:  # unreachable: the kernel or the codec checked it
+        interval_text = first.decode("utf-8", "replace")
+    for j in np.flatnonzero(~_same_text(blob, lo, hi, first)).tolist():
+        keep[j] = False
+        other = data[lo[j] : hi[j]].decode("utf-8")
+        bad.append((int(rows[j]), f"interval {other!r} differs from {interval_text!r}"))
+    return interval_text
+
+
+def _majority_interval(
+    blob: U8, data: bytes, rows: I64, lo: I64, hi: I64, keep: npt.NDArray[np.bool_], bad: list[tuple[int, str]]
+) -> str:
+    """The known interval most rows have (the earliest on a tie): a stray bar of another interval, or of none we
+    know, fails alone instead of taking the rest of its batch with it because it happened to come first."""
+    first = data[lo[0] : hi[0]]
+    if first in _KNOWN_INTERVALS:
+        same = _same_text(blob, lo, hi, first)
+        if same.all():  # the usual batch: one known interval, found in one vector comparison
+            return _KNOWN_INTERVALS[first]
+    masks = [_same_text(blob, lo, hi, interval.encode()) for interval in BAR_INTERVALS]
+    counts = [int(mask.sum()) for mask in masks]
+    firsts = [int(np.argmax(mask)) if count else len(rows) for mask, count in zip(masks, counts, strict=True)]
+    chosen = min(range(len(BAR_INTERVALS)), key=lambda k: (-counts[k], firsts[k]))
+    for j in np.flatnonzero(~masks[chosen]).tolist():
+        keep[j] = False
+        other = data[lo[j] : hi[j]].decode("utf-8", "replace")
+        known = other in BAR_INTERVALS
+        reason = f"interval {other!r} differs from {BAR_INTERVALS[chosen]!r}" if known else interval_problem(other)
+        bad.append((int(rows[j]), reason))
+    return BAR_INTERVALS[chosen]
+
+
+def _symbol_entry(raw: bytes) -> tuple[str, str | None, str | None]:
+    """(text, why it is not UTF-8, why no bar may carry it) of one symbol's bytes."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # unreachable: the kernel or the codec checked it
+        return "", f"symbol is not UTF-8: {exc}", None
+    return text, None, symbol_problem(text)
+
+
+def _empty_reason(payload: bytes | None) -> str | None:
+    if payload is None:
+        return "no value (a tombstone)"
+    return "empty value" if len(payload) == 0 else None
+
+
+def decode_bars(
+    payloads: Sequence[bytes | None], *, validate: bool = True
+) -> tuple[BarBatch, list[int], list[tuple[int, str]]]:
     """Decode BarClosed messages into one batch: (good rows, their indices in ``payloads``, (index, reason)
-    for every payload that is malformed, of another schema, or of another interval than the first good one).
+    for every payload that is malformed, of another schema, or of another interval than the batch's).
+
+    With ``validate`` (the default: what every consumer wants) a bar must also pass ``schemas.barchecks``, and the
+    batch's interval is the known one most bars have; without it (the codec-equivalence tests) any decodable bar
+    is returned and the first good row sets the interval. A None payload (a tombstone) is a failure, not an error.
 
     event_id, ts_event, ts_ingest, source and causation_id are validated but not returned: BarBatch has no
     columns for them. A vwap or trade_count that is null comes back as NaN or -1.
     """
     registry = get_registry()
     n = len(payloads)
-    lengths = np.fromiter(map(len, payloads), np.int64, n)
+    try:
+        lengths = np.fromiter(map(len, payloads), np.int64, n)  # type: ignore[arg-type]
+        present: Sequence[bytes] = payloads  # type: ignore[assignment]
+    except TypeError:  # a tombstone among them (rare): decoded as empty, which the kernel rejects
+        present = [b"" if payload is None else payload for payload in payloads]
+        lengths = np.fromiter(map(len, present), np.int64, n)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    blob = _u8(b"".join(payloads))
+    blob = _u8(b"".join(present))
     status, spans, ints, floats, flags = _decode_kernel(
         blob,
         offsets,
@@ -537,10 +620,11 @@ def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tu
     bad: list[tuple[int, str]] = []
     for i in np.flatnonzero(status > 0).tolist():
         code = int(status[i])
-        bad.append((i, _foreign_reason(payloads[i]) if code == _FOREIGN else _REASONS[code]))
+        reason = _empty_reason(payloads[i]) if code == _SHORT else None
+        bad.append((i, reason or (_foreign_reason(present[i]) if code == _FOREIGN else _REASONS[code])))
     for i in np.flatnonzero(status == _SLOW).tolist():
         try:
-            registry.decode_as(BAR_SCHEMA, payloads[i])
+            registry.decode_as(BAR_SCHEMA, present[i])
         except DecodeError as exc:
             status[i] = _TRUNCATED  # any non-zero code marks the row bad; the reason is the codec's
             bad.append((i, str(exc)))
@@ -549,36 +633,29 @@ def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tu
     keep = np.ones(len(rows), np.bool_)
     interval_text = ""
     if len(rows):
-        first = data[spans[rows[0], 2] : spans[rows[0], 3]]
-        try:
-            interval_text = first.decode("utf-8")
-        except UnicodeDecodeError:  # unreachable: the kernel or the codec checked it
-            interval_text = first.decode("utf-8", "replace")
-        lo, hi = spans[rows, 2], spans[rows, 3]
-        same = (hi - lo) == len(first)
-        if len(first):
-            window = lo[same, None] + np.arange(len(first))
-            same[same] = (blob[window] == _u8(first)).all(axis=1)
-        for j in np.flatnonzero(~same).tolist():
-            keep[j] = False
-            other = data[lo[j] : hi[j]].decode("utf-8")
-            bad.append((int(rows[j]), f"interval {other!r} differs from {interval_text!r}"))
-    symbols: dict[bytes, str] = {}
-    column = np.empty(len(rows), object)
+        pick = _majority_interval if validate else _first_interval
+        interval_text = pick(blob, data, rows, spans[rows, 2], spans[rows, 3], keep, bad)
+    texts: list[str] = []
+    kept = keep.tolist()
+    known = _SYMBOLS
     for j, (start, stop) in enumerate(spans[rows, :2].tolist()):
         raw = data[start:stop]
-        text = symbols.get(raw)
-        if text is None:
-            try:
-                text = symbols[raw] = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                keep[j] = False
-                bad.append((int(rows[j]), f"symbol is not UTF-8: {exc}"))
-                continue
-        column[j] = text
-    bad.sort()
+        entry = known.get(raw)
+        if entry is None:
+            entry = _symbol_entry(raw)
+            if len(known) >= _SYMBOL_CACHE:
+                known.clear()
+            known[raw] = entry
+        text, unreadable, problem = entry
+        if (unreadable or (validate and problem)) and kept[j]:  # kept: one reason per message
+            kept[j] = keep[j] = False
+            bad.append((int(rows[j]), unreadable or str(problem)))
+        texts.append(text)
+    column = np.empty(len(rows), object)
+    column[:] = texts
     rows = rows[keep]
     if len(rows) == 0:
+        bad.sort()
         return _empty_batch(interval_text), [], bad
     values = floats[rows].view("<f8")
     batch = BarBatch(
@@ -597,4 +674,13 @@ def decode_bars(payloads: Sequence[bytes]) -> tuple[BarBatch, list[int], list[tu
         regular_session=flags[rows, 1].astype(np.bool_),
         kind=flags[rows, 2].astype(np.int8),
     )
+    if validate:
+        failures = bar_problems(batch, ints[rows, 3])
+        if failures:
+            usable = np.ones(len(rows), np.bool_)
+            for j, reason in failures:
+                usable[j] = False
+                bad.append((int(rows[j]), reason))
+            batch, rows = batch.take(usable), rows[usable]
+    bad.sort()
     return batch, rows.tolist(), bad

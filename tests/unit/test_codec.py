@@ -192,7 +192,7 @@ def _bar_header() -> bytes:
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        (b"", "marker"),
+        (b"", "empty value"),
         (b"\xc3", "marker"),
         (b"\xc3\x01\x00", "marker"),
         (b"\xc3\x02" + bytes(8), "marker"),
