@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import asyncpg
 from confluent_kafka import Consumer, TopicPartition
@@ -22,7 +23,7 @@ from connectors.publisher import BarIds, BarPublisher
 from connectors.synthetic.market import build_universe, generate_bars
 from core.events import now_ns
 from core.kafka import ReliableProducer, consumer_lag, producer_config
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, with_database
 from projections.migrations import apply_migrations
 from schemas.bars import BarBatch
 from schemas.catalogue import kafka_config, topic_spec
@@ -120,24 +121,49 @@ async def _count_bars(dsn: str) -> int:
         await conn.close()
 
 
-def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Figure]:
-    """From the worker's first projected bar: until the last is projected (decoded, written, offsets committed in
-    the same transaction), and until the analytics runner has committed the whole topic (its group is the app id)."""
-    database = f"bench_{tag}"
+def fresh_database(settings: Settings, database: str) -> str:
+    """``database`` (re)created empty and migrated on the settings' PostgreSQL server; its DSN."""
 
     async def prepare() -> str:
         conn = await asyncpg.connect(settings.postgres_dsn)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{database}"')
-        await conn.close()
-        dsn = settings.postgres_dsn.rsplit("/", 1)[0] + f"/{database}"
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+        dsn = with_database(settings.postgres_dsn, database)
         await apply_migrations(dsn)
         return dsn
 
-    dsn = asyncio.run(prepare())
-    env = settings.model_copy(update={"app_id": f"bench-{tag}", "postgres_dsn": dsn}).environment()
+    return asyncio.run(prepare())
+
+
+def drop_database(settings: Settings, database: str) -> None:
+    """Remove what ``fresh_database`` made."""
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def spawn_worker(settings: Settings, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """``tidemark worker`` in a process of its own with exactly these settings, its output in ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tidemark.cli", "worker"], env=settings.environment(), stdout=log, stderr=log, cwd=REPO
+    )
+
+
+def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Figure]:
+    """From the worker's first projected bar: until the last is projected (decoded, written, offsets committed in
+    the same transaction), and until the analytics runner has committed the whole topic (its group is the app id)."""
+    dsn = fresh_database(settings, f"bench_{tag}")
     log = open(REPO / ".tidemark" / f"bench-worker-{tag}.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen([sys.executable, "-m", "tidemark.cli", "worker"], env=env, stdout=log, stderr=log)
+    worker = spawn_worker(settings.model_copy(update={"app_id": f"bench-{tag}", "postgres_dsn": dsn}), log)
     try:
         first_count, first_at = 0, 0.0
         deadline = time.monotonic() + 600

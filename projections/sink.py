@@ -52,6 +52,7 @@ from projections.rotation import (
 from projections.signals import CONSUMER as SIGNALS_PROJECTION
 from projections.signals import SCHEMA as SIGNALS_SCHEMA
 from projections.signals import signals_projection
+from schemas.catalogue import topic_spec
 from schemas.codec import DecodeError, get_registry
 from schemas.fastbars import decode_bars
 
@@ -118,7 +119,14 @@ class ProjectionSink:
             }
         )
         self._resume_at: dict[tuple[str, int], int] = {}
-        self._dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap, "enable.idempotence": True})
+        # A dead letter carries the original bytes, so it can outgrow librdkafka's 1 MB default (bench.fuzz).
+        self._dlq = Producer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap,
+                "enable.idempotence": True,
+                "message.max.bytes": topic_spec("dlq").max_message_bytes,
+            }
+        )
 
     def run(self) -> None:
         """Consume until ``stopping`` is set."""
