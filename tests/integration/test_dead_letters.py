@@ -1,5 +1,6 @@
-"""Every message a processor cannot decode lands in ``dlq`` with its bytes, coordinates and reason; the good
-ones around it are projected as usual."""
+"""Every message a processor cannot decode or validate lands in ``dlq`` with its bytes, coordinates and reason; the
+good ones around it are projected as usual. At volume too: ``bench.fuzz``'s plan and checks, at a few thousand
+payloads of every class."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from bench.fuzz import CLASSES, GOOD, caught_up, check, make_plan, publish, worker_children
 from connectors.publisher import BarIds
 from core.events import common_fields, now_ns
 from core.settings import Settings
@@ -86,3 +88,33 @@ def test_undecodable_bars_are_dead_lettered_with_their_bytes_and_reason(
         assert letter["reason"] and letter["error_type"]
         seen.add((letter["processor"], letter["offset"]))
     assert seen == {(p, o) for p in processors for o in offsets_of_bad.values()}
+
+
+def test_bad_input_of_every_class_is_dead_lettered_once_per_reader_and_every_good_bar_is_stored_once(
+    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any]
+) -> None:
+    """Malformed, truncated, wrong-fingerprint, foreign, empty, huge and semantically invalid payloads mixed with
+    good bars on every topic the worker reads: no worker process exits, each bad payload has exactly one dead
+    letter (with a reason and its bytes) from each process that reads its topic, and the good bars are all stored,
+    once, and nothing else is."""
+    run_cli("topics", "create")
+    plan = make_plan(bad=2500, good=1500, seed=11)
+    where = publish(isolated, plan)
+    worker = start_worker()
+
+    def started() -> set[int] | None:
+        children = worker_children(worker.pid)
+        return children if len(children) == 2 else None
+
+    children = eventually(started, timeout=60, what="the worker's runner and sink started")
+    eventually(lambda: caught_up(isolated, plan), timeout=300, interval=0.5, what="runner and sink caught up")
+    report = check(isolated, plan, where)
+
+    assert worker.poll() is None, "the worker exited"
+    assert worker_children(worker.pid) == children, "a worker process died and was restarted"
+    assert report.problems == []
+    assert set(report.published) == {*CLASSES, GOOD}
+    assert report.letters == report.expected
+    assert sum(report.expected.values()) > plan.count() - plan.count(GOOD)  # md.bars.1m has two readers
+    assert set(report.example) == set(CLASSES) and all(reason.strip() for reason in report.example.values())
+    assert report.good_in_postgres == report.rows_in_postgres == len(plan.good_bars) == plan.count(GOOD)
