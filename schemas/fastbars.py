@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from schemas.barchecks import bar_problems, interval_problem, symbol_problem
+from schemas.barchecks import MAX_SYMBOL_BYTES, bar_problems, interval_problem, symbol_problem
 from schemas.bars import ASSET_CLASSES, BAR_INTERVALS, BAR_KINDS, BAR_SCHEMA, BarBatch
 from schemas.codec import DecodeError, EncodeError, get_registry
 
@@ -47,7 +47,8 @@ _SLOW = np.int8(-1)
 _NAN_BYTES = np.frombuffer(np.array([np.nan], "<f8").tobytes(), np.uint8)
 _KNOWN_INTERVALS = {interval.encode(): interval for interval in BAR_INTERVALS}
 # Symbols seen, as bytes -> _symbol_entry: a market has a few thousand, each decoded and checked once per process
-# instead of once per batch; cleared when full, so random symbols in bad input cannot grow it without bound.
+# instead of once per batch. Only symbols short enough to be valid are kept, and it is cleared when full, so bad
+# input (random or huge symbols) cannot grow it without bound.
 _SYMBOLS: dict[bytes, tuple[str, str | None, str | None]] = {}
 _SYMBOL_CACHE = 1 << 16
 
@@ -643,9 +644,10 @@ def decode_bars(
         entry = known.get(raw)
         if entry is None:
             entry = _symbol_entry(raw)
-            if len(known) >= _SYMBOL_CACHE:
-                known.clear()
-            known[raw] = entry
+            if len(raw) <= MAX_SYMBOL_BYTES:  # a megabyte of "symbol" is refused, and not kept
+                if len(known) >= _SYMBOL_CACHE:
+                    known.clear()
+                known[raw] = entry
         text, unreadable, problem = entry
         if (unreadable or (validate and problem)) and kept[j]:  # kept: one reason per message
             kept[j] = keep[j] = False

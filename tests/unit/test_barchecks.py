@@ -201,3 +201,13 @@ def test_the_verdict_on_a_bar_does_not_depend_on_its_batch(seed: int) -> None:
     for i in range(len(batch)):
         alone = bar_problems(batch.take(np.array([i])), ts_ingest[i : i + 1])
         assert alone == ([(0, together[i])] if i in together else [])
+
+
+def test_refused_huge_symbols_are_not_remembered() -> None:
+    """Decoded symbols are cached per process; a flood of huge ones must not grow that cache."""
+    from schemas import fastbars
+
+    huge = "H" * 200_000
+    _, rows, failures = decode_bars([payload(symbol=huge), payload()])
+    assert rows == [1] and "200000 bytes long" in failures[0][1]
+    assert huge.encode() not in fastbars._SYMBOLS and b"SPY" in fastbars._SYMBOLS
