@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from core import batches
 from core.consumed import Consumed
@@ -223,12 +223,23 @@ class ProjectionSink:
                     self.metrics.produced([(topic, len(records))])
                     self.metrics.committed()
                 self._skip_markers(ends)
+            self._commit_applied()
         except batches.Interrupted as exc:
             log.warning("%s; the batch is applied on restart", exc)
         finally:
             self._consumer.close()
             await pool.close()
             await redis_client.aclose()
+
+    def _commit_applied(self) -> None:
+        """On a clean stop, Kafka's copy of the applied offsets waits for the broker (the asynchronous commits may
+        still be in flight), so that the group's lag reads 0 (`tidemark status`) once everything was applied."""
+        applied = [TopicPartition(t, p, offset) for (t, p), offset in self._resume_at.items() if offset >= 0]
+        if applied:
+            try:
+                self._consumer.commit(offsets=applied, asynchronous=False)
+            except KafkaException as exc:  # bookkeeping only: the offsets stored with the rows are what count
+                log.warning("projections: could not commit the applied offsets to Kafka on stop: %s", exc)
 
     def _seek_to_applied(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Start each assigned partition where the projection's own offsets say, not where Kafka's commit does.

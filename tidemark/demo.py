@@ -144,8 +144,17 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         )
         try:
             _wait_for_worker(settings, expected, worker, timeout)
+            console.rule("[bold]The running system, as an operator sees it")
+            _cli(settings, "status")
+            ops = settings.operations
+            console.print(
+                f"Each process also serves Prometheus metrics and a liveness check while it runs: "
+                f"http://{ops.metrics_host}:{ops.metrics_port}/metrics and /healthz (analytics runner), "
+                f"port {ops.metrics_port + 1} (projection sink). The worker restarts a process that dies.",
+                soft_wrap=True,
+            )
         finally:
-            worker.terminate()
+            worker.terminate()  # SIGTERM: each process commits what it holds, within 10 s
             worker.wait(timeout=60)
 
     view = asyncio.run(_latest(settings))
@@ -184,6 +193,7 @@ def next_commands() -> list[str]:
             "query correlations --clusters",
             "query sectors",
             "query stats SPY EURUSD --json",
+            "status",
         )
     ]
 
