@@ -146,9 +146,12 @@ class ReliableProducer:
                     ) from None
 
     def flush(self, timeout: float = 60.0) -> None:
+        """Raises unless everything produced since the last flush was delivered (a long-lived producer's next flush
+        reports only its own failures)."""
         remaining = self.kafka.flush(timeout)
-        if remaining or self._failed:
-            failed = f"; {len(self._failed)} failed: {'; '.join(self._failed[:3])}" if self._failed else ""
+        failures, self._failed = self._failed, []
+        if remaining or failures:
+            failed = f"; {len(failures)} failed: {'; '.join(failures[:3])}" if failures else ""
             raise KafkaException(f"{self._what}: {remaining} message(s) undelivered after {timeout:.0f}s{failed}")
 
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core import batches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
+from core.kafka import ReliableProducer
 from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, serve
 from core.settings import Settings, get_settings
 from core.supervision import Watchdog, configure_logging
@@ -120,12 +121,13 @@ class ProjectionSink:
         )
         self._resume_at: dict[tuple[str, int], int] = {}
         # A dead letter carries the original bytes, so it can outgrow librdkafka's 1 MB default (bench.fuzz).
-        self._dlq = Producer(
+        self._dlq = ReliableProducer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap,
                 "enable.idempotence": True,
                 "message.max.bytes": topic_spec("dlq").max_message_bytes,
-            }
+            },
+            "dead-lettering",
         )
 
     def run(self) -> None:
@@ -297,9 +299,10 @@ class ProjectionSink:
         for key, value in dead_letter_messages(get_registry(), records, failures, processor, error_type):
             self._dlq.produce(self.settings.topic("dlq"), value, key)
         if failures:
-            remaining = self._dlq.flush(30)
-            if remaining:
-                raise OSError(f"{remaining} dead letters not acknowledged by Kafka")
+            try:
+                self._dlq.flush(30)
+            except KafkaException as exc:  # an outage: the batch is retried, never moved past without its letters
+                raise OSError(str(exc)) from exc
             self.metrics.dead_lettered(len(failures))
             log.warning("%s: dead-lettered %d message(s), first: %s", processor, len(failures), failures[0][1])
 
