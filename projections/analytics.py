@@ -96,7 +96,8 @@ class EventProjection:
 
         fresh = await apply_exactly_once(self._pool, self._projection, records, write)
         values = []
-        for record in fresh:
+        # Every record, not only the fresh ones: see BarsProjection.apply (a retry after a Redis outage).
+        for record in records:
             redis_key, fields = self._latest(event_of[id(record)])
             values.append(LatestValue(redis_key, position(record.partition, record.offset), fields))
         await self._redis.set_latest(values)
@@ -124,7 +125,8 @@ class CorrelationProjection:
             await conn.executemany(_UPSERT_LATEST, [_snapshot_row(e, u) for e, u in zip(chosen, upper, strict=True)])
 
         fresh = await apply_exactly_once(self._pool, CORRELATIONS_PROJECTION, records, write)
-        latest = [(_snapshot_latest(event_of[id(r)]), position(r.partition, r.offset)) for r in fresh]
+        # Every record, not only the fresh ones: see BarsProjection.apply (a retry after a Redis outage).
+        latest = [(_snapshot_latest(event_of[id(r)]), position(r.partition, r.offset)) for r in records]
         await self._redis.set_latest(LatestValue(key, at, fields) for (key, fields), at in latest)
         return len(fresh)
 

@@ -107,7 +107,9 @@ class BarsProjection:
             await add_counter(conn, CONSUMER, "duplicates_ignored", len(fresh) - inserted)
 
         fresh = await apply_exactly_once(self._pool, CONSUMER, records, write)
-        if fresh:
+        if records:
+            # The whole batch, also what PostgreSQL had applied: the retry of a batch that met a Redis outage after
+            # its PostgreSQL commit must write what that attempt could not (an older position is a no-op).
             await self._redis.set_latest(_latest_per_symbol(records, bars))
         return inserted, len(fresh) - inserted
 
