@@ -113,6 +113,10 @@ class ProjectionSink:
                 "isolation.level": "read_committed",
                 # End-of-partition events carry the offset after a transaction's commit marker (see _skip_markers).
                 "enable.partition.eof": True,
+                # A restarted sink (or one whose broker was away) rejoins as a new member, and the broker holds the
+                # join until the old member's session expires: 10 s, not the default 45 s, bounds that wait.
+                # Heartbeats come from librdkafka's own thread, so a long batch never costs the session.
+                "session.timeout.ms": 10_000,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
                 "statistics.interval.ms": STATISTICS_INTERVAL_MS,

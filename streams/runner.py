@@ -56,6 +56,7 @@ CHECKPOINTS = "analytics.checkpoints"
 KAFKA_TIMEOUT_S = 60.0
 PROGRESS_EVERY_S = 10.0
 FETCH_MAX_BYTES = 64 * 1024 * 1024
+OFFSETS_BOUND_S = 10.0
 # Start-up reads every processor's checkpoint (tens of MB for a large universe) and waits for the coordinators.
 _START_BOUND_S = 12 * KAFKA_TIMEOUT_S
 
@@ -280,11 +281,17 @@ class AnalyticsRunner:
             [(self._checkpoints, key, value) for key, value in checkpoint_records(self.settings.app_id, states)]
         )
         offsets = [TopicPartition(self._input_topic, p, offset) for p, offset in sorted(self._positions.items())]
-        with self._kafka_bounded("committing a checkpoint"):
-            # librdkafka ignores this timeout while the coordinator is away (issue 5456): the bound ends the wait.
+        # One small request to the group coordinator, which librdkafka may wait on for ever after the broker was away
+        # (its timeout is ignored, issue 5456): a tight bound, so a restart resumes well within 30 s of the broker's
+        # return. The commit itself may wait for a large checkpoint's delivery: the general bound.
+        with self.watchdog.bounded(
+            "sending the consumed offsets to the transaction; is Kafka's group coordinator reachable?",
+            min(OFFSETS_BOUND_S, self.settings.operations.stall_timeout_s),
+        ):
             self._producer.kafka.send_offsets_to_transaction(
                 offsets, self._consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
             )
+        with self._kafka_bounded("committing a checkpoint"):
             self._commit_transaction()
         self._checkpoint.update(states)
         self._committed = dict(self._positions)
