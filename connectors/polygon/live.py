@@ -17,6 +17,7 @@ bars are held, so its bars reach the topic in start order. The same check runs a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sys
 import time
@@ -165,7 +166,9 @@ class LiveConnector:
     # running ---------------------------------------------------------------------------------------------------
 
     async def run(self) -> LiveStats:
-        """Stream until ``stop`` is set; then finish the backfills in hand, flush everything and return."""
+        """Stream until ``stop`` is set; then, within ``operations.stop_within_s``, finish the backfills in hand and
+        flush everything. What the bound cuts off raises (KafkaException) with the count: the minute bars among it
+        are fetched over REST when the connector starts again, as after any gap."""
         if self.options.recover:
             self._recover()
         clients = {
@@ -187,16 +190,22 @@ class LiveConnector:
         try:
             await self._watch(tasks)
         finally:
+            deadline = time.monotonic() + self.settings.operations.stop_within_s
+
+            def left(reserve: float = 0.0) -> float:
+                return max(deadline - time.monotonic() - reserve, 0.1)
+
             for client in clients.values():
                 if client.websocket is not None:
-                    await client.close()
-            _, running = await asyncio.wait(tasks, timeout=5)
+                    with contextlib.suppress(TimeoutError):  # a feed that does not answer the close
+                        await asyncio.wait_for(client.close(), timeout=left(reserve=4.0))
+            _, running = await asyncio.wait(tasks, timeout=min(5.0, left(reserve=4.0)))
             for task in running:
                 task.cancel()
             if self._backfills:
-                await asyncio.wait(self._backfills, timeout=60)
+                await asyncio.wait(self._backfills, timeout=left(reserve=3.0))
             self._rest_pool.shutdown(wait=False, cancel_futures=True)
-            self.flush()
+            self.flush(deadline=deadline)
         return self.stats
 
     async def _watch(self, tasks: dict[asyncio.Task[None], WsMarket]) -> None:
@@ -357,10 +366,12 @@ class LiveConnector:
             self._producer.produce(self._dlq_topic, registry.encode(DEAD_LETTER_SCHEMA, record), source.encode())
             self.stats.dead_letters += 1
 
-    def flush(self, timeout: float = 60.0) -> None:
+    def flush(self, timeout: float = 60.0, deadline: float | None = None) -> None:
+        """Everything delivered within ``timeout`` (all producers together by ``deadline``, when given)."""
+        end = deadline if deadline is not None else time.monotonic() + timeout
         for publisher in self._publishers.values():
-            publisher.flush(timeout)
-        self._producer.flush(timeout)
+            publisher.flush(max(end - time.monotonic(), 0.1))
+        self._producer.flush(max(end - time.monotonic(), 0.1))
 
     # start-up --------------------------------------------------------------------------------------------------
 
