@@ -170,6 +170,11 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+def process_port(base: int, offset: int) -> int:
+    """Runner ``base``, sink ``base + 1``, live connector ``base + 2``; a base of 0 (any free port) stays 0."""
+    return base + offset if base else 0
+
+
 def serve(metrics: ProcessMetrics, host: str, port: int) -> int | None:
     """``/metrics`` and ``/healthz`` from a daemon thread; the port actually bound, or None if it was taken (the
     process runs on without them, and says so, rather than failing over an observability port)."""

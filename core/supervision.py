@@ -41,6 +41,14 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
+def start_process(name: str, log_level: str, stop_within_s: float) -> Watchdog:
+    """What every long-running process does first: log at the worker's level, then let a watchdog own its signals."""
+    configure_logging(log_level)
+    watchdog = Watchdog(name, stop_within_s)
+    watchdog.install()
+    return watchdog
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     """Capped exponential back-off; a child that ran ``stable_after_s`` without dying starts the count again."""

@@ -24,9 +24,9 @@ from core import batches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.kafka import ReliableProducer
-from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, serve
+from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, process_port, serve
 from core.settings import Settings, get_settings
-from core.supervision import Watchdog, configure_logging
+from core.supervision import Watchdog, start_process
 from projections.alerts import CONSUMER as ALERTS_PROJECTION
 from projections.alerts import AlertsProjection
 from projections.analytics import (
@@ -324,12 +324,9 @@ def main() -> None:
     """The sink as a process of the worker. PostgreSQL or Redis unreachable at start: exit 1, and the worker
     restarts it with back-off; outages later are waited out batch by batch."""
     settings = get_settings()
-    configure_logging(settings.operations.log_level)
-    watchdog = Watchdog("projection sink", settings.operations.stop_within_s)
-    watchdog.install()
-    sink = ProjectionSink(settings, watchdog)
     ops = settings.operations
-    serve(sink.metrics, ops.metrics_host, ops.metrics_port + 1 if ops.metrics_port else 0)
+    sink = ProjectionSink(settings, start_process("projection sink", ops.log_level, ops.stop_within_s))
+    serve(sink.metrics, ops.metrics_host, process_port(ops.metrics_port, 1))
     try:
         sink.run()
     except batches.TRANSIENT_ERRORS as exc:

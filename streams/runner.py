@@ -38,9 +38,9 @@ from core import batches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.kafka import KafkaNotReady, ReliableProducer, range_reader, read_range, until_ready
-from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, serve
+from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, process_port, serve
 from core.settings import Settings, get_settings
-from core.supervision import EXIT_FENCED, Watchdog, configure_logging
+from core.supervision import EXIT_FENCED, Watchdog, start_process
 from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
@@ -417,12 +417,9 @@ def _fatal(settings: Settings, error: KafkaError) -> FatalKafkaError:
 def main() -> None:
     """The runner as a process of the worker: SIGTERM commits what is open and exits 0; see module doc for codes."""
     settings = get_settings()
-    configure_logging(settings.operations.log_level)
-    watchdog = Watchdog("analytics runner", settings.operations.stop_within_s)
-    watchdog.install()
-    runner = AnalyticsRunner(settings, watchdog)
     ops = settings.operations
-    serve(runner.metrics, ops.metrics_host, ops.metrics_port)
+    runner = AnalyticsRunner(settings, start_process("analytics runner", ops.log_level, ops.stop_within_s))
+    serve(runner.metrics, ops.metrics_host, process_port(ops.metrics_port, 0))
     try:
         runner.run()
     except FatalKafkaError as exc:

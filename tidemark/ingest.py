@@ -286,12 +286,12 @@ def ingest_polygon(
 
 def _serve_connector_metrics(settings: Settings, counts: Callable[[], Mapping[str, int]]) -> None:
     """The live connector's counts on /metrics, two ports above the runner's (0: a port the system picks)."""
-    from core.metrics import ProcessMetrics, serve
+    from core.metrics import ProcessMetrics, process_port, serve
 
     ops = settings.operations
     metrics = ProcessMetrics("polygon-live", ops.liveness_after_s)
     metrics.count_from("tidemark_connector_events", "what the live connector received, published and dropped", counts)
-    serve(metrics, ops.metrics_host, ops.metrics_port + 2 if ops.metrics_port else 0)
+    serve(metrics, ops.metrics_host, process_port(ops.metrics_port, 2))
 
 
 def _partitions(settings: Settings, topic: str) -> int:

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from core.metrics import ProcessMetrics, lags_from_statistics, liveness, reconnects_from_statistics, serve
+from core.metrics import (
+    ProcessMetrics,
+    lags_from_statistics,
+    liveness,
+    process_port,
+    reconnects_from_statistics,
+    serve,
+)
 
 
 def _partition(**offsets: int) -> dict[str, int]:
@@ -129,3 +136,8 @@ def test_counts_kept_elsewhere_are_read_at_scrape_time() -> None:
     text = _get(f"http://127.0.0.1:{port}/metrics")[1]
     assert 'tidemark_connector_events_total{kind="frames",process="polygon-live"} 10.0' in text
     assert 'tidemark_connector_events_total{kind="bars_1m",process="polygon-live"} 2.0' in text
+
+
+@pytest.mark.parametrize(("base", "offset", "port"), [(9464, 0, 9464), (9464, 1, 9465), (9464, 2, 9466), (0, 1, 0)])
+def test_each_process_has_its_port_and_a_base_of_zero_lets_the_system_pick(base: int, offset: int, port: int) -> None:
+    assert process_port(base, offset) == port
