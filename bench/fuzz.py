@@ -283,35 +283,13 @@ def good_market(count: int, seed: int) -> BarBatch:
     relabelled as daily bars of distinct sessions."""
     symbols = min(1000, max(100, math.ceil(count / 300)))  # the synthetic market needs 80 at least
     batches = market(symbols, min(390, math.ceil(count / symbols) + 1))
-    bars = _concat(batches)
+    bars = BarBatch.concat(batches)
     while len(bars) < count:  # a longer day: start where the last one ended
-        more = _concat(market(symbols, 390))
+        more = BarBatch.concat(market(symbols, 390))
         shift = (bars.start_ns.max() - more.start_ns.min()) // NS_PER_DAY * NS_PER_DAY + NS_PER_DAY
-        bars = _concat([bars, replace(more, start_ns=more.start_ns + shift, end_ns=more.end_ns + shift)])
+        bars = BarBatch.concat([bars, replace(more, start_ns=more.start_ns + shift, end_ns=more.end_ns + shift)])
     bars = bars.take(np.random.default_rng(seed).permutation(len(bars))[:count])
     return bars
-
-
-def _concat(batches: Sequence[BarBatch]) -> BarBatch:
-    columns = {
-        name: np.concatenate([getattr(b, name) for b in batches])
-        for name in (
-            "symbol",
-            "asset_class",
-            "start_ns",
-            "end_ns",
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "vwap",
-            "trade_count",
-            "regular_session",
-            "kind",
-        )
-    }
-    return BarBatch(interval=batches[0].interval, **columns)
 
 
 def _as_daily(bars: BarBatch) -> BarBatch:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +51,16 @@ class BarBatch:
 
     def __len__(self) -> int:
         return len(self.symbol)
+
+    @staticmethod
+    def concat(batches: Sequence[BarBatch]) -> BarBatch:
+        """Several batches of the first one's interval as one, column by column."""
+        columns = {
+            f.name: np.concatenate([getattr(b, f.name) for b in batches])
+            for f in fields(BarBatch)
+            if f.name != "interval"
+        }
+        return BarBatch(interval=batches[0].interval, **columns)
 
     def take(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_] | slice) -> BarBatch:
         """Rows selected by a mask, index array or slice, as a new batch."""

@@ -269,19 +269,11 @@ def _within(batch: BarBatch, start_ns: int, end_ns: int) -> BarBatch:
     return batch if keep.all() else batch.take(keep)
 
 
-_ARRAYS = ("start_ns", "end_ns", "open", "high", "low", "close", "volume", "vwap", "trade_count", "regular_session")
-
-
 def concat(batches: list[BarBatch], symbol: str, interval: str) -> BarBatch:
     """One batch of several of the same interval (an empty batch of ``symbol`` when there are none)."""
     if not batches:
         return aggs_to_batch(parse_symbol(symbol), interval, 0, [])
-    return BarBatch(
-        symbol=np.concatenate([b.symbol for b in batches]),
-        asset_class=np.concatenate([b.asset_class for b in batches]),
-        interval=interval,
-        **{name: np.concatenate([getattr(b, name) for b in batches]) for name in _ARRAYS},
-    )
+    return BarBatch.concat(batches)
 
 
 def fetch_bars(client: RESTClient, symbol: str, timespan: str, start_ns: int, end_ns: int) -> BarBatch:

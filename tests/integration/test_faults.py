@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,12 +19,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from pydantic import SecretStr
 
 from core.settings import Settings
 from core.supervision import EXIT_STOP_OVERRAN
 from fakes.polygon import FakePolygon
-from tests.conftest import REPO
 from tests.integration.brokers import broker_paused, free_port_pair, kill_broker, own_broker, start_broker
 from tests.integration.kafka_tools import worker_caught_up
 from tests.integration.test_crash_recovery import (
@@ -42,9 +38,8 @@ from tests.integration.test_crash_recovery import (
     table,
 )
 from tests.integration.test_pipeline import count
-from tests.integration.test_polygon_live import KEY, agg, minutes, subscribed
+from tests.integration.test_polygon_live import KEY, Connector, against_fake, agg, minutes, subscribed
 from tests.services import eventually
-from tidemark.topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -143,42 +138,25 @@ def test_sigterm_while_the_broker_is_paused_ends_the_worker_and_the_next_one_los
     _same_as_an_uninterrupted_run(faulty, start_worker, new_database)
 
 
-LIVE_ARGS = ("ingest", "polygon", "--symbols", "AAPL", "--intervals", "1m", "--progress", "0.2")
-
-
 def test_sigterm_to_the_live_connector_while_the_broker_is_paused_ends_it_within_its_bound(
     faulty: Settings, tmp_path: Path
 ) -> None:
     """A bar received while the broker does not answer cannot be delivered: the stop bound (10 s) cuts the last
     flush short, and the connector says what it could not deliver instead of waiting on Kafka."""
     with FakePolygon(KEY) as fake:
-        settings = faulty.changed(
-            polygon__api_key=SecretStr(KEY),
-            polygon__rest_url=fake.rest_url,
-            polygon__ws_feed=fake.ws_feed,
-            polygon__ws_secure=False,
-        )
-        create_topics(settings)
-        log = tmp_path / "connector.log"
-        with log.open("wb") as out:
-            connector = subprocess.Popen(
-                [sys.executable, "-m", "tidemark.cli", *LIVE_ARGS],
-                env=settings.environment(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-            try:
-                eventually(lambda: subscribed(fake, "stocks", "AM.AAPL"), timeout=120, what="subscribed")
-                fake.push("stocks", [agg("AAPL", 0)])
-                eventually(lambda: minutes(settings) == {"AAPL": [0]}, timeout=60, what="the first bar delivered")
-                with broker_paused(settings):
-                    fake.push("stocks", [agg("AAPL", 1)])
-                    eventually(lambda: "bars 1m 2 " in log.read_text(), timeout=60, what="the second bar taken")
-                    connector.send_signal(signal.SIGTERM)
-                    assert connector.wait(timeout=60) == 1
-            finally:
-                if connector.poll() is None:
-                    connector.kill()
-    output = log.read_text()
+        settings = against_fake(faulty, fake)
+        connector = Connector(settings, tmp_path / "connector.log", "--symbols", "AAPL", "--intervals", "1m")
+        try:
+            eventually(lambda: subscribed(fake, "stocks", "AM.AAPL"), timeout=120, what="subscribed")
+            fake.push("stocks", [agg("AAPL", 0)])
+            eventually(lambda: minutes(settings) == {"AAPL": [0]}, timeout=60, what="the first bar delivered")
+            with broker_paused(settings):
+                fake.push("stocks", [agg("AAPL", 1)])
+                eventually(lambda: "bars 1m 2 " in connector.output(), timeout=60, what="the second bar taken")
+                connector.proc.send_signal(signal.SIGTERM)
+                assert connector.proc.wait(timeout=60) == 1
+        finally:
+            if connector.proc.poll() is None:
+                connector.proc.kill()
+    output = connector.output()
     assert "stopped with messages undelivered" in output and "1 message(s) undelivered" in output, output[-2000:]

@@ -53,9 +53,9 @@ def fake() -> Iterator[FakePolygon]:
         yield server
 
 
-@pytest.fixture
-def settings(isolated: Settings, fake: FakePolygon) -> Settings:
-    configured = isolated.changed(
+def against_fake(settings: Settings, fake: FakePolygon) -> Settings:
+    """``settings`` pointed at the fake Polygon server, with the topics created."""
+    configured = settings.changed(
         polygon__api_key=SecretStr(KEY),
         polygon__rest_url=fake.rest_url,
         polygon__ws_feed=fake.ws_feed,
@@ -63,6 +63,11 @@ def settings(isolated: Settings, fake: FakePolygon) -> Settings:
     )
     create_topics(configured)
     return configured
+
+
+@pytest.fixture
+def settings(isolated: Settings, fake: FakePolygon) -> Settings:
+    return against_fake(isolated, fake)
 
 
 class Connector:
