@@ -182,6 +182,16 @@ def session_label(market: Market, t_ns: Int64) -> Int64:
     return np.where(k & 1, table.labels[np.minimum(k // 2, len(table.labels) - 1)], -1)
 
 
+def session_open(market: Market, t_ns: Int64) -> Int64:
+    """Open (UTC ns) of the session containing each time, -1 outside sessions: intraday buckets start there."""
+    t = _as_times(t_ns)
+    if t.size == 0:
+        return np.zeros(t.shape, dtype=np.int64)
+    table = _table(market, int(t.min()), int(t.max()))
+    k = _edge_index(table, t)
+    return np.where(k & 1, table.opens[np.minimum(k // 2, len(table.opens) - 1)], -1)
+
+
 def is_open(market: Market, t_ns: int) -> bool:
     return bool(regular_session_mask(market, np.array([t_ns], dtype=np.int64))[0])
 

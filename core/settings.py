@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.costs import DEFAULT_COSTS, CostModel
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # The market's reference instruments: the broad market and sector ETFs, the 28 major FX pairs, CME micro futures.
@@ -240,6 +242,76 @@ class PolygonSettings(Section):
         return f"TIDEMARK_POLYGON_{name}".upper()
 
 
+class PatternSettings(Section):
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_PATTERN_")
+
+    alpha: float = Field(0.05, gt=0, lt=1, description="level of the multiple-testing-adjusted p-value a signal needs")
+    correction: Literal["BENJAMINI_HOCHBERG", "HOLM"] = Field(
+        "BENJAMINI_HOCHBERG", description="one correction over every hypothesis of a scan: BENJAMINI_HOCHBERG or HOLM"
+    )
+    partners: int = Field(3, ge=1, description="most correlated partners each symbol is tested for a pair with")
+    entry_z: float = Field(1.0, gt=0, description="|z-score| at which the reversion trades enter (they exit at 0)")
+    min_psr: float = Field(
+        0.95, ge=0, lt=1, description="probabilistic Sharpe ratio (net of costs, against zero) a signal's trade needs"
+    )
+    min_dsr: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="deflated Sharpe ratio (net, against the scan's number of trials) a signal's trade needs; 0: off",
+    )
+    min_traded_share: float = Field(
+        0.9, gt=0, le=1, description="share of a window's bars in which a symbol must have traded to be scanned"
+    )
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        return f"TIDEMARK_PATTERN_{name}".upper()
+
+
+class CostSettings(Section):
+    """Costs per unit of notional traded, in basis points, one side (see ``core.costs`` for the defaults' basis)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_COST_")
+
+    equity_commission_bp: float = Field(
+        DEFAULT_COSTS["EQUITY"].commission_bp, ge=0, description="US equities: commission and fees"
+    )
+    equity_half_spread_bp: float = Field(
+        DEFAULT_COSTS["EQUITY"].half_spread_bp, ge=0, description="US equities: half the quoted spread"
+    )
+    equity_slippage_bp: float = Field(
+        DEFAULT_COSTS["EQUITY"].slippage_bp, ge=0, description="US equities: slippage beyond the touch"
+    )
+    fx_commission_bp: float = Field(DEFAULT_COSTS["FX"].commission_bp, ge=0, description="FX: commission")
+    fx_half_spread_bp: float = Field(DEFAULT_COSTS["FX"].half_spread_bp, ge=0, description="FX: half the quoted spread")
+    fx_slippage_bp: float = Field(DEFAULT_COSTS["FX"].slippage_bp, ge=0, description="FX: slippage beyond the touch")
+    future_commission_bp: float = Field(
+        DEFAULT_COSTS["FUTURE"].commission_bp, ge=0, description="CME micro futures: commission and exchange fees"
+    )
+    future_half_spread_bp: float = Field(
+        DEFAULT_COSTS["FUTURE"].half_spread_bp, ge=0, description="CME micro futures: half the quoted spread"
+    )
+    future_slippage_bp: float = Field(
+        DEFAULT_COSTS["FUTURE"].slippage_bp, ge=0, description="CME micro futures: slippage beyond the touch"
+    )
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        return f"TIDEMARK_COST_{name}".upper()
+
+    def model(self, asset_class: str) -> CostModel:
+        """The cost model of an asset class as named in ``schemas.bars.ASSET_CLASSES`` (UNKNOWN: an equity's)."""
+        prefix = "equity" if asset_class == "UNKNOWN" else asset_class.lower()
+        if f"{prefix}_commission_bp" not in type(self).model_fields:
+            raise ValueError(f"no cost model for asset class {asset_class!r}")
+        return CostModel(
+            getattr(self, f"{prefix}_commission_bp"),
+            getattr(self, f"{prefix}_half_spread_bp"),
+            getattr(self, f"{prefix}_slippage_bp"),
+        )
+
+
 SECTIONS: dict[str, type[Section]] = {
     "kafka": KafkaSettings,
     "processing": ProcessingSettings,
@@ -247,6 +319,8 @@ SECTIONS: dict[str, type[Section]] = {
     "rotation": RotationSettings,
     "polygon": PolygonSettings,
     "operations": OperationsSettings,
+    "patterns": PatternSettings,
+    "costs": CostSettings,
 }
 
 
@@ -276,6 +350,8 @@ class Settings(BaseSettings):
     rotation: RotationSettings = Field(default_factory=RotationSettings)
     polygon: PolygonSettings = Field(default_factory=PolygonSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
+    patterns: PatternSettings = Field(default_factory=PatternSettings)
+    costs: CostSettings = Field(default_factory=CostSettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:

@@ -21,9 +21,9 @@ SCHEMA = "tidemark.signals.PatternSignalDetected"
 _INSERT = """
 INSERT INTO pattern_signals (pattern_family, symbols, timeframe, window_bars, as_of, direction, test, statistic,
                              p_value, adjusted_p_value, correction, tests_in_family, significance, sharpe, psr,
-                             half_life, hurst, params, event_id)
+                             half_life, hurst, sharpe_se, deflated_sharpe, params, event_id)
 VALUES ($1, $2, $3, $4, timestamptz 'epoch' + ($5::bigint / 1000) * interval '1 microsecond', $6, $7, $8, $9, $10,
-        $11, $12, $13, $14, $15, $16, $17, $18::jsonb, $19)
+        $11, $12, $13, $14, $15, $16, $17, $18, $19, $20::jsonb, $21)
 ON CONFLICT DO NOTHING
 """
 
@@ -40,6 +40,8 @@ _FIELDS = (
     "psr",
     "half_life",
     "hurst",
+    "sharpe_se",
+    "deflated_sharpe",
 )
 
 
@@ -104,7 +106,9 @@ async def latest_signals(
             "correction": r["correction"],
             "tests_in_family": r["tests_in_family"],
             "sharpe": r["sharpe"],
+            "sharpe_se": r["sharpe_se"],
             "psr": r["psr"],
+            "dsr": r["deflated_sharpe"],
             "half_life": r["half_life"],
             "hurst": r["hurst"],
             "params": json.loads(r["params"]),

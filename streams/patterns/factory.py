@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from core.kafka import partition_for_key
 from schemas.catalogue import topic_spec
-from streams.patterns.processor import NAME, PatternProcessor
+from streams.patterns.processor import NAME, TRADED_CLASSES, PatternProcessor
+from streams.patterns.scan import ScanConfig
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -18,14 +19,24 @@ def watched_partitions(settings: Settings) -> frozenset[int]:
     return frozenset(partition_for_key(symbol.encode(), partitions) for symbol in settings.correlation.universe)
 
 
+def scan_config(settings: Settings) -> ScanConfig:
+    p = settings.patterns
+    return ScanConfig(p.alpha, p.correction, p.partners, p.entry_z, p.min_psr, p.min_dsr, p.min_traded_share)
+
+
+def costs(settings: Settings) -> tuple[float, ...]:
+    """Cost per unit traded of each market the scan trades, from the settings' cost models."""
+    return tuple(settings.costs.model(market).per_unit for market in TRADED_CLASSES)
+
+
 class PatternFactory:
     name = NAME
 
     def create(self, settings: Settings) -> PatternProcessor:
-        return PatternProcessor(watched_partitions(settings))
+        return PatternProcessor(watched_partitions(settings), scan_config(settings), costs(settings))
 
     def restore(self, data: bytes, settings: Settings) -> PatternProcessor:
-        processor = PatternProcessor.from_bytes(data)
+        processor = PatternProcessor.from_bytes(data, scan_config(settings), costs(settings))
         if processor.clock.partitions != watched_partitions(settings):
             raise ValueError("the universe's partitions changed")
         return processor

@@ -77,6 +77,11 @@ class BarGrid:
         self.labels = self.labels[drop:].copy()
         self.closes = self.closes[drop:].copy()
 
+    def traded(self, rows: int, end: int) -> npt.NDArray[np.bool_]:
+        """Whether each symbol printed in each of the ``rows`` rows before row ``end`` (not carried forward)."""
+        traded: npt.NDArray[np.bool_] = ~np.isnan(self.closes[max(end - rows, 0) : end])
+        return traded
+
     def window(self, rows: int, end: int | None = None) -> Float64:
         """Closes (float64) of the ``rows`` rows before row ``end`` (default: all), carried forward.
 

@@ -2,12 +2,15 @@
 
 Bars wait in a pending buffer until the event-time ``SnapshotClock`` (the same market clock as the correlation
 processor: the partitions of the configured universe) says no earlier bar can still arrive; they are then applied
-to one ``BarGrid`` per (timeframe, market): 1-minute, 15-minute and hourly buckets (epoch aligned), and trading
-sessions from ``core.sessions`` for daily bars. Every ``SCAN_EVERY_MINUTES`` market minutes (boundary T, epoch
-aligned) one scan runs over the bars before T: each (timeframe, market) with a row it has not scanned yet — for daily
-bars, a session that has closed by T — contributes a panel of the symbols with a complete window, and the
-scan's candidates are corrected as one family. A scan is a function of the bars before T alone, so the events
-(ids included) are the same whatever the batching, and after a restart.
+to one ``BarGrid`` per (timeframe, market). Only bars of a market's regular session (``core.sessions``) count:
+equity pre- and post-market bars and CME's maintenance break never enter a grid. Intraday buckets (1, 15 and 60
+minutes) are aligned to each session's open, so the 09:30 open starts an hour and the last bucket of the day is
+the short one; daily rows are trading sessions. Every ``SCAN_EVERY_MINUTES`` market minutes (boundary T, epoch
+aligned) one scan runs over the bars before T: each (timeframe, market) with a row it has not scanned yet — for
+daily bars, a session that has closed by T — contributes a panel of the symbols with a complete window in which
+they printed in at least ``min_traded_share`` of the rows (carried-forward closes of an illiquid symbol are runs
+of zero returns and then a jump), and the scan's candidates are corrected as one family. A scan is a function of
+the bars before T alone, so the events (ids included) are the same whatever the batching, and after a restart.
 
 Bars of partitions outside the clock's set that arrive after their scan only shape later scans.
 """
@@ -23,13 +26,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from core.costs import DEFAULT_COSTS
 from core.events import common_fields, deterministic_event_id
-from core.sessions import Market, market_of, session_label
+from core.sessions import Market, market_of, next_close, session_label, session_open
 from core.units import NS_PER_MINUTE
 from schemas.bars import ASSET_CLASSES
 from streams.correlation.clock import SnapshotClock
 from streams.patterns.grid import BarGrid
-from streams.patterns.scan import SCAN_TIMEFRAMES, Panel, ScanConfig, Signal, Timeframe, scan
+from streams.patterns.scan import SCAN_TIMEFRAMES, Panel, ScanConfig, Signal, Timeframe, liquid, scan
 from streams.processors import BarFrame, Emitted
 
 NAME = "patterns"
@@ -37,22 +41,40 @@ SOURCE = "analytics.patterns"
 TOPIC = "signals.patterns"
 SCHEMA = "tidemark.signals.PatternSignalDetected"
 SCAN_EVERY_MINUTES = 60
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 TRADED_CLASSES = ("EQUITY", "FX", "FUTURE")
 """Grids are per market: ``ASSET_CLASSES`` minus UNKNOWN, which is treated as an equity (see BarFrame)."""
 _MARKET_OF_CLASS = np.array([0, 0, 1, 2], dtype=np.int8)  # ASSET_CLASSES index -> TRADED_CLASSES index
 assert tuple(ASSET_CLASSES[1:]) == TRADED_CLASSES
 _SESSIONS: tuple[Market, ...] = tuple(market_of(m) for m in TRADED_CLASSES)
-# Trading days per year and minutes per trading day, for annualising Sharpe ratios.
+DEFAULT_CLASS_COSTS = tuple(DEFAULT_COSTS[m].per_unit for m in TRADED_CLASSES)
+# Trading days per year and minutes per regular session, for annualising Sharpe ratios.
 _DAYS_PER_YEAR = (252.0, 260.0, 260.0)
-_MINUTES_PER_DAY = (390.0, 1440.0, 1380.0)
+_MINUTES_PER_DAY = (390, 1440, 1380)
+# An intraday row's label is its session's day times this, plus its bucket within the session (< 1440 minutes).
+SESSION_SLOTS = 2048
 
 
 def bars_per_year(timeframe: Timeframe, market: int) -> float:
+    """Rows per year: sessions times the session-aligned buckets of one (the last may be short)."""
     if timeframe.minutes == 0:
         return _DAYS_PER_YEAR[market]
-    return _DAYS_PER_YEAR[market] * _MINUTES_PER_DAY[market] / timeframe.minutes
+    return _DAYS_PER_YEAR[market] * -(-_MINUTES_PER_DAY[market] // timeframe.minutes)
+
+
+def _forming(market: Market, timeframe: Timeframe, boundary_ns: int) -> int:
+    """Label of the row still forming at the boundary, -1 if none: the session in progress for daily rows, the
+    bucket in progress (ending after the boundary, before its session's close) for intraday ones."""
+    before = np.array([boundary_ns - 1], dtype=np.int64)
+    day = int(session_label(market, before)[0])
+    if day < 0 or timeframe.minutes == 0:
+        return day
+    opened = int(session_open(market, before)[0])
+    bucket_ns = timeframe.minutes * NS_PER_MINUTE
+    slot = (boundary_ns - 1 - opened) // bucket_ns
+    ends = min(opened + (slot + 1) * bucket_ns, next_close(market, boundary_ns - 1))
+    return day * SESSION_SLOTS + slot if ends > boundary_ns else -1
 
 
 @dataclass
@@ -89,9 +111,14 @@ class PatternProcessor:
         self,
         watched_partitions: frozenset[int],
         config: ScanConfig = ScanConfig(),
+        costs: tuple[float, ...] = DEFAULT_CLASS_COSTS,
         timeframes: tuple[Timeframe, ...] = SCAN_TIMEFRAMES,
         every_minutes: int = SCAN_EVERY_MINUTES,
     ) -> None:
+        """``costs``: cost per unit of notional traded of each of ``TRADED_CLASSES`` (``CostModel.per_unit``)."""
+        if len(costs) != len(TRADED_CLASSES):
+            raise ValueError(f"one cost per traded class {TRADED_CLASSES}, got {costs}")
+        self.costs = costs
         self.config = config
         self.timeframes = timeframes
         self.clock = SnapshotClock(every_ns=every_minutes * NS_PER_MINUTE, partitions=watched_partitions)
@@ -144,9 +171,10 @@ class PatternProcessor:
             if not mine.size:
                 continue
             days = session_label(_SESSIONS[m], start[mine])
+            into_session = start[mine] - session_open(_SESSIONS[m], start[mine])
             for t, tf in enumerate(self.timeframes):
-                labels = start[mine] // (tf.minutes * NS_PER_MINUTE) if tf.minutes else days
-                valid = labels >= 0
+                labels = days * SESSION_SLOTS + into_session // (tf.minutes * NS_PER_MINUTE) if tf.minutes else days
+                valid = days >= 0
                 grid = self.grids[t][m]
                 grid.grow(len(self.symbols.per_market[m]))
                 grid.apply(labels[valid], column[mine][valid], close[mine][valid])
@@ -158,20 +186,25 @@ class PatternProcessor:
             for m, market in enumerate(TRADED_CLASSES):
                 grid = self.grids[t][m]
                 end = grid.labels.size
-                if tf.minutes == 0 and end:
-                    in_session = session_label(_SESSIONS[m], np.array([boundary_ns - 1], dtype=np.int64))[0]
-                    end -= int(grid.labels[-1] == in_session)
+                if end:
+                    end -= int(grid.labels[-1] == _forming(_SESSIONS[m], tf, boundary_ns))
                 if end == 0 or grid.labels[end - 1] <= self.scanned[t, m]:
                     continue
                 self.scanned[t, m] = grid.labels[end - 1]
-                closes = grid.window(tf.window + 1, end)
-                if closes.shape[0] < tf.window + 1:
+                rows = tf.window + 1
+                closes = grid.window(rows, end)
+                if closes.shape[0] < rows:
                     continue
-                complete = np.flatnonzero((closes > 0).all(axis=0))
+                enough = liquid(grid.traded(rows, end), self.config.min_traded_share)
+                usable = np.flatnonzero((closes > 0).all(axis=0) & enough)
                 names = np.array([self.symbols.names[i] for i in self.symbols.per_market[m]], dtype=object)
-                order = complete[np.argsort(names[complete].astype(str), kind="stable")]
+                order = usable[np.argsort(names[usable].astype(str), kind="stable")]
+                session = grid.labels[end - rows : end] // SESSION_SLOTS if tf.minutes else None
                 if order.size:
-                    panels.append(Panel(tf, market, names[order], closes[:, order], bars_per_year(tf, m)))
+                    panel = Panel(
+                        tf, market, names[order], closes[:, order], bars_per_year(tf, m), self.costs[m], session
+                    )
+                    panels.append(panel)
         return panels
 
     def _scan(self, boundary_ns: int) -> list[Emitted]:
@@ -184,7 +217,6 @@ class PatternProcessor:
         meta = {
             "version": _STATE_VERSION,
             "timeframes": [list(_timeframe_key(tf)) for tf in self.timeframes],
-            "config": [self.config.alpha, self.config.min_sharpe, self.config.correction, self.config.partners],
             "every_ns": self.clock.every_ns,
             "partitions": sorted(self.clock.partitions),
             "high_ns": self.clock.high_ns,
@@ -211,9 +243,16 @@ class PatternProcessor:
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, config: ScanConfig = ScanConfig(), timeframes: tuple[Timeframe, ...] = SCAN_TIMEFRAMES
+        cls,
+        data: bytes,
+        config: ScanConfig = ScanConfig(),
+        costs: tuple[float, ...] = DEFAULT_CLASS_COSTS,
+        timeframes: tuple[Timeframe, ...] = SCAN_TIMEFRAMES,
     ) -> PatternProcessor:
-        """Rebuild a processor; ValueError when the state is of another version or other timeframes/config."""
+        """Rebuild a processor; ValueError when the state is of another version or other timeframes.
+
+        The state is bars and clocks only, so the scan's configuration and costs may change between runs.
+        """
         try:
             arrays = np.load(io.BytesIO(data), allow_pickle=False)
             meta = json.loads(arrays["meta"].tobytes())
@@ -223,9 +262,7 @@ class PatternProcessor:
             raise ValueError(f"pattern state version {meta.get('version')} is not {_STATE_VERSION}")
         if meta["timeframes"] != [list(_timeframe_key(tf)) for tf in timeframes]:
             raise ValueError("the pattern timeframes changed")
-        if meta["config"] != [config.alpha, config.min_sharpe, config.correction, config.partners]:
-            raise ValueError("the pattern scan configuration changed")
-        processor = cls(frozenset(meta["partitions"]), config, timeframes, meta["every_ns"] // NS_PER_MINUTE)
+        processor = cls(frozenset(meta["partitions"]), config, costs, timeframes, meta["every_ns"] // NS_PER_MINUTE)
         clock = processor.clock
         clock.high_ns = {int(k): v for k, v in meta["high_ns"].items()}
         clock.low_ns = {int(k): v for k, v in meta["low_ns"].items()}
@@ -283,7 +320,9 @@ def signal_event(signal: Signal, as_of_ns: int) -> Emitted:
         "tests_in_family": signal.tests_in_family,
         "significance": signal.significance,
         "sharpe": signal.sharpe,
+        "sharpe_se": signal.sharpe_se,
         "psr": signal.psr,
+        "deflated_sharpe": signal.dsr,
         "half_life": signal.half_life,
         "hurst": signal.hurst,
         "params": signal.params,

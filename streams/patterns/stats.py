@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import ndtr, stdtr
+from scipy.special import ndtr, ndtri, stdtr
 
 Float64 = npt.NDArray[np.float64]
 IntP = npt.NDArray[np.intp]
@@ -163,6 +163,14 @@ def variance_ratio(returns: Float64, q: int) -> tuple[Float64, Float64]:
     return vr, z
 
 
+def winsorize(returns: Float64, k: float) -> Float64:
+    """Each column clipped to its median +- ``k`` robust standard deviations (1.4826 MAD)."""
+    median = np.median(returns, axis=0)
+    spread = k * 1.4826 * np.median(np.abs(returns - median), axis=0)
+    clipped: Float64 = np.clip(returns, median - spread, median + spread)
+    return clipped
+
+
 def half_life(series: Float64) -> Float64:
     """Mean-reversion half-life in bars from the AR(1) fit; NaN where the fit does not revert."""
     lagged = series[:-1]
@@ -197,39 +205,113 @@ def zscore_last(series: Float64) -> Float64:
     return z
 
 
-def t_test(returns: Float64) -> tuple[Float64, Float64]:
-    """One-sample t-statistic of the mean return and its two-sided Student-t p-value, per column."""
-    n = returns.shape[0]
+def rolling_mean_sd(series: Float64, lookback: int) -> tuple[Float64, Float64]:
+    """Mean and sample standard deviation of the trailing ``lookback`` values at each row (NaN before the first full
+    window), from running sums of the values less each column's first, so long price levels do not cancel."""
+    if not 2 <= lookback <= series.shape[0]:
+        raise ValueError("lookback must be between 2 and the number of values")
+    shifted = series - series[:1]
+    total, squares = _running(shifted, lookback), _running(shifted * shifted, lookback)
+    mean = total / lookback
+    variance = np.maximum(squares - total * mean, 0.0) / (lookback - 1)
+    return _pad(mean + series[:1], lookback), _pad(np.sqrt(variance), lookback)
+
+
+def _running(values: Float64, lookback: int) -> Float64:
+    """Sums of the trailing ``lookback`` rows, for rows ``lookback - 1`` onwards."""
+    csum = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values, axis=0)])
+    out: Float64 = csum[lookback:] - csum[:-lookback]
+    return out
+
+
+def _pad(values: Float64, lookback: int) -> Float64:
+    return np.vstack([np.full((lookback - 1, values.shape[1]), np.nan), values])
+
+
+def trailing_zscore(series: Float64, lookback: int) -> Float64:
+    """Distance of each value from the mean of the trailing ``lookback`` values up to it, in their standard
+    deviations: what a trader knows at that bar (a z-score against the whole window knows where the series ends)."""
+    mean, sd = rolling_mean_sd(series, lookback)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = returns.mean(axis=0) / (returns.std(axis=0, ddof=1) / np.sqrt(n))
-    return t, 2.0 * stdtr(n - 1, -np.abs(t))
+        z: Float64 = (series - mean) / sd
+    return z
 
 
-def tsmom_returns(returns: Float64, lookback: int) -> Float64:
-    """Returns of the time-series momentum rule: hold the sign of the trailing ``lookback`` return, one bar later."""
-    if not 1 <= lookback < returns.shape[0]:
-        raise ValueError("lookback must be between 1 and the number of returns - 1")
-    csum = np.vstack([np.zeros((1, returns.shape[1])), np.cumsum(returns, axis=0)])
-    trailing = csum[lookback:-1] - csum[: -lookback - 1]
-    held: Float64 = np.sign(trailing) * returns[lookback:]
-    return held
+def band_positions(z: Float64, entry: float) -> Float64:
+    """Reversion positions with hysteresis: long from ``z < -entry`` until ``z >= 0``, short from ``z > entry``
+    until ``z <= 0``, flat otherwise (and where z is NaN). Vectorised: each row's position is the sign of the last
+    entry unless an exit condition of that side came after it."""
+    rows = np.arange(z.shape[0])[:, None]
+    side = np.where(z < -entry, 1, np.where(z > entry, -1, 0))
+    last_entry = np.maximum.accumulate(np.where(side != 0, rows, -1), axis=0)
+    held = np.where(last_entry >= 0, np.take_along_axis(side, np.maximum(last_entry, 0), axis=0), 0)
+    last_long_exit = np.maximum.accumulate(np.where(z >= 0, rows, -1), axis=0)
+    last_short_exit = np.maximum.accumulate(np.where(z <= 0, rows, -1), axis=0)
+    exited = np.where(held > 0, last_long_exit > last_entry, last_short_exit > last_entry)
+    positions: Float64 = np.where(exited | np.isnan(z), 0.0, held.astype(np.float64))
+    return positions
 
 
-def reversion_returns(series: Float64, lookback: int) -> Float64:
-    """Returns of the linear mean-reversion rule: hold ``-z_t`` units of the series for a bar.
+def momentum_positions(series: Float64, lookback: int) -> Float64:
+    """Time-series momentum: hold the sign of the trailing ``lookback``-bar change; flat before ``lookback`` bars."""
+    if not 1 <= lookback < series.shape[0]:
+        raise ValueError("lookback must be between 1 and the number of values - 1")
+    positions = np.zeros_like(series)
+    positions[lookback:] = np.sign(series[lookback:] - series[:-lookback])
+    return positions
 
-    ``z_t`` uses only the trailing ``lookback`` values up to t, never the window's own mean: a z-score against the
-    whole window knows where the series ends, which makes even a random walk look like it reverts.
+
+def rolling_hedge(y: Float64, x: Float64, lookback: int) -> tuple[Float64, Float64, Float64]:
+    """Hedge ratio, intercept and spread z-score at each row from the OLS of y on x over the trailing ``lookback``
+    rows up to it (NaN before): the spread ``y - beta x - alpha`` of the latest bar in residual standard errors."""
+    if not 3 <= lookback <= y.shape[0]:
+        raise ValueError("lookback must be between 3 and the number of values")
+    y0, x0 = y - y[:1], x - x[:1]
+    sx, sy = _running(x0, lookback), _running(y0, lookback)
+    sxx, sxy, syy = _running(x0 * x0, lookback), _running(x0 * y0, lookback), _running(y0 * y0, lookback)
+    cxx, cxy, cyy = sxx - sx * sx / lookback, sxy - sx * sy / lookback, syy - sy * sy / lookback
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = cxy / cxx
+        shift = (sy - beta * sx) / lookback
+        residual_sd = np.sqrt(np.maximum(cyy - beta * cxy, 0.0) / (lookback - 2))
+        z = (y0[lookback - 1 :] - beta * x0[lookback - 1 :] - shift) / residual_sd
+    alpha = shift + y[:1] - beta * x[:1]
+    return _pad(beta, lookback), _pad(alpha, lookback), _pad(z, lookback)
+
+
+def trade_returns(legs: list[tuple[Float64, Float64]], cost_per_unit: float) -> tuple[Float64, Float64]:
+    """Net returns per bar of positions held for one bar, and the turnover behind them.
+
+    ``legs`` are (positions (N, S) decided at each bar's close, per-bar returns (N - 1, S)); bar ``i`` earns
+    ``p[i-1] * r[i]`` on every leg and pays ``cost_per_unit`` on the units traded at the close before it,
+    ``|p[i-1] - p[i-2]|`` (from flat at the start).
     """
-    if not 2 <= lookback < series.shape[0]:
-        raise ValueError("lookback must be between 2 and the number of values - 1")
-    trailing = np.lib.stride_tricks.sliding_window_view(series, lookback, axis=0)
-    mean = trailing.mean(axis=-1)
-    deviation = np.sqrt(((trailing - mean[..., None]) ** 2).sum(axis=-1) / (lookback - 1))
+    gross: Float64 = np.zeros_like(legs[0][1])
+    turnover: Float64 = np.zeros_like(legs[0][1])
+    for positions, returns in legs:
+        held = positions[:-1]
+        gross += held * returns
+        turnover += np.abs(np.diff(held, axis=0, prepend=0.0))
+    return gross - cost_per_unit * turnover, turnover
+
+
+def newey_west_lags(n: int) -> int:
+    """Newey-West (1994) rule of thumb for the Bartlett kernel: floor(4 (n / 100)^(2/9))."""
+    return int(4.0 * (n / 100.0) ** (2.0 / 9.0))
+
+
+def newey_west_t(returns: Float64) -> tuple[Float64, Float64]:
+    """t-statistic of the mean with Newey-West (HAC, Bartlett) standard errors, and its one-sided p-value for a
+    positive mean (Student-t with n - 1 degrees of freedom), per column: autocorrelated returns do not inflate it."""
+    n = returns.shape[0]
+    lags = newey_west_lags(n)
+    e = returns - returns.mean(axis=0)
+    long_run = np.einsum("ts,ts->s", e, e) / n
+    for lag in range(1, lags + 1):
+        long_run += 2.0 * (1.0 - lag / (lags + 1.0)) * np.einsum("ts,ts->s", e[lag:], e[:-lag]) / n
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = (series[lookback - 1 :] - mean) / deviation
-    held: Float64 = -z[:-1] * np.diff(series[lookback - 1 :], axis=0)
-    return held
+        t = returns.mean(axis=0) / np.sqrt(np.maximum(long_run, 0.0) / n)
+    return t, stdtr(n - 1, -t)
 
 
 def sharpe(returns: Float64, bars_per_year: float) -> Float64:
@@ -239,8 +321,8 @@ def sharpe(returns: Float64, bars_per_year: float) -> Float64:
     return ratio
 
 
-def probabilistic_sharpe(returns: Float64, benchmark: float = 0.0) -> Float64:
-    """PSR(SR*) = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2)), per-bar SR and SR*."""
+def _sharpe_moments(returns: Float64) -> tuple[Float64, Float64]:
+    """Per-bar Sharpe ratio and ``1 - skew SR + (kurt - 1) / 4 SR^2``, the variance factor of its estimate."""
     n = returns.shape[0]
     e = returns - returns.mean(axis=0)
     e2 = e * e
@@ -249,9 +331,37 @@ def probabilistic_sharpe(returns: Float64, benchmark: float = 0.0) -> Float64:
         skew = np.einsum("ts,ts->s", e2, e) / n / m2**1.5
         kurt = np.einsum("ts,ts->s", e2, e2) / n / (m2 * m2)
         sr = returns.mean(axis=0) / returns.std(axis=0, ddof=1)
-        denominator = 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr
-        out = ndtr((sr - benchmark) * np.sqrt(n - 1) / np.sqrt(denominator))
-    return np.where(denominator > 0, out, np.nan)
+    return sr, 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr
+
+
+def probabilistic_sharpe(returns: Float64, benchmark: Float64 | float = 0.0) -> Float64:
+    """PSR(SR*) = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2)), per-bar SR and SR*
+    (one benchmark, or one per column)."""
+    sr, factor = _sharpe_moments(returns)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = ndtr((sr - benchmark) * np.sqrt(returns.shape[0] - 1) / np.sqrt(factor))
+    return np.where(factor > 0, out, np.nan)
+
+
+def sharpe_standard_error(returns: Float64, bars_per_year: float) -> Float64:
+    """Standard error of the annualised Sharpe ratio (Mertens 2002: non-normal returns), per column."""
+    _, factor = _sharpe_moments(returns)
+    with np.errstate(invalid="ignore"):
+        se: Float64 = np.sqrt(np.where(factor > 0, factor, np.nan) / (returns.shape[0] - 1) * bars_per_year)
+    return se
+
+
+_EULER_GAMMA = 0.5772156649015329
+
+
+def expected_max_sharpe(trials: int, variance: Float64 | float) -> Float64:
+    """Expected maximum per-bar Sharpe ratio of ``trials`` unskilled strategies whose Sharpe estimates have this
+    variance (Bailey and Lopez de Prado 2014): the benchmark the deflated Sharpe ratio tests against."""
+    if trials < 2:
+        return np.zeros_like(np.asarray(variance, dtype=np.float64))
+    quantiles = (1.0 - _EULER_GAMMA) * ndtri(1.0 - 1.0 / trials) + _EULER_GAMMA * ndtri(1.0 - 1.0 / (trials * np.e))
+    out: Float64 = np.sqrt(variance) * quantiles
+    return out
 
 
 def holm(p: Float64) -> Float64:

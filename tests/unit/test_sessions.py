@@ -17,6 +17,7 @@ from core.sessions import (
     next_open,
     regular_session_mask,
     session_label,
+    session_open,
 )
 from core.units import NS_PER_MINUTE
 
@@ -182,6 +183,23 @@ def test_next_open_and_close(market: Market, utc: str, opens: str, closes: str) 
 def test_session_label(market: Market, utc: str, label: str | None) -> None:
     got = session_label(market, np.array([ns(utc)], dtype=np.int64))
     assert got.tolist() == [day(label) if label else -1]
+
+
+@pytest.mark.parametrize(
+    ("market", "utc", "opened"),
+    [
+        (NYSE, "2026-11-27 17:00", "2026-11-27 14:30"),
+        (NYSE, "2026-11-27 14:29", None),  # pre-market
+        (NYSE, "2026-03-09 13:30", "2026-03-09 13:30"),  # the open itself, EDT
+        (CME, "2026-03-09 20:59", "2026-03-08 22:00"),  # Monday's session opened Sunday 17:00 Chicago (CDT)
+        (CME, "2026-03-09 21:30", None),  # daily break
+        (FX, "2026-03-11 21:00", "2026-03-11 21:00"),  # 17:00 New York starts the next FX day
+        (FX, "2026-03-07 12:00", None),
+    ],
+)
+def test_session_open(market: Market, utc: str, opened: str | None) -> None:
+    got = session_open(market, np.array([ns(utc)], dtype=np.int64))
+    assert got.tolist() == [ns(opened) if opened else -1]
 
 
 # --- vectorised against independent references on random times -------------------------------------------
