@@ -6,7 +6,7 @@ from bench import agents, correlation, patterns, pipeline, polygon_live, session
 pipeline.main()
 agents.main()
 correlation.main()
-patterns.main()
+patterns.main([])
 polygon_live.main(["--seconds", "60"])
 sessions.main()
 storage.main()

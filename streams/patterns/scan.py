@@ -13,8 +13,8 @@ left out of every test and every trade, and the trades are flat over each close.
 - ``PAIRS_MEAN_REVERSION``: each symbol with its ``partners`` most correlated symbols of the same market (returns
   over the window), every distinct pair once, in column order (the first symbol is regressed on the second);
   Engle-Granger test on the whole window of the winsorised log prices; half-life and Hurst exponent of its
-  spread. Trade: the spread of a hedge ratio and intercept fitted on the trailing ``lookback`` bars only, entered
-  and left as the single trade.
+  spread. Trade: the spread of a hedge ratio and intercept fitted on the window's bars up to each decision only
+  (from ``lookback`` bars on), entered and left as the single trade.
 
 No position depends on a bar after its decision. Every trade is net of the panel's cost per unit traded, and its
 Sharpe ratio comes with its standard error. Every hypothesis of the scan (all detectors, timeframes and markets)
@@ -418,7 +418,7 @@ def _pairs(
     window: _Window, tested_returns: Float64, robust: Float64, panel: Panel, config: ScanConfig
 ) -> dict[str, Float64]:
     """Engle-Granger on the whole window (of the winsorised prices); the trade holds the spread of a hedge fitted on
-    trailing bars only."""
+    the bars up to each decision only."""
     tf = panel.timeframe
     correlation = stats.correlation_matrix(tested_returns)
     a, b = stats.top_partners(correlation, config.partners)
@@ -427,11 +427,11 @@ def _pairs(
     robust_price = np.vstack([np.zeros((1, robust.shape[1])), np.cumsum(robust, axis=0)])
     if m:
         stat, p, *_ = stats.engle_granger(robust_price[:, a], robust_price[:, b], tf.adf_lags, finite_sample=True)
-        _, _, beta, alpha = stats.engle_granger(y, x, tf.adf_lags)
+        beta, alpha = stats.hedge_ratio(y, x)
     else:
         stat = p = beta = alpha = np.empty(0)
     spread = y - beta * x - alpha
-    trailing_beta, trailing_alpha, z = stats.rolling_hedge(y, x, tf.lookback)
+    trailing_beta, trailing_alpha, z = stats.expanding_hedge(y, x, tf.lookback)
     held = stats.band_positions(z, config.entry_z)
     with np.errstate(invalid="ignore"):
         # Units of the spread per unit of gross notional, so costs and returns are per unit of capital.

@@ -261,22 +261,26 @@ def momentum_positions(series: Float64, lookback: int) -> Float64:
     return positions
 
 
-def rolling_hedge(y: Float64, x: Float64, lookback: int) -> tuple[Float64, Float64, Float64]:
-    """Hedge ratio, intercept and spread z-score at each row from the OLS of y on x over the trailing ``lookback``
-    rows up to it (NaN before): the spread ``y - beta x - alpha`` of the latest bar in residual standard errors."""
-    if not 3 <= lookback <= y.shape[0]:
-        raise ValueError("lookback must be between 3 and the number of values")
+def expanding_hedge(y: Float64, x: Float64, first: int) -> tuple[Float64, Float64, Float64]:
+    """Hedge ratio, intercept and spread z-score at each row from the OLS of y on x over every row up to it, from
+    row ``first - 1`` on (NaN before): the spread ``y - beta x - alpha`` of the latest bar in residual standard
+    errors. Expanding rather than rolling: a hedge ratio from a few dozen bars is too noisy to trade."""
+    if not 3 <= first <= y.shape[0]:
+        raise ValueError("first must be between 3 and the number of values")
     y0, x0 = y - y[:1], x - x[:1]
-    sx, sy = _running(x0, lookback), _running(y0, lookback)
-    sxx, sxy, syy = _running(x0 * x0, lookback), _running(x0 * y0, lookback), _running(y0 * y0, lookback)
-    cxx, cxy, cyy = sxx - sx * sx / lookback, sxy - sx * sy / lookback, syy - sy * sy / lookback
+    count = np.arange(1, y.shape[0] + 1, dtype=np.float64)[:, None]
+    sx, sy = np.cumsum(x0, axis=0), np.cumsum(y0, axis=0)
+    sxx, sxy, syy = np.cumsum(x0 * x0, axis=0), np.cumsum(x0 * y0, axis=0), np.cumsum(y0 * y0, axis=0)
+    cxx, cxy, cyy = sxx - sx * sx / count, sxy - sx * sy / count, syy - sy * sy / count
     with np.errstate(divide="ignore", invalid="ignore"):
         beta = cxy / cxx
-        shift = (sy - beta * sx) / lookback
-        residual_sd = np.sqrt(np.maximum(cyy - beta * cxy, 0.0) / (lookback - 2))
-        z = (y0[lookback - 1 :] - beta * x0[lookback - 1 :] - shift) / residual_sd
+        shift = (sy - beta * sx) / count
+        residual_sd = np.sqrt(np.maximum(cyy - beta * cxy, 0.0) / (count - 2))
+        z = (y0 - beta * x0 - shift) / residual_sd
     alpha = shift + y[:1] - beta * x[:1]
-    return _pad(beta, lookback), _pad(alpha, lookback), _pad(z, lookback)
+    early = slice(0, first - 1)
+    beta[early] = alpha[early] = z[early] = np.nan
+    return beta, alpha, z
 
 
 def trade_returns(legs: list[tuple[Float64, Float64]], cost_per_unit: float) -> tuple[Float64, Float64]:

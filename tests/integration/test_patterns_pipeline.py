@@ -22,8 +22,7 @@ from core.settings import Settings
 from projections.redis_store import RedisProjection
 from projections.signals import signals_projection
 from schemas.catalogue import topic_spec
-from streams.patterns.factory import watched_partitions
-from streams.patterns.processor import PatternProcessor
+from streams.patterns.factory import FACTORY
 from streams.processors import BarFrame
 from tests.integration.test_pipeline import count, fetch, latest_of
 from tests.services import eventually
@@ -48,7 +47,7 @@ def expected_events(settings: Settings) -> list[dict[str, Any]]:
         np.concatenate([b.close for b in batches]),
         np.concatenate([b.asset_class for b in batches]),
     )
-    return [e.event for e in PatternProcessor(watched_partitions(settings)).process(frame)]
+    return [e.event for e in FACTORY.create(settings).process(frame)]
 
 
 def test_pattern_signals_reach_the_cli(
@@ -72,6 +71,8 @@ def test_pattern_signals_reach_the_cli(
         assert row["symbols"] == event["symbols"] and row["pattern_family"] == event["pattern_family"]
         assert row["statistic"] == pytest.approx(event["statistic"], rel=1e-12)
         assert row["adjusted_p_value"] == pytest.approx(event["adjusted_p_value"], rel=1e-12)
+        assert row["sharpe_se"] == pytest.approx(event["sharpe_se"], rel=1e-12)
+        assert row["deflated_sharpe"] == pytest.approx(event["deflated_sharpe"], rel=1e-12)
         assert row["tests_in_family"] == event["tests_in_family"]
         assert json.loads(row["params"]) == event["params"]
 

@@ -1,4 +1,4 @@
-"""The pattern scan finds what the synthetic market injects, and stays quiet on pure random walks."""
+"""The pattern scan finds what the synthetic market injects, net of costs, and never trades the overnight gap."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from functools import cache
 
 import numpy as np
 import pytest
-from scipy.stats import binom
 
 from connectors.synthetic.market import Universe, build_universe, generate_bars
+from connectors.synthetic.nulls import null_panels
+from core.costs import DEFAULT_COSTS
 from streams.patterns.processor import PatternProcessor
-from streams.patterns.scan import SCAN_TIMEFRAMES, Panel, ScanConfig, scan
+from streams.patterns.scan import MEAN_REVERSION, SCAN_TIMEFRAMES, Panel, ScanConfig, Timeframe, scan
 from streams.processors import BarFrame
 
 START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
@@ -54,19 +55,17 @@ def test_injected_pairs_and_trends_are_found_while_active(seed: int) -> None:
             as_of = datetime.fromtimestamp(int(event["as_of_ns"]) / 1e9, UTC)  # type: ignore[call-overload]
             assert regime.start < as_of <= regime.end + (regime.end - regime.start) / 4
             assert event["adjusted_p_value"] < ALPHA  # type: ignore[operator]
-            assert event["sharpe"] >= 1.0  # type: ignore[operator]
+            assert event["psr"] >= 0.95  # type: ignore[operator]
+            assert event["sharpe"] > 1.6 * event["sharpe_se"] > 0  # type: ignore[operator]
             if regime.kind == "trending":
-                assert event["direction"] == "LONG"  # every injected drift is positive
-            elif event["timeframe"] == "1m":
-                # Realised half-lives of the generator's spreads run shorter than its manifest says (about 0.3-0.6x
-                # here, with the true hedge ratio too), so only the order of magnitude is checked.
-                assert 0.2 < event["half_life"] / regime.params["half_life"] < 2.0  # type: ignore[operator]
+                assert event["direction"] in ("LONG", "NEUTRAL")  # every injected drift is positive
+            else:
                 hedge = float(event["params"]["hedge_ratio"])  # type: ignore[index]
                 expected = regime.params["hedge_ratio"]
-                assert min(abs(hedge - expected), abs(1 / hedge - expected)) < 0.25
-    # The generator's trends have an expected t of 4-6 over their whole span, so a few sit at the edge of what
-    # any test can see after correcting for ~1,300 hypotheses; across seeds 1-7 the scan finds 85-90% of them.
-    assert found >= len(universe.regimes) - 1
+                assert min(abs(hedge - expected), abs(1 / hedge - expected)) < 0.35
+    # Net of costs, with look-ahead-free trades and a significance gate on the net Sharpe ratio, the scan finds
+    # three quarters of the generator's regimes (seeds 1-3: 6 of 8 each; the README has the power over more seeds).
+    assert found >= 5
 
 
 def test_signals_carry_the_correction_they_survived() -> None:
@@ -77,40 +76,59 @@ def test_signals_carry_the_correction_they_survived() -> None:
         assert event["p_value"] <= event["adjusted_p_value"] < ALPHA  # type: ignore[operator]
         assert event["tests_in_family"] > 100  # type: ignore[operator]
         assert event["timeframe"] in {tf.name for tf in SCAN_TIMEFRAMES}
-        assert 0.0 <= event["psr"] <= 1.0  # type: ignore[operator]
-
-
-def random_walk_panels(seed: int, symbols: int = 30) -> list[Panel]:
-    """Every timeframe over pure random walks (a common factor makes pairs look alike, as real markets do)."""
-    rng = np.random.default_rng(seed)
-    names = np.array([f"S{i:02d}" for i in range(symbols)], dtype=object)
-    panels = []
-    for tf in SCAN_TIMEFRAMES:
-        bars = tf.window + 1
-        factor = rng.standard_normal((bars, 1)) * 1e-3
-        returns = factor * rng.uniform(0.3, 1.5, symbols) + rng.standard_normal((bars, symbols)) * rng.uniform(
-            5e-4, 2e-3, symbols
+        assert 0.95 <= event["psr"] <= 1.0  # type: ignore[operator]
+        assert 0.0 <= event["deflated_sharpe"] <= event["psr"]  # type: ignore[operator]
+        params = event["params"]
+        assert float(params["cost_bp"]) == pytest.approx(  # type: ignore[index]
+            DEFAULT_COSTS[params["market"]].per_unit_bp  # type: ignore[index]
         )
-        closes = 50.0 * np.exp(np.cumsum(returns, axis=0))
-        panels.append(Panel(tf, "EQUITY", names, closes, 252.0 * 390 / max(tf.minutes, 1)))
-    return panels
+        # Net is gross less what the turnover cost.
+        assert event["sharpe"] <= float(params["gross_sharpe"]) + 1e-9  # type: ignore[index, operator]
 
 
-@pytest.mark.parametrize("correction", ["BENJAMINI_HOCHBERG", "HOLM"])
-def test_random_walks_emit_at_most_the_nominal_rate(correction: str) -> None:
-    """Under the complete null the share of scans emitting anything is the family-wise error, <= alpha.
+def test_costs_decide_whether_a_high_turnover_trade_survives() -> None:
+    """Bid-ask bounce: prices alternate around a random walk, so the variance ratio rejects loudly, and the
+    reversion trade earns the bounce gross; it survives without costs and not with a typical equity half-spread."""
+    rng = np.random.default_rng(5)
+    names = np.array([f"S{i:02d}" for i in range(6)], dtype=object)
+    tf = SCAN_TIMEFRAMES[0]
+    walk = np.cumsum(rng.standard_normal((tf.window + 1, 6)) * 1e-4, axis=0)
+    bounce = np.where(rng.random((tf.window + 1, 6)) < 0.5, 1.0, -1.0) * 1.5e-4  # a 3 bp quoted spread
+    closes = 50.0 * np.exp(walk + bounce)
+    session = np.zeros(tf.window + 1, dtype=np.int64)
+    free = scan([Panel(tf, "EQUITY", names, closes, 98_280.0, 0.0, session)])
+    costly = scan([Panel(tf, "EQUITY", names, closes, 98_280.0, DEFAULT_COSTS["EQUITY"].per_unit, session)])
+    reversion = free.candidates.family == MEAN_REVERSION
+    assert (free.candidates.adjusted_p_value[reversion] < 1e-3).all()
+    assert free.candidates.emitted[reversion].any()
+    assert not costly.candidates.emitted.any()
+    assert (costly.candidates.sharpe[reversion] < 0).all()
 
-    Tolerance: the one-sided 99% binomial bound for ``scans`` draws at rate alpha.
-    """
-    scans = 300
-    config = ScanConfig(alpha=ALPHA, correction=correction)  # type: ignore[arg-type]
-    emitting = sum(bool(scan(random_walk_panels(seed), config).signals()) for seed in range(scans))
-    assert emitting / scans <= binom.ppf(0.99, scans, ALPHA) / scans
-    assert emitting > 0  # the tests have size: a scan that never rejects would pass the bound trivially
+
+@pytest.mark.parametrize("timeframe", SCAN_TIMEFRAMES[:3], ids=lambda tf: tf.name)
+def test_overnight_gaps_change_nothing(timeframe: Timeframe) -> None:
+    """Returns across two sessions are neither tested nor traded: adding overnight gaps of 2% to an intraday panel
+    leaves every statistic and every trade of the scan as it was."""
+    rows = timeframe.window + 1
+    per_session = {1: 390, 15: 26, 60: 7}[timeframe.minutes]
+    session = (np.arange(rows, dtype=np.int64) + per_session - 3) // per_session
+    rng = np.random.default_rng(9)
+    intraday = np.cumsum(rng.standard_normal((rows, 6)) * 1e-3, axis=0)
+    opens = np.diff(session, prepend=session[0])[:, None] > 0
+    gaps = np.cumsum(np.where(opens, rng.standard_normal((rows, 6)) * 0.02, 0.0), axis=0)
+    names = np.array([f"S{i}" for i in range(6)], dtype=object)
+    panels = [
+        Panel(timeframe, "EQUITY", names, 50.0 * np.exp(intraday + shift), 98_280.0, 2e-4, session)
+        for shift in (0.0, gaps)
+    ]
+    plain, gapped = scan(panels[:1]).candidates, scan(panels[1:]).candidates
+    assert opens.any()
+    for column in ("p_value", "sharpe", "sharpe_se", "gross_sharpe", "turnover", "zscore", "hedge_ratio"):
+        np.testing.assert_allclose(getattr(gapped, column), getattr(plain, column), rtol=1e-6, atol=1e-9)
 
 
 def test_tests_in_family_counts_every_hypothesis_with_a_p_value() -> None:
-    panels = random_walk_panels(3, symbols=12)
+    panels = null_panels("gaussian", 3, symbols=12)
     result = scan(panels, ScanConfig(partners=2))
     singles = 2 * 12 * len(panels)
     pairs = int(np.count_nonzero(result.candidates.family == 2))
