@@ -250,7 +250,9 @@ class PatternSettings(Section):
         "BENJAMINI_HOCHBERG", description="one correction over every hypothesis of a scan: BENJAMINI_HOCHBERG or HOLM"
     )
     partners: int = Field(3, ge=1, description="most correlated partners each symbol is tested for a pair with")
-    entry_z: float = Field(1.0, gt=0, description="|z-score| at which the reversion trades enter (they exit at 0)")
+    entry_z: float = Field(
+        1.0, gt=0, description="absolute z-score at which the reversion trades enter (they exit at 0)"
+    )
     min_psr: float = Field(
         0.95, ge=0, lt=1, description="probabilistic Sharpe ratio (net of costs, against zero) a signal's trade needs"
     )

@@ -305,8 +305,20 @@ def query_signals(
 
     rows = _run_db(lambda conn: signals.latest_signals(conn, symbol, family and family.upper(), timeframe, limit))
     if not as_json:
-        rows = [{k: v for k, v in r.items() if k not in ("params", "event_id", "correction")} for r in rows]
-    _emit(rows, "pattern signals", as_json)
+        rows = [_signal_row(r) for r in rows]
+    _emit(rows, "pattern signals (Sharpe ratios annualised, net of costs, ± one standard error)", as_json)
+
+
+def _signal_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A signal as the table shows it: the net Sharpe ratio with its standard error in one column."""
+    shown: dict[str, Any] = {}
+    for name, value in row.items():
+        if name == "sharpe":
+            se = row["sharpe_se"]
+            shown["net sharpe"] = f"{value:.2f}" if se is None else f"{value:.2f} ± {se:.2f}"
+        elif name not in ("params", "event_id", "correction", "sharpe_se"):
+            shown[name] = value
+    return shown
 
 
 def _emit_snapshot(view: Any, kind: str, title: str, as_json: bool) -> None:

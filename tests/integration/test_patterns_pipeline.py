@@ -92,7 +92,8 @@ def test_pattern_signals_reach_the_cli(
     filtered = json.loads(run_cli("query", "signals", "--symbol", symbol, "--json").stdout)
     assert filtered and all(symbol in r["symbols"].split(",") for r in filtered)
     assert json.loads(run_cli("query", "signals", "--family", "seasonality", "--json").stdout) == []
-    assert "pattern signals" in run_cli("query", "signals").stdout
+    table = run_cli("query", "signals").stdout
+    assert "pattern signals" in table and "±" in table  # every Sharpe ratio with its standard error
 
     first = latest[(expected[0]["pattern_family"], ",".join(expected[0]["symbols"]), expected[0]["timeframe"])]
     key = f"tm:signal:{first['pattern_family']}:{','.join(first['symbols'])}:{first['timeframe']}"
@@ -121,7 +122,9 @@ def signal_event(as_of_ns: int, statistic: float) -> dict[str, Any]:
         "tests_in_family": 500,
         "significance": 0.05,
         "sharpe": 3.0,
+        "sharpe_se": 1.2,
         "psr": 0.99,
+        "deflated_sharpe": 0.4,
         "half_life": None,
         "hurst": 0.3,
         "params": {"hedge_ratio": "1.1"},
