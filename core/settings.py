@@ -253,6 +253,7 @@ class PatternSettings(Section):
     entry_z: float = Field(
         1.0, gt=0, description="absolute z-score at which the reversion trades enter (they exit at 0)"
     )
+    min_sharpe: float = Field(1.0, description="annualised Sharpe ratio (net of costs) a signal's trade needs")
     min_psr: float = Field(
         0.95, ge=0, lt=1, description="probabilistic Sharpe ratio (net of costs, against zero) a signal's trade needs"
     )

@@ -21,7 +21,9 @@ def watched_partitions(settings: Settings) -> frozenset[int]:
 
 def scan_config(settings: Settings) -> ScanConfig:
     p = settings.patterns
-    return ScanConfig(p.alpha, p.correction, p.partners, p.entry_z, p.min_psr, p.min_dsr, p.min_traded_share)
+    return ScanConfig(
+        p.alpha, p.correction, p.partners, p.entry_z, p.min_sharpe, p.min_psr, p.min_dsr, p.min_traded_share
+    )
 
 
 def costs(settings: Settings) -> tuple[float, ...]:

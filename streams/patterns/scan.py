@@ -20,7 +20,8 @@ No position depends on a bar after its decision. Every trade is net of the panel
 Sharpe ratio comes with its standard error. Every hypothesis of the scan (all detectors, timeframes and markets)
 is one family: its p-values are adjusted together (Benjamini-Hochberg by default, or Holm), and ``tests`` is the
 number of hypotheses with a p-value. A candidate is emitted when its adjusted p-value is below ``alpha`` and its trade's
-net Sharpe ratio is significantly positive: probabilistic Sharpe ratio at least ``min_psr``. Every trade also
+net Sharpe ratio is at least ``min_sharpe`` (the product's rule) and significantly positive: probabilistic Sharpe
+ratio at least ``min_psr`` (a Sharpe ratio of 1 from 390 one-minute bars is 0.06 standard errors from zero). Every trade also
 carries its deflated Sharpe ratio (against the best Sharpe ratio ``tests`` unskilled trials would show), which
 gates too when ``min_dsr`` is set: the correction already accounts for the search across trials, so gating on both
 is Bonferroni-strict on top of a false-discovery rate (see the README for the power either way).
@@ -79,6 +80,7 @@ class ScanConfig:
     correction: Correction = "BENJAMINI_HOCHBERG"
     partners: int = 3
     entry_z: float = 1.0
+    min_sharpe: float = 1.0
     min_psr: float = 0.95
     min_dsr: float = 0.0
     min_traded_share: float = 0.9
@@ -253,7 +255,8 @@ def scan(panels: Sequence[Panel], config: ScanConfig = ScanConfig()) -> ScanResu
     correct = stats.holm if config.correction == "HOLM" else stats.benjamini_hochberg
     adjusted[tested] = correct(p[tested])
     dsr = _deflated_sharpe(columns, int(tested.size))
-    emitted = (adjusted < config.alpha) & (columns["psr"] >= config.min_psr) & ~(dsr < config.min_dsr)
+    significant = (columns["psr"] >= config.min_psr) & ~(dsr < config.min_dsr)
+    emitted = (adjusted < config.alpha) & (columns["sharpe"] >= config.min_sharpe) & significant
     candidates = Candidates(
         **{name: columns[name] for name in _COLUMNS if name not in _INDEXES},
         family=columns["family"].astype(np.int8),
