@@ -12,7 +12,7 @@ UV_VERSION := 0.13.9
 # Modules that must stay free of Kafka/database imports and pass `mypy --strict`; extend as they appear.
 PURE_MODULES := schemas/ streams/correlation/rolling.py streams/correlation/clock.py streams/correlation/processor.py \
   streams/correlation/alerts.py streams/host.py streams/checkpoints.py \
-  core/costs.py core/deadletter.py core/consumed.py core/events.py core/supervision.py core/metrics.py connectors/synthetic/market.py connectors/synthetic/nulls.py connectors/replay.py \
+  core/costs.py core/deadletter.py core/consumed.py core/events.py core/supervision.py core/metrics.py connectors/synthetic/market.py streams/patterns/nulls.py connectors/replay.py \
   core/sessions.py connectors/polygon/symbols.py connectors/polygon/normalise.py connectors/polygon/trade_ids.py \
   streams/rotation/ranks.py streams/rotation/strength.py streams/rotation/sectors.py \
   streams/rotation/processor.py projections/adjust.py \

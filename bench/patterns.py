@@ -9,7 +9,7 @@ statsmodels ``RollingOLS(expanding=True)``, Newey-West t-values from ``OLS(...).
 correction. The baseline runs on a sample of the hypotheses and is extrapolated per hypothesis (printed as such);
 its p-values are checked against the kernels' on that sample. Target: the full scan in at most 2 s.
 
-False discoveries: 1,000 scans of each null family of ``connectors.synthetic.nulls``; the share of scans emitting
+False discoveries: 1,000 scans of each null family of ``streams.patterns.nulls``; the share of scans emitting
 any signal, the signals per such scan, and each detector's tail rate of p-values against nominal.
 
 Power: the share of the synthetic market's injected regimes that the processor reports while they are active, over
@@ -35,9 +35,9 @@ from statsmodels.tsa.adfvalues import mackinnonp
 from statsmodels.tsa.stattools import coint
 
 from connectors.synthetic.market import build_universe, generate_bars
-from connectors.synthetic.nulls import NULL_FAMILIES, null_panels
 from core.costs import DEFAULT_COSTS
 from streams.patterns import stats
+from streams.patterns.nulls import NULL_FAMILIES, null_panels
 from streams.patterns.processor import PatternProcessor
 from streams.patterns.scan import FAMILIES, PAIRS, SCAN_TIMEFRAMES, WINSOR_K, Panel, ScanConfig, scan
 from streams.processors import BarFrame
@@ -83,7 +83,8 @@ def _winsorised(r: pd.Series) -> pd.Series:
     return r.clip(median - spread, median + spread)
 
 
-def _band_loop(z: np.ndarray, entry: float) -> np.ndarray:
+def band_loop(z: np.ndarray, entry: float) -> np.ndarray:
+    """The reversion band rule as a trader runs it, bar by bar (also the unit tests' reference)."""
     held, out = 0.0, np.zeros_like(z)
     for t, value in enumerate(z):
         if np.isnan(value):
@@ -136,7 +137,7 @@ def reference_single(panel: Panel, column: int, entry: float) -> tuple[float, fl
     _extras(price, tf.lookback)
     trailing = price.rolling(tf.lookback)
     z = ((price - trailing.mean()) / trailing.std()).to_numpy()
-    reversion = _net([(_band_loop(z, entry), returns)], within, tf.lookback, panel.cost)
+    reversion = _net([(band_loop(z, entry), returns)], within, tf.lookback, panel.cost)
     _sharpe_psr(reversion, panel.bars_per_year)
     momentum_positions = np.sign(price - price.shift(tf.lookback)).fillna(0.0).to_numpy()
     momentum = _net([(momentum_positions, returns)], within, tf.lookback, panel.cost)
@@ -165,7 +166,7 @@ def reference_pair(panel: Panel, a: int, b: int, entry: float) -> float:
     spread = price[:, 0] - fitted.params[:, 0] - beta * price[:, 1]
     z = spread / np.sqrt(fitted.mse_resid)
     z[: tf.lookback - 1] = np.nan
-    units = np.nan_to_num(_band_loop(z, entry) / (1 + np.abs(beta)))
+    units = np.nan_to_num(band_loop(z, entry) / (1 + np.abs(beta)))
     net = _net([(units, returns[:, 0]), (-units * np.nan_to_num(beta), returns[:, 1])], within, tf.lookback, panel.cost)
     _sharpe_psr(net, panel.bars_per_year)
     full = OLS(price[:, 0], add_constant(price[:, 1])).fit()

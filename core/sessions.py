@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals
@@ -169,27 +170,28 @@ def regular_session_mask(market: Market, t_ns: Int64) -> npt.NDArray[np.bool_]:
     return (_edge_index(table, t) & 1).astype(np.bool_)
 
 
+def _per_session(market: Market, t_ns: Int64, column: Literal["labels", "opens"]) -> Int64:
+    """A column of the session table for the session containing each time, -1 outside sessions."""
+    t = _as_times(t_ns)
+    if t.size == 0:
+        return np.zeros(t.shape, dtype=np.int64)
+    table = _table(market, int(t.min()), int(t.max()))
+    k = _edge_index(table, t)
+    values: Int64 = getattr(table, column)
+    return np.where(k & 1, values[np.minimum(k // 2, len(values) - 1)], -1)
+
+
 def session_label(market: Market, t_ns: Int64) -> Int64:
     """Trading day (days since 1970-01-01) of the session containing each time, -1 outside sessions.
 
     A CME evening or an FX evening after 17:00 New York belongs to the next trading day.
     """
-    t = _as_times(t_ns)
-    if t.size == 0:
-        return np.zeros(t.shape, dtype=np.int64)
-    table = _table(market, int(t.min()), int(t.max()))
-    k = _edge_index(table, t)
-    return np.where(k & 1, table.labels[np.minimum(k // 2, len(table.labels) - 1)], -1)
+    return _per_session(market, t_ns, "labels")
 
 
 def session_open(market: Market, t_ns: Int64) -> Int64:
     """Open (UTC ns) of the session containing each time, -1 outside sessions: intraday buckets start there."""
-    t = _as_times(t_ns)
-    if t.size == 0:
-        return np.zeros(t.shape, dtype=np.int64)
-    table = _table(market, int(t.min()), int(t.max()))
-    k = _edge_index(table, t)
-    return np.where(k & 1, table.opens[np.minimum(k // 2, len(table.opens) - 1)], -1)
+    return _per_session(market, t_ns, "opens")
 
 
 def is_open(market: Market, t_ns: int) -> bool:

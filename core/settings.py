@@ -113,7 +113,7 @@ class Section(BaseSettings):
         alias = cls.model_fields[name].validation_alias
         if isinstance(alias, AliasChoices):
             return str(alias.choices[0])
-        return f"TIDEMARK_{name}".upper()
+        return f"{cls.model_config.get('env_prefix', 'TIDEMARK_')}{name}".upper()
 
 
 class KafkaSettings(Section):
@@ -237,10 +237,6 @@ class PolygonSettings(Section):
     ws_feed: str = Field("socket.polygon.io", description="WebSocket host[:port] (the client's feed)")
     ws_secure: bool = Field(True, description="wss:// (true) or ws:// (false) for the WebSocket feed")
 
-    @classmethod
-    def variable(cls, name: str) -> str:
-        return f"TIDEMARK_POLYGON_{name}".upper()
-
 
 class PatternSettings(Section):
     model_config = SettingsConfigDict(env_prefix="TIDEMARK_PATTERN_")
@@ -266,10 +262,6 @@ class PatternSettings(Section):
     min_traded_share: float = Field(
         0.9, gt=0, le=1, description="share of a window's bars in which a symbol must have traded to be scanned"
     )
-
-    @classmethod
-    def variable(cls, name: str) -> str:
-        return f"TIDEMARK_PATTERN_{name}".upper()
 
 
 class CostSettings(Section):
@@ -298,10 +290,6 @@ class CostSettings(Section):
     future_slippage_bp: float = Field(
         DEFAULT_COSTS["FUTURE"].slippage_bp, ge=0, description="CME micro futures: slippage beyond the touch"
     )
-
-    @classmethod
-    def variable(cls, name: str) -> str:
-        return f"TIDEMARK_COST_{name}".upper()
 
     def model(self, asset_class: str) -> CostModel:
         """The cost model of an asset class as named in ``schemas.bars.ASSET_CLASSES`` (UNKNOWN: an equity's)."""

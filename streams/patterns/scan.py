@@ -19,12 +19,12 @@ left out of every test and every trade, and the trades are flat over each close.
 No position depends on a bar after its decision. Every trade is net of the panel's cost per unit traded, and its
 Sharpe ratio comes with its standard error. Every hypothesis of the scan (all detectors, timeframes and markets)
 is one family: its p-values are adjusted together (Benjamini-Hochberg by default, or Holm), and ``tests`` is the
-number of hypotheses with a p-value. A candidate is emitted when its adjusted p-value is below ``alpha`` and its trade's
-net Sharpe ratio is at least ``min_sharpe`` (the product's rule) and significantly positive: probabilistic Sharpe
-ratio at least ``min_psr`` (a Sharpe ratio of 1 from 390 one-minute bars is 0.06 standard errors from zero). Every trade also
-carries its deflated Sharpe ratio (against the best Sharpe ratio ``tests`` unskilled trials would show), which
-gates too when ``min_dsr`` is set: the correction already accounts for the search across trials, so gating on both
-is Bonferroni-strict on top of a false-discovery rate (see the README for the power either way).
+number of hypotheses with a p-value. A candidate is emitted when its adjusted p-value is below ``alpha`` and its
+trade's net Sharpe ratio is at least ``min_sharpe`` (the product's rule) and significantly positive: probabilistic
+Sharpe ratio at least ``min_psr`` (a Sharpe ratio of 1 from 390 one-minute bars is 0.06 standard errors from zero).
+Every trade also carries its deflated Sharpe ratio (against the best Sharpe ratio ``tests`` unskilled trials would
+show), which gates too when ``min_dsr`` is set: the correction already accounts for the search across trials, so
+gating on both is Bonferroni-strict on top of a false-discovery rate (see the README for the power either way).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from connectors.synthetic.nulls import NULL_FAMILIES, NullFamily, null_panels
+from streams.patterns.nulls import NULL_FAMILIES, NullFamily, null_panels
 from streams.patterns.scan import FAMILIES, scan
 
 SCANS = 1_000

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from connectors.synthetic.market import Universe, build_universe, generate_bars
-from connectors.synthetic.nulls import null_panels
 from core.costs import DEFAULT_COSTS
+from streams.patterns.nulls import null_panels
 from streams.patterns.processor import PatternProcessor
 from streams.patterns.scan import MEAN_REVERSION, SCAN_TIMEFRAMES, Panel, ScanConfig, Timeframe, scan
 from streams.processors import BarFrame

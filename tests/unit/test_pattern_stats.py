@@ -18,6 +18,7 @@ from statsmodels.tools import add_constant
 from statsmodels.tsa.adfvalues import mackinnonp
 from statsmodels.tsa.stattools import adfuller, coint
 
+from bench.patterns import band_loop
 from streams.patterns import stats
 
 RTOL = 1e-9
@@ -218,22 +219,6 @@ def test_newey_west_corrects_the_iid_t_of_autocorrelated_returns() -> None:
     assert abs(np.mean(p_hac < 0.05) - 0.05) < 0.015
 
 
-def reversion_loop(z: np.ndarray, entry: float) -> np.ndarray:
-    """The band rule as a trader runs it, bar by bar."""
-    held, out = 0.0, np.zeros_like(z)
-    for t, value in enumerate(z):
-        if np.isnan(value):
-            held = 0.0
-        elif value < -entry:
-            held = 1.0
-        elif value > entry:
-            held = -1.0
-        elif (held > 0 and value >= 0) or (held < 0 and value <= 0):
-            held = 0.0
-        out[t] = held
-    return out
-
-
 def test_band_positions_match_a_bar_by_bar_loop() -> None:
     rng = np.random.default_rng(71)
     z = np.cumsum(rng.standard_normal((500, 6)) * 0.5, axis=0) % 5 - 2.5
@@ -241,7 +226,7 @@ def test_band_positions_match_a_bar_by_bar_loop() -> None:
     z[100:103, 2] = 0.0
     positions = stats.band_positions(z, 1.0)
     for j in range(z.shape[1]):
-        np.testing.assert_array_equal(positions[:, j], reversion_loop(z[:, j], 1.0))
+        np.testing.assert_array_equal(positions[:, j], band_loop(z[:, j], 1.0))
 
 
 def test_trailing_statistics_match_pandas_rolling() -> None:
