@@ -335,8 +335,8 @@ class _Window:
         return cls(log_price, returns, within, last)
 
     def flat_overnight(self, positions: Float64) -> Float64:
-        positions[self.last_of_session] = 0.0
-        return positions
+        flat: Float64 = np.where(self.last_of_session[:, None], 0.0, positions)
+        return flat
 
 
 def _trade(legs: list[tuple[Float64, Float64]], warmup: int, panel: Panel, window: _Window) -> dict[str, Float64]:
@@ -344,13 +344,10 @@ def _trade(legs: list[tuple[Float64, Float64]], warmup: int, panel: Panel, windo
     legs = [(window.flat_overnight(positions), returns) for positions, returns in legs]
     net, turnover = stats.trade_returns(legs, panel.cost)
     net, turnover = net[warmup - 1 :], turnover[warmup - 1 :]
-    sr, factor = stats._sharpe_moments(net)
-    annual = np.sqrt(panel.bars_per_year)
-    with np.errstate(invalid="ignore"):
-        se = np.sqrt(np.where(factor > 0, factor, np.nan) / (net.shape[0] - 1))
+    sr, factor = stats.sharpe_moments(net)
     return {
-        "sharpe": sr * annual,
-        "sharpe_se": se * annual,
+        "sharpe": sr * np.sqrt(panel.bars_per_year),
+        "sharpe_se": stats.sharpe_standard_error(net, panel.bars_per_year),
         "gross_sharpe": stats.sharpe(net + panel.cost * turnover, panel.bars_per_year),
         "psr": stats.probabilistic_sharpe(net),
         "sharpe_bar": sr,

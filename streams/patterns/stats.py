@@ -325,7 +325,7 @@ def sharpe(returns: Float64, bars_per_year: float) -> Float64:
     return ratio
 
 
-def _sharpe_moments(returns: Float64) -> tuple[Float64, Float64]:
+def sharpe_moments(returns: Float64) -> tuple[Float64, Float64]:
     """Per-bar Sharpe ratio and ``1 - skew SR + (kurt - 1) / 4 SR^2``, the variance factor of its estimate."""
     n = returns.shape[0]
     e = returns - returns.mean(axis=0)
@@ -341,7 +341,7 @@ def _sharpe_moments(returns: Float64) -> tuple[Float64, Float64]:
 def probabilistic_sharpe(returns: Float64, benchmark: Float64 | float = 0.0) -> Float64:
     """PSR(SR*) = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2)), per-bar SR and SR*
     (one benchmark, or one per column)."""
-    sr, factor = _sharpe_moments(returns)
+    sr, factor = sharpe_moments(returns)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = ndtr((sr - benchmark) * np.sqrt(returns.shape[0] - 1) / np.sqrt(factor))
     return np.where(factor > 0, out, np.nan)
@@ -349,7 +349,7 @@ def probabilistic_sharpe(returns: Float64, benchmark: Float64 | float = 0.0) -> 
 
 def sharpe_standard_error(returns: Float64, bars_per_year: float) -> Float64:
     """Standard error of the annualised Sharpe ratio (Mertens 2002: non-normal returns), per column."""
-    _, factor = _sharpe_moments(returns)
+    _, factor = sharpe_moments(returns)
     with np.errstate(invalid="ignore"):
         se: Float64 = np.sqrt(np.where(factor > 0, factor, np.nan) / (returns.shape[0] - 1) * bars_per_year)
     return se
