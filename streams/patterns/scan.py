@@ -6,7 +6,7 @@ left out of every test and every trade, and the trades are flat over each close.
 
 - ``MEAN_REVERSION`` (one symbol): Lo-MacKinlay variance-ratio test on log returns (winsorised, ``WINSOR_K``),
   one-sided (VR < 1);
-  half-life, Hurst exponent and z-score of the log price. Trade: enter against a trailing z-score beyond
+  half-life and Hurst exponent of the log price. Trade: enter against a trailing z-score beyond
   ``entry_z`` (mean and deviation of the ``lookback`` bars up to the decision), exit when it crosses zero.
 - ``MOMENTUM`` (one symbol): time-series momentum (hold the sign of the trailing ``lookback`` return); the test
   is the trade's own hypothesis, a positive mean net return, with Newey-West (HAC) standard errors.
@@ -372,7 +372,8 @@ def _detect(k: int, panel: Panel, config: ScanConfig) -> dict[str, Float64]:
 
     vr, z_vr = stats.variance_ratio(robust, tf.vr_q)
     hurst = stats.hurst(log_price)
-    reversion_positions = stats.band_positions(stats.trailing_zscore(log_price, tf.lookback), config.entry_z)
+    trailing_z = stats.trailing_zscore(log_price, tf.lookback)
+    reversion_positions = stats.band_positions(trailing_z, config.entry_z)
     reversion = _trade([(reversion_positions, window.returns)], tf.lookback, panel, window)
     single = {
         "family": np.full(n, MEAN_REVERSION, dtype=np.float64),
@@ -384,7 +385,7 @@ def _detect(k: int, panel: Panel, config: ScanConfig) -> dict[str, Float64]:
         "position": reversion_positions[-1],
         "half_life": stats.half_life(log_price),
         "hurst": hurst,
-        "zscore": stats.zscore_last(log_price),
+        "zscore": trailing_z[-1],
         "hedge_ratio": nan,
         "intercept": nan,
         "detail": vr,

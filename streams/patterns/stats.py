@@ -198,13 +198,6 @@ def hurst(series: Float64, lags: IntP | None = None) -> Float64:
     return slope
 
 
-def zscore_last(series: Float64) -> Float64:
-    """Distance of the last value from the column mean, in sample standard deviations."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z: Float64 = (series[-1] - series.mean(axis=0)) / series.std(axis=0, ddof=1)
-    return z
-
-
 def rolling_mean_sd(series: Float64, lookback: int) -> tuple[Float64, Float64]:
     """Mean and sample standard deviation of the trailing ``lookback`` values at each row (NaN before the first full
     window), from running sums of the values less each column's first, so long price levels do not cancel."""

@@ -148,12 +148,9 @@ def test_hurst_separates_walks_from_reverters() -> None:
 
 
 @pytest.mark.parametrize(("kind", "length", "seed"), KINDS)
-def test_moments_match_pandas_and_scipy(kind: str, length: int, seed: int) -> None:
+def test_sharpe_matches_pandas(kind: str, length: int, seed: int) -> None:
     s = series(kind, length, 5, seed)
     r = np.diff(s, axis=0)
-    frame = pd.DataFrame(s)
-    z_ref = ((frame.iloc[-1] - frame.mean()) / frame.std()).to_numpy()
-    np.testing.assert_allclose(stats.zscore_last(s), z_ref, rtol=RTOL)
     sharpe_ref = (pd.DataFrame(r).mean() / pd.DataFrame(r).std() * np.sqrt(98_280)).to_numpy()
     np.testing.assert_allclose(stats.sharpe(r, 98_280), sharpe_ref, rtol=RTOL)
 
