@@ -309,6 +309,10 @@ def query_signals(
     _emit(rows, "pattern signals (Sharpe ratios annualised, net of costs, ± one standard error)", as_json)
 
 
+_SIGNAL_DETAIL = ("params", "event_id", "correction", "sharpe_se", "window_bars", "statistic", "p_value", "hurst")
+"""Columns the table leaves to ``--json``, so the rest fit a terminal."""
+
+
 def _signal_row(row: dict[str, Any]) -> dict[str, Any]:
     """A signal as the table shows it: the net Sharpe ratio with its standard error in one column."""
     shown: dict[str, Any] = {}
@@ -316,7 +320,7 @@ def _signal_row(row: dict[str, Any]) -> dict[str, Any]:
         if name == "sharpe":
             se = row["sharpe_se"]
             shown["net sharpe"] = f"{value:.2f}" if se is None else f"{value:.2f} ± {se:.2f}"
-        elif name not in ("params", "event_id", "correction", "sharpe_se"):
+        elif name not in _SIGNAL_DETAIL:
             shown[name] = value
     return shown
 

@@ -51,7 +51,7 @@ WINSOR_K = 4.0
 returns their asymptotic p-values fall below 1e-4 about 10 and 7 times too often, and about as often as they should
 after clipping; normal returns are clipped about once in 16,000 bars."""
 FAMILIES = ("MEAN_REVERSION", "MOMENTUM", "PAIRS_MEAN_REVERSION")
-TESTS = ("variance_ratio", "t_test", "engle_granger_adf")
+TESTS = ("variance_ratio", "newey_west_t", "engle_granger_adf")
 
 
 @dataclass(frozen=True, slots=True)
