@@ -12,6 +12,9 @@ its p-values are checked against the kernels' on that sample. Target: the full s
 False discoveries: 1,000 scans of each null family of ``streams.patterns.nulls``; the share of scans emitting
 any signal, the signals per such scan, and each detector's tail rate of p-values against nominal.
 
+False signals per day: the processor over eight weeks of a market with nothing to find (equities and FX pairs,
+Student-t(4) random walks), every signal counted per weekday.
+
 Power: the share of the synthetic market's injected regimes that the processor reports while they are active, over
 seeds 1-7 (the unit test's five days of a 150-symbol market).
 """
@@ -22,6 +25,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
@@ -34,8 +38,9 @@ from statsmodels.tools import add_constant
 from statsmodels.tsa.adfvalues import mackinnonp
 from statsmodels.tsa.stattools import coint
 
-from connectors.synthetic.market import build_universe, generate_bars
+from connectors.synthetic.market import build_universe, generate_bars, sessions_open
 from core.costs import DEFAULT_COSTS
+from schemas.bars import ASSET_CLASSES
 from streams.patterns import stats
 from streams.patterns.nulls import NULL_FAMILIES, null_panels
 from streams.patterns.processor import PatternProcessor
@@ -270,6 +275,46 @@ def false_discoveries() -> None:
         print(f"  {family:<9} {emitting / NULL_SCANS:>13.1%}  {per_scan:>21.1f}  {' | '.join(tails)}")
 
 
+def false_signals_per_day(weeks: int = 8, seed: int = 3) -> None:
+    """The processor over a market with nothing to find: 40 equities and 20 FX pairs, independent Student-t(4)
+    random walks with a common factor per market, minute bars whenever their market is open, for ``weeks`` weeks.
+    Every signal is false; this counts them per weekday, and the distinct patterns among them."""
+    rng = np.random.default_rng(seed)
+    start = np.datetime64("2025-03-03T00:00", "ns").astype(np.int64)
+    minutes = start + np.arange(weeks * 7 * 1440, dtype=np.int64) * 60_000_000_000
+    open_ = sessions_open(minutes)
+    classes = [("EQUITY", 40), ("FX", 20)]
+    frames = []
+    for name, count in classes:
+        k = ASSET_CLASSES.index(name)
+        when = minutes[open_[:, k]]
+        shocks = rng.standard_t(4, (when.size, count + 1)) / np.sqrt(2.0) * 4e-4
+        returns = 0.6 * shocks[:, :1] + 0.8 * shocks[:, 1:]
+        closes = 50.0 * np.exp(np.cumsum(returns, axis=0))
+        symbols = np.array([f"{name[:2]}{i:02d}" for i in range(count)], dtype=object)
+        frames.append((np.repeat(when, count), np.tile(symbols, when.size), closes.reshape(-1), k))
+    start_ns = np.concatenate([f[0] for f in frames])
+    order = np.argsort(start_ns, kind="stable")
+    frame = BarFrame(
+        np.zeros(start_ns.size, dtype=np.int32),
+        np.concatenate([f[1] for f in frames])[order],
+        start_ns[order],
+        np.concatenate([f[2] for f in frames])[order],
+        np.concatenate([np.full(f[0].size, f[3], dtype=np.int8) for f in frames])[order],
+    )
+    events = [e.event for e in PatternProcessor(frozenset({0})).process(frame)]
+    weekdays = weeks * 5
+    distinct = {(e["pattern_family"], tuple(e["symbols"]), e["timeframe"]) for e in events}
+    scans = len({e["as_of_ns"] for e in events})
+    print(
+        f"false signals on a null market (40 equities + 20 FX pairs, t(4) walks, {weeks} weeks, {frame.close.size:,} "
+        f"bars): {len(events)} signals in {scans} scans over {weekdays} weekdays = {len(events) / weekdays:.2f} a day, "
+        f"{len(distinct)} distinct patterns"
+    )
+    kinds = Counter(f"{e['pattern_family'].lower()} {e['timeframe']}" for e in events)
+    print("  by detector and timeframe: " + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()))
+
+
 def power() -> None:
     start = datetime(2025, 3, 3, tzinfo=UTC)
     found = total = 0
@@ -297,11 +342,13 @@ def power() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parts = set(argv if argv is not None else sys.argv[1:]) or {"speed", "nulls", "power"}
+    parts = set(argv if argv is not None else sys.argv[1:]) or {"speed", "nulls", "per-day", "power"}
     if "speed" in parts:
         speed()
     if "nulls" in parts:
         false_discoveries()
+    if "per-day" in parts:
+        false_signals_per_day()
     if "power" in parts:
         power()
 
