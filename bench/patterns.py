@@ -43,7 +43,7 @@ from core.costs import DEFAULT_COSTS
 from schemas.bars import ASSET_CLASSES
 from streams.patterns import stats
 from streams.patterns.nulls import NULL_FAMILIES, null_panels
-from streams.patterns.processor import PatternProcessor
+from streams.patterns.processor import TRADED_CLASSES, PatternProcessor, bars_per_year, buckets_per_session
 from streams.patterns.scan import FAMILIES, PAIRS, SCAN_TIMEFRAMES, WINSOR_K, Panel, ScanConfig, scan
 from streams.processors import BarFrame
 
@@ -53,7 +53,6 @@ SAMPLE_PAIRS = 20
 NULL_SCANS = 1000
 POWER_SEEDS = range(1, 8)
 COST = DEFAULT_COSTS["EQUITY"].per_unit
-_SESSION_ROWS = {1: 390, 15: 26, 60: 7}
 
 
 def panels(symbols: int, seed: int = 7) -> list[Panel]:
@@ -71,9 +70,9 @@ def panels(symbols: int, seed: int = 7) -> list[Panel]:
             for t in range(1, rows):
                 spread[t] = 0.8 * spread[t - 1] + rng.normal(0, 5e-4)
             log_price[:, a] = log_price[:, a + 1] + spread
-        per_session = _SESSION_ROWS.get(tf.minutes, 1)
-        session = np.arange(rows, dtype=np.int64) // per_session if tf.minutes else None
-        out.append(Panel(tf, "EQUITY", names, np.exp(log_price), 252.0 * per_session, COST, session))
+        equity = TRADED_CLASSES.index("EQUITY")
+        session = np.arange(rows, dtype=np.int64) // buckets_per_session(tf, equity) if tf.minutes else None
+        out.append(Panel(tf, "EQUITY", names, np.exp(log_price), bars_per_year(tf, equity), COST, session))
     return out
 
 

@@ -21,12 +21,13 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from core.costs import DEFAULT_COSTS
+from streams.patterns.processor import TRADED_CLASSES, bars_per_year, buckets_per_session
 from streams.patterns.scan import SCAN_TIMEFRAMES, Panel, ScanConfig, Timeframe, liquid
 
 NullFamily = Literal["gaussian", "t3", "garch", "gaps", "stale"]
 NULL_FAMILIES: tuple[NullFamily, ...] = ("gaussian", "t3", "garch", "gaps", "stale")
-EQUITY_COST = 2.15e-4  # core.costs' default equity cost per unit traded
-_SESSION_ROWS = {1: 390, 15: 26, 60: 7}
+EQUITY = TRADED_CLASSES.index("EQUITY")
 
 Float64 = npt.NDArray[np.float64]
 
@@ -55,15 +56,16 @@ def null_panels(family: NullFamily, seed: int, symbols: int = 12, config: ScanCo
             traded[0] = True
             closes = _carry_forward(closes, traded)
             keep = liquid(traded, config.min_traded_share)
-        bars_per_year = 252.0 * (_SESSION_ROWS[tf.minutes] if tf.minutes else 1)
-        panels.append(Panel(tf, "EQUITY", names[keep], closes[:, keep], bars_per_year, EQUITY_COST, session))
+        per_year = bars_per_year(tf, EQUITY)
+        cost = DEFAULT_COSTS["EQUITY"].per_unit
+        panels.append(Panel(tf, "EQUITY", names[keep], closes[:, keep], per_year, cost, session))
     return [p for p in panels if p.symbols.size >= 2]
 
 
 def _sessions(rng: np.random.Generator, tf: Timeframe, rows: int) -> npt.NDArray[np.int64] | None:
     if tf.minutes == 0:
         return None
-    per_session = _SESSION_ROWS[tf.minutes]
+    per_session = buckets_per_session(tf, EQUITY)
     offset = int(rng.integers(per_session))
     return np.asarray((offset + np.arange(rows)) // per_session, dtype=np.int64)
 

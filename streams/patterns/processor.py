@@ -56,11 +56,17 @@ _MINUTES_PER_DAY = (390, 1440, 1380)
 SESSION_SLOTS = 2048
 
 
-def bars_per_year(timeframe: Timeframe, market: int) -> float:
-    """Rows per year: sessions times the session-aligned buckets of one (the last may be short)."""
+def buckets_per_session(timeframe: Timeframe, market: int) -> int:
+    """Rows of one regular session of ``TRADED_CLASSES[market]``: its session-aligned buckets (the last may be
+    short), or 1 for daily rows."""
     if timeframe.minutes == 0:
-        return _DAYS_PER_YEAR[market]
-    return _DAYS_PER_YEAR[market] * -(-_MINUTES_PER_DAY[market] // timeframe.minutes)
+        return 1
+    return -(-_MINUTES_PER_DAY[market] // timeframe.minutes)
+
+
+def bars_per_year(timeframe: Timeframe, market: int) -> float:
+    """Rows per year, for annualising: sessions times the rows of one."""
+    return _DAYS_PER_YEAR[market] * buckets_per_session(timeframe, market)
 
 
 def _forming(market: Market, timeframe: Timeframe, boundary_ns: int) -> int:

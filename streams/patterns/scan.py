@@ -287,9 +287,8 @@ def _deflated_sharpe(columns: dict[str, Float64], trials: int) -> Float64:
     """
     sr, factor, n = columns["sharpe_bar"], columns["sharpe_factor"], columns["observations"]
     with np.errstate(divide="ignore", invalid="ignore"):
-        variance = factor / (n - 1)
-        dsr: Float64 = ndtr((sr - stats.expected_max_sharpe(trials, variance)) / np.sqrt(variance))
-    return np.where(factor > 0, dsr, np.nan)
+        benchmark = stats.expected_max_sharpe(trials, factor / (n - 1))
+    return stats.probabilistic_sharpe(sr, factor, n, benchmark)
 
 
 _INDEXES = ("family", "panel", "first", "second")
@@ -339,23 +338,27 @@ class _Window:
         return flat
 
 
-def _trade(legs: list[tuple[Float64, Float64]], warmup: int, panel: Panel, window: _Window) -> dict[str, Float64]:
-    """Net-of-cost figures of a trade rule from the first bar its positions can be held (``warmup``)."""
+def _trade(
+    legs: list[tuple[Float64, Float64]], warmup: int, panel: Panel, window: _Window
+) -> tuple[dict[str, Float64], Float64]:
+    """Net-of-cost figures of a trade rule from the first bar its positions can be held (``warmup``), and its net
+    returns per bar."""
     legs = [(window.flat_overnight(positions), returns) for positions, returns in legs]
     net, turnover = stats.trade_returns(legs, panel.cost)
     net, turnover = net[warmup - 1 :], turnover[warmup - 1 :]
     sr, factor = stats.sharpe_moments(net)
-    return {
+    observations = float(net.shape[0])
+    figures = {
         "sharpe": sr * np.sqrt(panel.bars_per_year),
-        "sharpe_se": stats.sharpe_standard_error(net, panel.bars_per_year),
+        "sharpe_se": stats.sharpe_standard_error(factor, observations, panel.bars_per_year),
         "gross_sharpe": stats.sharpe(net + panel.cost * turnover, panel.bars_per_year),
-        "psr": stats.probabilistic_sharpe(net),
+        "psr": stats.probabilistic_sharpe(sr, factor, observations),
         "sharpe_bar": sr,
         "sharpe_factor": factor,
-        "observations": np.full(sr.size, float(net.shape[0])),
+        "observations": np.full(sr.size, observations),
         "turnover": turnover.mean(axis=0),
-        "net": net,
     }
+    return figures, net
 
 
 def _detect(k: int, panel: Panel, config: ScanConfig) -> dict[str, Float64]:
@@ -374,7 +377,7 @@ def _detect(k: int, panel: Panel, config: ScanConfig) -> dict[str, Float64]:
     hurst = stats.hurst(log_price)
     trailing_z = stats.trailing_zscore(log_price, tf.lookback)
     reversion_positions = stats.band_positions(trailing_z, config.entry_z)
-    reversion = _trade([(reversion_positions, window.returns)], tf.lookback, panel, window)
+    reversion, _ = _trade([(reversion_positions, window.returns)], tf.lookback, panel, window)
     single = {
         "family": np.full(n, MEAN_REVERSION, dtype=np.float64),
         "first": cols,
@@ -391,8 +394,8 @@ def _detect(k: int, panel: Panel, config: ScanConfig) -> dict[str, Float64]:
         "detail": vr,
     }
     momentum_held = stats.momentum_positions(log_price, tf.lookback)
-    momentum_trade = _trade([(momentum_held, window.returns)], tf.lookback, panel, window)
-    t, p_t = stats.newey_west_t(momentum_trade["net"])
+    momentum_trade, momentum_net = _trade([(momentum_held, window.returns)], tf.lookback, panel, window)
+    t, p_t = stats.newey_west_t(momentum_net)
     momentum = {
         "family": np.full(n, MOMENTUM, dtype=np.float64),
         "first": cols,
@@ -438,7 +441,8 @@ def _pairs(
         # Units of the spread per unit of gross notional, so costs and returns are per unit of capital.
         units = np.nan_to_num(held / (1.0 + np.abs(trailing_beta)))
     hedge = np.nan_to_num(trailing_beta)
-    trade = _trade([(units, window.returns[:, a]), (-units * hedge, window.returns[:, b])], tf.lookback, panel, window)
+    legs = [(units, window.returns[:, a]), (-units * hedge, window.returns[:, b])]
+    trade, _ = _trade(legs, tf.lookback, panel, window)
     return {
         "family": np.full(m, PAIRS, dtype=np.float64),
         "first": a.astype(np.float64),

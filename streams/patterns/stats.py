@@ -331,20 +331,20 @@ def sharpe_moments(returns: Float64) -> tuple[Float64, Float64]:
     return sr, 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr
 
 
-def probabilistic_sharpe(returns: Float64, benchmark: Float64 | float = 0.0) -> Float64:
-    """PSR(SR*) = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2)), per-bar SR and SR*
-    (one benchmark, or one per column)."""
-    sr, factor = sharpe_moments(returns)
+def probabilistic_sharpe(
+    sr: Float64, factor: Float64, observations: Float64 | float, benchmark: Float64 | float = 0.0
+) -> Float64:
+    """PSR(SR*) = Phi((SR - SR*) sqrt(T - 1) / sqrt(factor)), from ``sharpe_moments`` of T observations; per-bar SR
+    and SR* (one benchmark, or one per column)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = ndtr((sr - benchmark) * np.sqrt(returns.shape[0] - 1) / np.sqrt(factor))
+        out = ndtr((sr - benchmark) * np.sqrt(np.subtract(observations, 1)) / np.sqrt(factor))
     return np.where(factor > 0, out, np.nan)
 
 
-def sharpe_standard_error(returns: Float64, bars_per_year: float) -> Float64:
-    """Standard error of the annualised Sharpe ratio (Mertens 2002: non-normal returns), per column."""
-    _, factor = sharpe_moments(returns)
-    with np.errstate(invalid="ignore"):
-        se: Float64 = np.sqrt(np.where(factor > 0, factor, np.nan) / (returns.shape[0] - 1) * bars_per_year)
+def sharpe_standard_error(factor: Float64, observations: Float64 | float, bars_per_year: float) -> Float64:
+    """Standard error of the annualised Sharpe ratio (Mertens 2002: non-normal returns), from ``sharpe_moments``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se: Float64 = np.sqrt(np.where(factor > 0, factor, np.nan) / np.subtract(observations, 1) * bars_per_year)
     return se
 
 

@@ -11,7 +11,7 @@ import pytest
 from connectors.synthetic.market import Universe, build_universe, generate_bars
 from core.costs import DEFAULT_COSTS
 from streams.patterns.nulls import null_panels
-from streams.patterns.processor import PatternProcessor
+from streams.patterns.processor import TRADED_CLASSES, PatternProcessor, buckets_per_session
 from streams.patterns.scan import MEAN_REVERSION, SCAN_TIMEFRAMES, Panel, ScanConfig, Timeframe, scan
 from streams.processors import BarFrame
 
@@ -110,7 +110,7 @@ def test_overnight_gaps_change_nothing(timeframe: Timeframe) -> None:
     """Returns across two sessions are neither tested nor traded: adding overnight gaps of 2% to an intraday panel
     leaves every statistic and every trade of the scan as it was."""
     rows = timeframe.window + 1
-    per_session = {1: 390, 15: 26, 60: 7}[timeframe.minutes]
+    per_session = buckets_per_session(timeframe, TRADED_CLASSES.index("EQUITY"))
     session = (np.arange(rows, dtype=np.int64) + per_session - 3) // per_session
     rng = np.random.default_rng(9)
     intraday = np.cumsum(rng.standard_normal((rows, 6)) * 1e-3, axis=0)
