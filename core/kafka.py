@@ -170,12 +170,16 @@ def message_count(bootstrap: str, topic: str) -> int:
 
 
 def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """Low and high watermark, asking again while the partition's leadership is still settling."""
+    """Low and high watermark, asking again while the partition's leadership is still settling.
+
+    Right after a broker returns, a new client's metadata may not list the partition yet: librdkafka answers the
+    local ``_UNKNOWN_PARTITION`` until it has refreshed it, as the broker answers ``UNKNOWN_TOPIC_OR_PART``.
+    """
     low, high = until_ready(
         lambda: consumer.get_watermark_offsets(partition, timeout=timeout),
         f"reading the offsets of {partition.topic} [{partition.partition}]",
         timeout=timeout,
-        also=(KafkaError.UNKNOWN_TOPIC_OR_PART,),
+        also=(KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION),
     )
     return low, high
 
