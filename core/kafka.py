@@ -170,16 +170,12 @@ def message_count(bootstrap: str, topic: str) -> int:
 
 
 def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """Low and high watermark, asking again while the partition's leadership is still settling.
-
-    Right after a broker returns, a new client's metadata may not list the partition yet: librdkafka answers the
-    local ``_UNKNOWN_PARTITION`` until it has refreshed it, as the broker answers ``UNKNOWN_TOPIC_OR_PART``.
-    """
+    """Low and high watermark, asking again while the partition's leadership is still settling."""
     low, high = until_ready(
         lambda: consumer.get_watermark_offsets(partition, timeout=timeout),
         f"reading the offsets of {partition.topic} [{partition.partition}]",
         timeout=timeout,
-        also=(KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION),
+        also=(KafkaError.UNKNOWN_TOPIC_OR_PART,),
     )
     return low, high
 
@@ -216,7 +212,9 @@ def partition_lags(
     """
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(timeout=timeout).topics
+        # Per topic: after a broker's pause, a client that only listed every topic answered "Local: Unknown
+        # partition" to each watermark query for 30 s; asking for the topic by name makes the client hold it.
+        metadata = {t: consumer.list_topics(t, timeout=timeout).topics[t] for t in topics}
         partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
         committed = until_ready(
             lambda: consumer.committed(partitions, timeout=timeout),
