@@ -170,12 +170,26 @@ def message_count(bootstrap: str, topic: str) -> int:
 
 
 def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-    """Low and high watermark, asking again while the partition's leadership is still settling."""
+    """Low and high watermark, asking again while the partition's leadership is still settling.
+
+    A broker that was paused past its session is fenced for about half a second after it resumes: metadata then
+    shows no leader and the client answers "Local: Unknown partition" until it holds newer metadata, which it does
+    not fetch by itself, so each retry asks for the topic again.
+    """
+
+    def query() -> tuple[int, int]:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError._UNKNOWN_PARTITION:
+                consumer.list_topics(partition.topic, timeout=timeout)
+            raise
+
     low, high = until_ready(
-        lambda: consumer.get_watermark_offsets(partition, timeout=timeout),
+        query,
         f"reading the offsets of {partition.topic} [{partition.partition}]",
         timeout=timeout,
-        also=(KafkaError.UNKNOWN_TOPIC_OR_PART,),
+        also=(KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION),
     )
     return low, high
 
@@ -212,8 +226,6 @@ def partition_lags(
     """
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        # Per topic: after a broker's pause, a client that only listed every topic answered "Local: Unknown
-        # partition" to each watermark query for 30 s; asking for the topic by name makes the client hold it.
         metadata = {t: consumer.list_topics(t, timeout=timeout).topics[t] for t in topics}
         partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
         committed = until_ready(
