@@ -50,6 +50,11 @@ class Market(StrEnum):
 _MARKET_OF = {"EQUITY": Market.NYSE, "FUTURE": Market.CME, "FX": Market.FX}
 
 
+# For annualising: trading sessions per year, and minutes in one regular session (CME: 23 hours with the break).
+SESSIONS_PER_YEAR: dict[Market, float] = {Market.NYSE: 252.0, Market.CME: 260.0, Market.FX: 260.0}
+SESSION_MINUTES: dict[Market, int] = {Market.NYSE: 390, Market.CME: 1380, Market.FX: 1440}
+
+
 def market_of(asset_class: str) -> Market:
     """The session calendar of an asset class as named in ``schemas.bars.ASSET_CLASSES``."""
     try:

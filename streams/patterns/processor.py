@@ -28,7 +28,15 @@ import numpy.typing as npt
 
 from core.costs import DEFAULT_COSTS
 from core.events import common_fields, deterministic_event_id
-from core.sessions import Market, market_of, next_close, session_label, session_open
+from core.sessions import (
+    SESSION_MINUTES,
+    SESSIONS_PER_YEAR,
+    Market,
+    market_of,
+    next_close,
+    session_label,
+    session_open,
+)
 from core.units import NS_PER_MINUTE
 from schemas.bars import ASSET_CLASSES
 from streams.correlation.clock import SnapshotClock
@@ -49,9 +57,6 @@ _MARKET_OF_CLASS = np.array([0, 0, 1, 2], dtype=np.int8)  # ASSET_CLASSES index 
 assert tuple(ASSET_CLASSES[1:]) == TRADED_CLASSES
 _SESSIONS: tuple[Market, ...] = tuple(market_of(m) for m in TRADED_CLASSES)
 DEFAULT_CLASS_COSTS = tuple(DEFAULT_COSTS[m].per_unit for m in TRADED_CLASSES)
-# Trading days per year and minutes per regular session, for annualising Sharpe ratios.
-_DAYS_PER_YEAR = (252.0, 260.0, 260.0)
-_MINUTES_PER_DAY = (390, 1440, 1380)
 # An intraday row's label is its session's day times this, plus its bucket within the session (< 1440 minutes).
 SESSION_SLOTS = 2048
 
@@ -61,12 +66,12 @@ def buckets_per_session(timeframe: Timeframe, market: int) -> int:
     short), or 1 for daily rows."""
     if timeframe.minutes == 0:
         return 1
-    return -(-_MINUTES_PER_DAY[market] // timeframe.minutes)
+    return -(-SESSION_MINUTES[_SESSIONS[market]] // timeframe.minutes)
 
 
 def bars_per_year(timeframe: Timeframe, market: int) -> float:
     """Rows per year, for annualising: sessions times the rows of one."""
-    return _DAYS_PER_YEAR[market] * buckets_per_session(timeframe, market)
+    return SESSIONS_PER_YEAR[_SESSIONS[market]] * buckets_per_session(timeframe, market)
 
 
 def _forming(market: Market, timeframe: Timeframe, boundary_ns: int) -> int:
