@@ -11,10 +11,13 @@ event contract.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 KEYED_PARTITIONS = 8
 ACCOUNT_PARTITIONS = 3
+# discovery.tasks: a range of partitions per asset class, sized by how many tasks each usually has.
+TASK_PARTITIONS = {"EQUITY": 12, "FX": 6, "FUTURE": 6}
 DAY_MS = 24 * 60 * 60 * 1000
 INFINITE = -1
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's default
@@ -161,6 +164,25 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "Statistically significant patterns after multiple-testing correction.",
     ),
     TopicSpec(
+        "discovery.tasks",
+        "asset class (UTF-8); the partition is chosen in the asset class's range (task_partition)",
+        sum(TASK_PARTITIONS.values()),
+        INFINITE,
+        "delete",
+        ("tidemark.discovery.DiscoverStrategy",),
+        "Discovery tasks for the worker group; each asset class has its own partitions, so a worker specialises by"
+        " the partitions it is assigned.",
+    ),
+    TopicSpec(
+        "discovery.progress",
+        "task id (UTF-8)",
+        KEYED_PARTITIONS,
+        30 * DAY_MS,
+        "delete",
+        ("tidemark.discovery.DiscoveryProgressed",),
+        "Discovery tasks started, progressing, finished or failed (with the reason).",
+    ),
+    TopicSpec(
         "strategies.candidates",
         STRATEGY,
         KEYED_PARTITIONS,
@@ -266,6 +288,22 @@ def topic_spec(name: str) -> TopicSpec:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"no topic {name!r} in the catalogue") from None
+
+
+def task_partition(asset_class: str, task_id: str) -> int:
+    """The discovery.tasks partition of a task: the asset class picks the range, the task id spreads within it."""
+    span = task_partitions(asset_class)
+    return span.start + int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16) % len(span)
+
+
+def task_partitions(asset_class: str) -> range:
+    """The discovery.tasks partitions of one asset class."""
+    first = 0
+    for name, count in TASK_PARTITIONS.items():
+        if name == asset_class:
+            return range(first, first + count)
+        first += count
+    raise ValueError(f"no discovery partitions for asset class {asset_class!r} (known: {', '.join(TASK_PARTITIONS)})")
 
 
 def kafka_config(spec: TopicSpec) -> dict[str, str]:

@@ -21,8 +21,8 @@ Int64 = npt.NDArray[np.int64]
 SESSION_SLOTS = 2048
 """An intraday bar's label: its session's day times this, plus its bucket within the session."""
 
-MINUTES_OF = {"15m": 15, "1h": 60, "1d": 0, "1w": 0}
-TIMEFRAMES = {"1m": ("15m", "1h"), "1d": ("1d", "1w")}
+MINUTES_OF = {"1m": 1, "15m": 15, "1h": 60, "1d": 0, "1w": 0}
+TIMEFRAMES = {"1m": ("1m", "15m", "1h"), "1d": ("1d", "1w")}
 """The timeframes a task's variants run on, by the interval of the history it reads."""
 
 

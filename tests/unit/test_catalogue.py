@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.catalogue import CATALOGUE, KEYED_PARTITIONS, TopicSpec, kafka_config, topic_spec
+from schemas.catalogue import (
+    CATALOGUE,
+    KEYED_PARTITIONS,
+    TASK_PARTITIONS,
+    TopicSpec,
+    kafka_config,
+    task_partition,
+    task_partitions,
+    topic_spec,
+)
 from schemas.codec import get_registry
 
 DESIGN_TOPICS = (
@@ -21,6 +30,8 @@ DESIGN_TOPICS = (
     "analytics.currency_strength",
     "analytics.sector_rotation",
     "signals.patterns",
+    "discovery.tasks",
+    "discovery.progress",  # issue 12: progress of the worker group's tasks
     "strategies.candidates",
     "strategies.commands",
     "strategies.lifecycle",
@@ -116,3 +127,14 @@ def test_kafka_config(name: str, retention: str, max_bytes: str) -> None:
 def test_unknown_topic() -> None:
     with pytest.raises(KeyError, match="nope"):
         topic_spec("nope")
+
+
+def test_each_asset_class_has_its_own_discovery_partitions_and_tasks_spread_over_them() -> None:
+    spans = [set(task_partitions(name)) for name in TASK_PARTITIONS]
+    assert set().union(*spans) == set(range(topic_spec("discovery.tasks").partitions))
+    assert sum(len(span) for span in spans) == topic_spec("discovery.tasks").partitions
+    for name, span in zip(TASK_PARTITIONS, spans, strict=True):
+        used = {task_partition(name, f"task-{i}") for i in range(500)}
+        assert used == span
+    with pytest.raises(ValueError, match="no discovery partitions for asset class 'CRYPTO'"):
+        task_partition("CRYPTO", "t")
