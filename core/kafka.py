@@ -115,11 +115,12 @@ class ReliableProducer:
         if err is not None:
             self._failed.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
-    def produce(self, topic: str, value: bytes, key: bytes | str | None = None) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | str | None = None, partition: int = -1) -> None:
+        """``partition`` -1: the key's partition (murmur2); otherwise that one."""
         try:
-            self.kafka.produce(topic, value, key)
+            self.kafka.produce(topic, value, key, partition=partition)
         except BufferError:
-            self._wait_for_room(lambda: self.kafka.produce(topic, value, key))
+            self._wait_for_room(lambda: self.kafka.produce(topic, value, key, partition=partition))
 
     def produce_many(self, topic: str, keys: Iterable[bytes | str | None], values: Iterable[bytes]) -> None:
         """One message per (key, value), then the delivery reports that are ready; the loop is inlined (hot path)."""

@@ -42,6 +42,14 @@ from projections.bars import BarsProjection
 from projections.corporate_actions import CONSUMER as ACTIONS_PROJECTION
 from projections.corporate_actions import SCHEMA as ACTIONS_SCHEMA
 from projections.corporate_actions import corporate_actions_projection
+from projections.discovery import (
+    CANDIDATE_SCHEMA,
+    CANDIDATES,
+    PROGRESS,
+    PROGRESS_SCHEMA,
+    candidates_projection,
+    progress_projection,
+)
 from projections.offsets import applied_offsets
 from projections.redis_store import RedisProjection
 from projections.rotation import (
@@ -69,6 +77,8 @@ PROJECTED_TOPICS = (
     "analytics.currency_strength",
     "analytics.sector_rotation",
     "signals.patterns",
+    "strategies.candidates",
+    "discovery.progress",
 )
 
 
@@ -147,6 +157,8 @@ class ProjectionSink:
         rotation = rotation_projection(pool, redis)
         signals = signals_projection(pool, redis)
         actions = corporate_actions_projection(pool, redis)
+        candidates = candidates_projection(pool, redis)
+        progress = progress_projection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -189,6 +201,8 @@ class ProjectionSink:
                 project_events(ROTATION_PROJECTION, "tidemark.analytics.SectorRotationComputed", rotation),
             ),
             "signals.patterns": Route(SIGNALS_PROJECTION, project_events(SIGNALS_PROJECTION, SIGNALS_SCHEMA, signals)),
+            "strategies.candidates": Route(CANDIDATES, project_events(CANDIDATES, CANDIDATE_SCHEMA, candidates)),
+            "discovery.progress": Route(PROGRESS, project_events(PROGRESS, PROGRESS_SCHEMA, progress)),
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -47,6 +48,38 @@ def correlation_heatmap(view: CorrelationView, path: Path) -> None:
         f"largest-eigenvalue share {view.eigen_share or float('nan'):.3f}",
         fontsize=10,
     )
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def strategy_plot(candidate: dict[str, Any], equity: np.ndarray, path: Path) -> None:
+    """Left: the complexity curve (out-of-sample net Sharpe ratio per variant, one standard error either side,
+    the chosen one marked); right: the candidate's net equity curve over its history."""
+    curve = candidate["evidence"]["curve"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=110)
+    for timeframe in dict.fromkeys(p["timeframe"] for p in curve):
+        points = [p for p in curve if p["timeframe"] == timeframe]
+        x = [p["free_parameters"] for p in points]
+        y = [p["oos_sharpe"] for p in points]
+        left.errorbar(x, y, yerr=[p["oos_sharpe_se"] for p in points], marker="o", capsize=3, label=timeframe)
+    chosen = [p for p in curve if p["timeframe"] == candidate["timeframe"]]
+    mark = [p for p in chosen if p["free_parameters"] == candidate["complexity"] + 1]
+    if mark:
+        left.plot(mark[0]["free_parameters"], mark[0]["oos_sharpe"], "k*", markersize=16, label="chosen")
+    left.axhline(0.0, color="grey", linewidth=0.8)
+    left.set_xlabel("free parameters")
+    left.set_ylabel("out-of-sample net Sharpe (annualised)")
+    left.set_title("complexity curve (mean ± 1 s.e. over folds)")
+    left.legend()
+    right.plot(equity, linewidth=1.0)
+    pbo = "n/a" if candidate["pbo"] is None else f"{candidate['pbo']:.2f}"
+    right.set_title(
+        f"{candidate['strategy_id']}: net equity\nOOS Sharpe {candidate['sharpe_out_of_sample']:.2f}, "
+        f"DSR {candidate['deflated_sharpe']:.2f}, PBO {pbo}",
+        fontsize=9,
+    )
+    right.set_xlabel(f"{candidate['timeframe']} bars")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
