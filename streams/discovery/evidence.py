@@ -65,12 +65,12 @@ def cross_validate(variant: Variant, history: History, trials: Sequence[Trial], 
 
 
 def one_standard_error(curve: Sequence[VariantScore]) -> int:
-    """Index of the simplest variant (fewest free parameters, then the curve's order) whose mean out-of-sample score
-    is within one standard error of the best one's: complexity must pay for itself."""
+    """Index of the simplest variant (fewest free parameters; the best mean among equally simple ones) whose mean
+    out-of-sample score is within one standard error of the best one's: complexity must pay for itself."""
     best = max(range(len(curve)), key=lambda i: curve[i].mean)
     floor = curve[best].mean - curve[best].se
     eligible = [i for i, point in enumerate(curve) if point.mean >= floor]
-    return min(eligible, key=lambda i: (curve[i].variant.level, i))
+    return min(eligible, key=lambda i: (curve[i].variant.level, -curve[i].mean, i))
 
 
 def on_grid(trial: Trial, history: History) -> Float64:

@@ -106,9 +106,19 @@ def _suggest(trial: optuna.Trial, parameter: Parameter) -> float:
     return trial.suggest_float(parameter.name, parameter.low, parameter.high, log=parameter.log)
 
 
+SAVE_EVERY = 16
+"""Trials a search runs between saves to the shared study: what a killed worker can lose."""
+
+
 @dataclass
 class Search:
-    """Runs and resumes one variant's study; ``on_trial`` hears of each finished trial (progress)."""
+    """Runs and resumes one variant's study; ``on_trial`` hears of each finished trial (progress).
+
+    TPE samples from a study in memory that starts with every trial the shared study (``storage``) holds, and the
+    finished trials are saved to the shared study ``SAVE_EVERY`` at a time in one round trip: about 50 SQL
+    statements per trial when TPE asks the database directly (74 ms a trial on this machine) are what made that
+    slower than the backtests. A restarted worker, or a second one on the same study, continues from what was saved.
+    """
 
     variant: Variant
     history: History
@@ -122,23 +132,28 @@ class Search:
 
     def run(self) -> list[Trial]:
         space = self.variant.space(self.lookback_cap)
-        study = optuna.create_study(
-            storage=self.storage,
-            study_name=self.study_name,
+        shared = optuna.create_study(
+            storage=self.storage, study_name=self.study_name, direction="maximize", load_if_exists=True
+        )
+        local = optuna.create_study(
             direction="maximize",
             sampler=optuna.samplers.TPESampler(
                 seed=study_seed(self.study_name), n_startup_trials=min(10, self.planned)
             ),
-            load_if_exists=True,
         )
-        while (done := self._complete(study)) < self.planned:
-            trial = study.ask()
+        local.add_trials(shared.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        unsaved: list[optuna.trial.FrozenTrial] = []
+        while (done := self._complete(local)) < self.planned:
+            trial = local.ask()
             params = {p.name: _suggest(trial, p) for p in space}
             result = backtest(self.variant.family, self.history, params, self.folds, trial.number)
             self._cache[trial.number] = result
-            study.tell(trial, float(np.mean(result.train)))
+            unsaved.append(local.tell(trial, float(np.mean(result.train))))
+            if len(unsaved) == SAVE_EVERY or done + 1 == self.planned:
+                shared.add_trials(unsaved)
+                unsaved = []
             self.on_trial(done + 1)
-        return [self._trial(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        return [self._trial(t) for t in local.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
 
     @staticmethod
     def _complete(study: optuna.Study) -> int:

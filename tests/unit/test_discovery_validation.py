@@ -18,7 +18,9 @@ from streams.strategies import FAMILIES, Bars
 
 
 @pytest.mark.parametrize("make", [walk_forward, purged_kfold])
-@pytest.mark.parametrize(("samples", "folds", "horizon", "embargo"), [(1000, 5, 20, 10), (777, 4, 0, 0), (5000, 8, 120, 50)])
+@pytest.mark.parametrize(
+    ("samples", "folds", "horizon", "embargo"), [(1000, 5, 20, 10), (777, 4, 0, 0), (5000, 8, 120, 50)]
+)
 def test_no_training_sample_has_a_label_window_that_touches_its_test_fold(
     make, samples: int, folds: int, horizon: int, embargo: int
 ) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +74,9 @@ def test_deflated_sharpe_is_the_psr_of_the_selected_returns_against_the_trials_b
     sr0 = math.sqrt(np.var(trials, ddof=1)) * (
         (1 - 0.5772156649) * 2.0537489 + 0.5772156649 * float(__import__("scipy").stats.norm.ppf(1 - 1 / (50 * math.e)))
     )
-    expected = float(__import__("scipy").stats.norm.cdf((sr - sr0) * math.sqrt(999) / math.sqrt(variance_factor(sr, skew, kurt))))
+    expected = float(
+        __import__("scipy").stats.norm.cdf((sr - sr0) * math.sqrt(999) / math.sqrt(variance_factor(sr, skew, kurt)))
+    )
     assert result.benchmark == pytest.approx(sr0, rel=1e-6)
     assert result.dsr == pytest.approx(expected, rel=1e-6)
     assert result.trials == 50
