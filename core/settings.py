@@ -303,6 +303,28 @@ class CostSettings(Section):
         )
 
 
+class DiscoverySettings(Section):
+    """The validation gates a strategy candidate must pass, and how hard each discovery task searches."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_DISCOVERY_")
+
+    min_dsr: float = Field(
+        0.95, ge=0, lt=1, description="deflated Sharpe ratio over every trial of the task a candidate needs"
+    )
+    max_pbo: float = Field(0.2, gt=0, le=1, description="probability of backtest overfitting (CSCV) it must stay under")
+    min_oos_sharpe: float = Field(1.0, description="annualised out-of-sample Sharpe ratio, net of costs, it needs")
+    max_parameters: int = Field(5, ge=1, le=5, description="free parameters it may have")
+    folds: int = Field(5, ge=2, description="walk-forward test folds")
+    base_trials: int = Field(8, ge=1, description="Optuna trials of every complexity variant")
+    trials_per_parameter: int = Field(8, ge=0, description="more trials per free parameter of a variant")
+    cscv_slices: int = Field(16, ge=4, description="CSCV slices for the probability of backtest overfitting (even)")
+    capital: float = Field(1_000_000.0, gt=0, description="capital the capacity estimate assumes (account currency)")
+    max_queue: int = Field(100, ge=1, description="discovery tasks the planner lets wait before it holds back")
+    pause_after_trials: int = Field(
+        0, ge=0, description="fault drills only: a worker stops making progress after this many trials of a task"
+    )
+
+
 SECTIONS: dict[str, type[Section]] = {
     "kafka": KafkaSettings,
     "processing": ProcessingSettings,
@@ -312,6 +334,7 @@ SECTIONS: dict[str, type[Section]] = {
     "operations": OperationsSettings,
     "patterns": PatternSettings,
     "costs": CostSettings,
+    "discovery": DiscoverySettings,
 }
 
 
@@ -343,6 +366,7 @@ class Settings(BaseSettings):
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
     patterns: PatternSettings = Field(default_factory=PatternSettings)
     costs: CostSettings = Field(default_factory=CostSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:

@@ -53,7 +53,6 @@ CANDIDATE_SCHEMA = "tidemark.strategies.StrategyCandidateDiscovered"
 SIGNAL_SCHEMA = "tidemark.signals.PatternSignalDetected"
 FAMILY_OF_PATTERN = {"MOMENTUM": "momentum", "MEAN_REVERSION": "reversion", "PAIRS_MEAN_REVERSION": "pairs"}
 INTERVALS = ("1m", "1d")
-MAX_QUEUE = 100
 PROGRESS_EVERY_S = 2.0
 HISTORY_LIMIT = 2_000_000
 """Most bars per symbol a task reads: 5 years of regular-session minutes."""
@@ -143,7 +142,8 @@ class TaskPublisher:
         self._producer = ReliableProducer(producer_config(settings.kafka.bootstrap), "publishing discovery tasks")
         self._registry = get_registry()
 
-    def publish(self, tasks: Iterable[dict[str, Any]], max_queue: int = MAX_QUEUE) -> int:
+    def publish(self, tasks: Iterable[dict[str, Any]]) -> int:
+        max_queue = self.settings.discovery.max_queue
         topic = self.settings.topic("discovery.tasks")
         sent = 0
         for task in tasks:
@@ -202,11 +202,13 @@ async def load_table(dsn: str, symbols: Sequence[str], interval: str, start_ns: 
 class DiscoveryWorker:
     """One member of the worker group: a task at a time, committed only after its results are delivered."""
 
-    def __init__(self, settings: Settings, watchdog: Watchdog, budget: Budget = Budget(), capital: float = 1e6):
+    def __init__(self, settings: Settings, watchdog: Watchdog) -> None:
         self.settings = settings
         self.watchdog = watchdog
-        self.budget = budget
-        self.capital = capital
+        found = settings.discovery
+        self.budget = Budget(found.folds, found.base_trials, found.trials_per_parameter, found.cscv_slices)
+        self.gates = Gates(found.min_dsr, found.max_pbo, found.min_oos_sharpe, found.max_parameters)
+        self.capital = found.capital
         self.name = _worker_name()
         self.source = f"discovery-worker/{self.name}"
         self._registry = get_registry()
@@ -236,6 +238,9 @@ class DiscoveryWorker:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "max.poll.interval.ms": 30 * 60 * 1000,
+                # A worker killed with kill -9 hands its tasks on after this; heartbeats come from librdkafka's
+                # thread, so a long task does not count against it.
+                "session.timeout.ms": 10_000,
                 "partition.assignment.strategy": "cooperative-sticky",
             }
         )
@@ -298,7 +303,14 @@ class DiscoveryWorker:
         )
         cost = self.settings.costs.model(request.asset_class).per_unit
 
+        pause_after = self.settings.discovery.pause_after_trials
+
         def progress(_key: str, done: int, planned: int) -> None:
+            if pause_after and done >= pause_after:
+                log.warning("discovery worker %s: paused after %d trials (fault drill)", self.name, done)
+                self._progress(task, "PROGRESSED", done, planned)
+                self._producer.flush()
+                self.watchdog.stopping.wait()
             if self.watchdog.stopping.is_set():
                 raise Stopping()
             if time.monotonic() - self._last_progress >= PROGRESS_EVERY_S:
@@ -311,7 +323,7 @@ class DiscoveryWorker:
             market_of(request.asset_class),
             cost,
             self.storage(),
-            Gates(),
+            self.gates,
             self.budget,
             progress,
         )

@@ -8,6 +8,7 @@ Pure apart from Optuna's storage, which the caller opens."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ Float64 = npt.NDArray[np.float64]
 IntP = npt.NDArray[np.int64]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logging.getLogger("tidemark.discovery")
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,10 @@ class Search:
                 seed=study_seed(self.study_name), n_startup_trials=min(10, self.planned)
             ),
         )
-        local.add_trials(shared.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        saved = shared.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if saved:
+            log.info("study %s resumed with %d saved trial(s) of %d", self.study_name, len(saved), self.planned)
+        local.add_trials(saved)
         unsaved: list[optuna.trial.FrozenTrial] = []
         while (done := self._complete(local)) < self.planned:
             trial = local.ask()
