@@ -27,12 +27,12 @@ import asyncpg
 import numpy as np
 import optuna
 import redis
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.events import common_fields, deterministic_event_id, now_ns
-from core.kafka import ReliableProducer, consumer_lag, producer_config
+from core.kafka import ReliableProducer, consumer_lag, partition_lags, producer_config, range_reader, read_range
 from core.sessions import market_of
 from core.settings import Settings
 from core.supervision import Watchdog
@@ -126,6 +126,21 @@ def request_from_signal(signal: dict[str, Any], asset_class: str) -> TaskRequest
         return None
     interval = "1d" if signal["timeframe"] == "1d" else "1m"
     return TaskRequest(name, tuple(signal["symbols"]), asset_class, interval, causation_id=signal["event_id"])
+
+
+def signals_unplanned(settings: Settings) -> bool:
+    """Whether signals.patterns holds a signal after the planner's committed offsets. Not its lag: the runner
+    writes signals in transactions, whose commit markers take offsets and are never delivered."""
+    topic = settings.topic("signals.patterns")
+    committed = {
+        p.partition: p.committed or 0
+        for p in partition_lags(settings.kafka.bootstrap, planner_group(settings), [topic])
+    }
+    consumer = range_reader(settings.kafka.bootstrap, f"{planner_group(settings)}-check")
+    try:
+        return any(True for _ in read_range(consumer, topic, committed))
+    finally:
+        consumer.close()
 
 
 def queue_depth(settings: Settings) -> int:
@@ -448,6 +463,10 @@ def run_planner(settings: Settings, watchdog: Watchdog) -> None:
             sent = publisher.publish(tasks)
             if sent or tasks:
                 log.info("planner: %d signal(s) -> %d new task(s)", len(signals), len(tasks))
-            consumer.commit(message=messages[-1], asynchronous=False)
+            ends: dict[tuple[str, int], int] = {}
+            for message in messages:
+                place = (message.topic(), message.partition())
+                ends[place] = max(ends.get(place, 0), message.offset() + 1)
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
     finally:
         consumer.close()

@@ -50,6 +50,12 @@ def run(
 ) -> Evidence:
     """The task's evidence; NotEnoughHistory or InvalidParameters when the history cannot support it."""
     timeframes = histories(table, market, cost_per_unit)
+    grid = timeframes[-1]
+    if grid.grid_size < 2 * budget.slices:
+        raise NotEnoughHistory(
+            f"{grid.grid_size} {grid.timeframe} bars of history: the probability of backtest overfitting needs at "
+            f"least {2 * budget.slices} ({budget.slices} CSCV slices of two)"
+        )
     planned_variants: list[tuple[Variant, History]] = []
     for history in timeframes:
         for variant in variants(family, [history.timeframe]):
