@@ -16,7 +16,8 @@ PURE_MODULES := schemas/ streams/correlation/rolling.py streams/correlation/cloc
   core/sessions.py connectors/polygon/symbols.py connectors/polygon/normalise.py connectors/polygon/trade_ids.py \
   streams/rotation/ranks.py streams/rotation/strength.py streams/rotation/sectors.py \
   streams/rotation/processor.py projections/adjust.py \
-  streams/patterns/stats.py streams/patterns/scan.py streams/patterns/grid.py streams/patterns/processor.py
+  streams/patterns/stats.py streams/patterns/scan.py streams/patterns/grid.py streams/patterns/processor.py \
+  streams/strategies/ streams/discovery/ connectors/synthetic/daily.py
 # Re-sync only when the lock or the project metadata changed: a sync reinstalls the editable project.
 INSTALLED := $(VENV)/.installed
 

@@ -12,6 +12,8 @@ of the synthetic market's injected regimes, and a worker's peak memory.
   the share that yields a passing candidate. Must be at most 5%.
 - ``recall``: the synthetic market's injected trends and pairs (minute bars, ``--days``), one task per regime with
   the family that trades it: the share that passes, per seed.
+- ``recall-daily``: the demo's daily market (a trend with t = 10 over five years, a pair with a five-session
+  half-life), seeds 1-10.
 - ``memory``: peak RSS of one process running a rotation task over a 1,000-symbol daily universe and minute-bar
   tasks after it. Target: 2 GiB.
 
@@ -250,6 +252,35 @@ def recall(seeds: list[int], days: int) -> None:
     print(f"recall: {found} of {tried} injected regimes passed ({found / tried:.0%})")
 
 
+def recall_daily(seeds: range) -> None:
+    """The daily synthetic market of the demo (``connectors.synthetic.daily``): its trend and its pair, per seed."""
+    from connectors.synthetic.daily import daily_market
+
+    found = {"momentum": 0, "pairs": 0}
+    for seed in seeds:
+        frame, regimes = daily_market(seed)
+        days = frame["date"].to_numpy().astype("datetime64[ns]").astype(np.int64)
+        for regime in regimes:
+            if regime.kind == "none":
+                continue
+            name = "momentum" if regime.kind == "trending" else "pairs"
+            closes = frame[list(regime.symbols)].to_numpy()
+            table = Table("1d", days, closes, np.ones_like(closes))
+            evidence = run(
+                f"daily-{seed}-{name}",
+                FAMILIES[name],
+                table,
+                Market.NYSE,
+                EQUITY_COST,
+                optuna.storages.InMemoryStorage(),
+            )
+            found[name] += evidence.passed
+    print(
+        f"recall on the daily synthetic market, seeds {seeds.start}-{seeds.stop - 1}: trend (t = 10) "
+        f"{found['momentum']}/{len(seeds)}, cointegrated pair (half-life 5 sessions) {found['pairs']}/{len(seeds)}"
+    )
+
+
 def memory() -> None:
     days = _daily(9, 1000)
     run(
@@ -278,7 +309,14 @@ def memory() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parts = set(argv if argv is not None else sys.argv[1:]) or {"backtest", "validation", "false", "recall", "memory"}
+    parts = set(argv if argv is not None else sys.argv[1:]) or {
+        "backtest",
+        "validation",
+        "false",
+        "recall",
+        "recall-daily",
+        "memory",
+    }
     if "backtest" in parts:
         backtest_speed()
     if "validation" in parts:
@@ -287,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         false_discoveries()
     if "recall" in parts:
         recall([1, 2, 3], 20)
+    if "recall-daily" in parts:
+        recall_daily(range(1, 11))
     if "memory" in parts:
         memory()
 

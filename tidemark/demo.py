@@ -191,11 +191,11 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         f"The demo's data stays in topics prefixed '{settings.topic_prefix}' and database {DEMO_DATABASE} until the "
         "next demo run starts over. Look at it with `--context demo` (or export TIDEMARK_CONTEXT=demo):"
     )
-    for command in next_commands():
+    for command in next_commands(settings.state_dir / "demo-strategy.png"):
         print(f"  {command}")
 
 
-def next_commands() -> list[str]:
+def next_commands(plot: Path) -> list[str]:
     """What to type next, as the user can type it: `tidemark` when it is on PATH, else the path to ours."""
     ours = Path(sys.prefix) / "bin" / "tidemark"
     on_path = shutil.which("tidemark")
@@ -212,7 +212,7 @@ def next_commands() -> list[str]:
             "query sectors",
             "query stats SPY EURUSD --json",
             "query strategies --state passed",
-            "strategy show momentum-DTREND --plot strategy.png",
+            f"strategy show momentum-DTREND --plot {plot}",
             "discover status",
             "status",
         )

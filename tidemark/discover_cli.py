@@ -184,6 +184,9 @@ def discover_status(as_json: bool = typer.Option(False, "--json")) -> None:
         + ", ".join(f"{k.lower()} {v}" for k, v in stages.items())
         + (f"; {per_hour:.0f} tasks/hour" if per_hour else "")
     )
+    if not running:
+        typer.echo("running: none")
+        return
     _emit(
         [
             {

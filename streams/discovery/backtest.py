@@ -46,7 +46,7 @@ def vectorbt_report(positions: Float64, closes: Float64, cost_per_unit: float, f
     legs = positions.shape[1]
     changed = np.diff(positions, axis=0, prepend=0.0) != 0
     portfolio = vbt.Portfolio.from_orders(
-        np.nan_to_num(closes, nan=np.nanmean(closes)),
+        np.nan_to_num(closes, nan=float(np.nanmean(closes))),
         size=np.where(changed.any(axis=1, keepdims=True), positions, np.nan),
         size_type="targetpercent",
         direction="both",

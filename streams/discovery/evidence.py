@@ -75,7 +75,8 @@ def one_standard_error(curve: Sequence[VariantScore]) -> int:
 
 def on_grid(trial: Trial, history: History) -> Float64:
     """A trial's per-bar returns summed into the task's coarsest bars, so trials of every timeframe compare."""
-    return np.bincount(history.grid, weights=trial.returns, minlength=history.grid_size)
+    summed: Float64 = np.bincount(history.grid, weights=trial.returns, minlength=history.grid_size).astype(np.float64)
+    return summed
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import optuna
 
 from core.sessions import Market
 from streams.discovery.evidence import Evidence, Gates, judge
-from streams.discovery.folds import walk_forward
+from streams.discovery.folds import Fold, walk_forward
 from streams.discovery.histories import NotEnoughHistory, Table, histories
 from streams.discovery.search import History, Search, Trial, Variant
 from streams.strategies.base import Family, InvalidParameters
@@ -31,6 +31,11 @@ class Budget:
 
     def trials(self, level: int) -> int:
         return self.base_trials + self.trials_per_parameter * level
+
+
+def _reporter(progress: Progress, key: str, offset: int, planned: int) -> Callable[[int], None]:
+    """A search's trial count as the task's: the trials of the variants before it plus this one's."""
+    return lambda done: progress(key, offset + done, planned)
 
 
 def variants(family: Family, timeframes: list[str]) -> list[Variant]:
@@ -61,7 +66,7 @@ def run(
         for variant in variants(family, [history.timeframe]):
             planned_variants.append((variant, history))
     planned = sum(budget.trials(v.level) for v, _ in planned_variants)
-    searched: list[tuple[Variant, History, list[Trial], list]] = []
+    searched: list[tuple[Variant, History, list[Trial], list[Fold]]] = []
     skipped: list[str] = []
     before = 0
     for variant, history in planned_variants:
@@ -78,7 +83,7 @@ def run(
                 f"{task_id}/{variant.key}",
                 budget.trials(variant.level),
                 cap,
-                on_trial=lambda done, key=variant.key, offset=before: progress(key, offset + done, planned),
+                on_trial=_reporter(progress, variant.key, before, planned),
             )
             searched.append((variant, history, search.run(), folds))
         except (ValueError, InvalidParameters) as exc:

@@ -25,7 +25,7 @@ def rotation(bars: Bars, params: Mapping[str, float]) -> Float64:
     ranked = (ranks > 0).sum(axis=1, keepdims=True)
     longs = (ranks >= 1) & (ranks <= top)
     shorts = (ranks > ranked - top) & (ranks > 0)
-    weights = (longs.astype(np.float64) - shorts) / (2 * top)
+    weights: Float64 = (longs.astype(np.float64) - shorts) / (2 * top)
     gap = (np.where(longs, scores, 0.0).sum(axis=1) - np.where(shorts, scores, 0.0).sum(axis=1)) / top
     changes = bar_changes(prices)
     market = np.nansum(changes, axis=1) / np.maximum(np.isfinite(changes).sum(axis=1), 1)
@@ -33,7 +33,8 @@ def rotation(bars: Bars, params: Mapping[str, float]) -> Float64:
     weights[~active] = 0.0
     beat = int(params["rebalance"])
     if beat > 1:
-        weights = weights[(np.arange(bars.count) // beat) * beat]
+        held: Float64 = weights[(np.arange(bars.count) // beat) * beat]
+        return held
     return weights
 
 
