@@ -14,6 +14,8 @@ of the synthetic market's injected regimes, and a worker's peak memory.
   the family that trades it: the share that passes, per seed.
 - ``recall-daily``: the demo's daily market (a trend with t = 10 over five years, a pair with a five-session
   half-life), seeds 1-10.
+- ``throughput``: ``tidemark discover worker`` processes on the local stack (topics and a database of the bench's
+  own): 40 daily momentum tasks with one worker, 40 others with two; tasks per hour and the scaling ratio.
 - ``memory``: peak RSS of one process running a rotation task over a 1,000-symbol daily universe and minute-bar
   tasks after it. Target: 2 GiB.
 
@@ -22,6 +24,7 @@ of the synthetic market's injected regimes, and a worker's peak memory.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -281,6 +284,85 @@ def recall_daily(seeds: range) -> None:
     )
 
 
+THROUGHPUT_TASKS = 40
+
+
+async def _insert_daily(dsn: str, symbols: list[str], seed: int) -> None:
+    """Five years of daily closes per symbol straight into the bars table: how bars reach PostgreSQL is not what
+    this measures."""
+    import asyncpg
+
+    table = _daily(seed, len(symbols))
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = [
+            (symbol, "1d", datetime.fromtimestamp(t / 1e9, UTC), datetime.fromtimestamp((t + NS_PER_DAY) / 1e9, UTC),
+             "EQUITY", c, c, c, c, 1e6, True, 0)
+            for j, symbol in enumerate(symbols)
+            for t, c in zip(table.starts.tolist(), table.closes[:, j].tolist(), strict=True)
+        ]  # fmt: skip
+        await conn.copy_records_to_table(
+            "bars",
+            records=rows,
+            columns=["symbol", "interval", "start_ts", "end_ts", "asset_class", "open", "high", "low", "close",
+                     "volume", "regular_session", "source_offset"],
+        )  # fmt: skip
+    finally:
+        await conn.close()
+
+
+def throughput() -> None:
+    """Tasks per hour of `tidemark discover worker` processes on the local stack: 40 daily momentum tasks with one
+    worker, 40 others with two."""
+    import asyncio
+    import subprocess
+
+    from bench.pipeline import drop_database, fresh_database
+    from core.settings import Settings
+    from tidemark.discovery import TaskPublisher, TaskRequest, queue_depth, task_event
+    from tidemark.topics import create_topics, delete_prefixed_topics
+
+    tag = time.time_ns()
+    base = Settings()
+    database = f"tidemark_bench_discovery_{tag}"
+    settings = base.changed(topic_prefix=f"bench{tag}.", app_id=f"bench-{tag}")
+    settings = settings.changed(postgres_dsn=fresh_database(base, database))
+    create_topics(settings)
+    symbols = [f"S{i:03d}" for i in range(2 * THROUGHPUT_TASKS)]
+    asyncio.run(_insert_daily(settings.postgres_dsn, symbols, 5))
+    rates = {}
+    try:
+        for workers, chunk in ((1, symbols[:THROUGHPUT_TASKS]), (2, symbols[THROUGHPUT_TASKS:])):
+            tasks = [task_event(TaskRequest("momentum", (s,), "EQUITY", "1d"), "bench", tag) for s in chunk]
+            TaskPublisher(settings).publish(tasks)
+            started = time.perf_counter()
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "tidemark.cli", "discover", "worker", "--loglevel", "warning"],
+                    env=settings.environment(),
+                )
+                for _ in range(workers)
+            ]
+            while queue_depth(settings) > 0:
+                time.sleep(0.5)
+            elapsed = time.perf_counter() - started
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=60)
+            rates[workers] = len(tasks) / elapsed * 3600
+            print(
+                f"throughput: {workers} worker(s), {len(tasks)} daily momentum tasks in {elapsed:.0f} s: {rates[workers]:.0f} tasks/hour"
+            )
+        print(
+            f"throughput: 2 workers / 1 worker = {rates[2] / rates[1]:.2f}x on {os.cpu_count()} cores "
+            "(target 200 tasks/hour)"
+        )
+    finally:
+        delete_prefixed_topics(settings, groups=[f"{settings.app_id}-discovery"])
+        drop_database(base, database)
+
+
 def memory() -> None:
     days = _daily(9, 1000)
     run(
@@ -329,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         recall_daily(range(1, 11))
     if "memory" in parts:
         memory()
+    if "throughput" in parts:
+        throughput()
 
 
 if __name__ == "__main__":
