@@ -352,7 +352,8 @@ def throughput() -> None:
                 proc.wait(timeout=60)
             rates[workers] = len(tasks) / elapsed * 3600
             print(
-                f"throughput: {workers} worker(s), {len(tasks)} daily momentum tasks in {elapsed:.0f} s: {rates[workers]:.0f} tasks/hour"
+                f"throughput: {workers} worker(s), {len(tasks)} daily momentum tasks in {elapsed:.0f} s: "
+                f"{rates[workers]:.0f} tasks/hour"
             )
         print(
             f"throughput: 2 workers / 1 worker = {rates[2] / rates[1]:.2f}x on {os.cpu_count()} cores "
