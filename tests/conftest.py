@@ -7,7 +7,7 @@ import itertools
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -97,13 +97,16 @@ def run_cli(isolated: Settings) -> Callable[..., subprocess.CompletedProcess[str
 
 @pytest.fixture
 def start_worker(isolated: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Starts ``tidemark worker`` subprocesses (with the test's settings unless given others); kills leftovers."""
+    """Starts ``tidemark worker`` subprocesses (with the test's settings unless given others; another long-running
+    command with ``command``), each logging to ``worker-N.log``; kills leftovers."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(settings: Settings | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        settings: Settings | None = None, command: Sequence[str] = ("worker", "--loglevel", "info")
+    ) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tidemark.cli", "worker", "--loglevel", "info"],
+            [sys.executable, "-m", "tidemark.cli", *command],
             env=(settings or isolated).environment(),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -3,11 +3,10 @@ one consumer group, candidates projected once, and a worker killed with kill -9 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,15 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import redis
 
 from core.settings import Settings
 from schemas.codec import get_registry
 from streams.discovery.task import Budget
-from tests.conftest import REPO
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, fetch
 from tests.services import eventually
-from tidemark.discovery import optuna_url
+from tidemark.discovery import optuna_url, progress_channel
 
 pytestmark = pytest.mark.integration
 
@@ -43,27 +42,7 @@ def write_history(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def discovery_workers(isolated: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(settings: Settings | None = None) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"discovery-{len(procs)}.log", "wb")  # noqa: SIM115 - owned by the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tidemark.cli", "discover", "worker"],
-            env=(settings or isolated).environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+DISCOVERY_WORKER = ("discover", "worker")
 
 
 def progress(settings: Settings) -> list[dict[str, Any]]:
@@ -90,11 +69,12 @@ def test_tasks_queued_from_the_cli_become_ranked_candidates_and_bad_tasks_fail_w
     isolated: Settings,
     run_cli: Callable[..., Any],
     start_worker: Callable[..., Any],
-    discovery_workers: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
     history_projected(isolated, run_cli, start_worker, tmp_path)
-    worker = discovery_workers()
+    dashboard = redis.Redis.from_url(isolated.redis_url).pubsub()
+    dashboard.subscribe(progress_channel(isolated))
+    worker = start_worker(command=DISCOVERY_WORKER)
     universe = tmp_path / "universe.txt"
     universe.write_text("TREND\nNOISE\nNOPE  # not a symbol Tidemark has\n")
     done = run_cli("discover", "--family", "momentum", "--universe", str(universe), "--interval", "1d", check=False)
@@ -115,6 +95,10 @@ def test_tasks_queued_from_the_cli_become_ranked_candidates_and_bad_tasks_fail_w
     stages = {(e["symbols"][0], e["stage"]) for e in progress(isolated)}
     assert {("TREND", "FINISHED"), ("NOISE", "FINISHED"), ("NOPE", "FAILED")} <= stages
     assert worker.poll() is None  # the bad task did not end the worker
+    heard = [
+        json.loads(m["data"]) for m in iter(lambda: dashboard.get_message(timeout=1.0), None) if m["type"] == "message"
+    ]
+    assert {(e["symbols"][0], e["stage"]) for e in heard} == stages
     status = run_cli("discover", "status")
     assert "queue: 0 task(s)" in status.stdout
 
@@ -123,11 +107,10 @@ def test_a_worker_killed_mid_task_loses_nothing_and_the_task_yields_one_candidat
     isolated: Settings,
     run_cli: Callable[..., Any],
     start_worker: Callable[..., Any],
-    discovery_workers: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
     history_projected(isolated, run_cli, start_worker, tmp_path)
-    paused = discovery_workers(isolated.changed(discovery__pause_after_trials=36))
+    paused = start_worker(isolated.changed(discovery__pause_after_trials=36), DISCOVERY_WORKER)
     run_cli("discover", "--family", "reversion", "--symbols", "OTHER", "--interval", "1d", "--no-wait")
     # The moment of the kill is controlled: the worker stops making progress after its 36th trial (the first
     # variant's 16 and 16 of the second's 24 saved, 4 not) and says so.
@@ -138,9 +121,9 @@ def test_a_worker_killed_mid_task_loses_nothing_and_the_task_yields_one_candidat
     )
     os.kill(paused.pid, signal.SIGKILL)
     paused.wait(timeout=30)
-    successor = discovery_workers()
+    successor = start_worker(command=DISCOVERY_WORKER)
     eventually(lambda: count(isolated.postgres_dsn, "strategy_candidates") == 1, timeout=180, what="the candidate")
-    log = (tmp_path / "discovery-1.log").read_text()
+    log = (tmp_path / "worker-2.log").read_text()  # worker-0 is the analytics worker, worker-1 the paused one
     assert "resumed with 16 saved trial(s) of 16" in log and "resumed with 16 saved trial(s) of 24" in log
     task_id = fetch(isolated.postgres_dsn, "SELECT task_id FROM strategy_candidates")[0]["task_id"]
     storage = optuna.storages.RDBStorage(optuna_url(isolated.postgres_dsn))
