@@ -105,6 +105,14 @@ class Evidence:
         return not self.failed
 
 
+def distinct_columns(returns: Float64) -> Float64:
+    """The trials' return streams without repeats: a parameter set the search proposed twice, or one whose extra
+    threshold never binds, is one configuration. CSCV ranks configurations; counting one many times would make a
+    search that kept returning to a good region look like many good trials that the best one beats only by luck."""
+    distinct: Float64 = np.unique(returns.T, axis=0).T
+    return distinct if distinct.shape[1] >= 2 else returns
+
+
 def max_drawdown(returns: Float64) -> float:
     equity = np.cumprod(1.0 + returns)
     return float(np.max(1.0 - equity / np.maximum.accumulate(equity))) if returns.size else 0.0
@@ -121,7 +129,7 @@ def judge(searched: Sequence[tuple[Variant, History, list[Trial], list[Fold]]], 
     selected = on_grid(best, history)
     trial_sharpes = np.array([per_bar_sharpe(grid[:, j]) for j in range(grid.shape[1])])
     deflated = deflated_sharpe(selected, trial_sharpes)
-    pbo = probability_of_overfitting(grid, slices).pbo
+    pbo = probability_of_overfitting(distinct_columns(grid), slices).pbo
     oos = curve[chosen].oos_returns
     sr, factor = sharpe_moments(oos[:, None])
     bars_per_year = history.bars.bars_per_year

@@ -137,3 +137,13 @@ def test_the_search_kernel_agrees_with_vectorbt_on_the_same_positions(name: str)
     assert np.corrcoef(report.returns, net)[0, 1] > 0.9999
     assert np.log1p(report.returns).sum() == pytest.approx(np.log1p(net).sum(), abs=0.01)
     assert report.orders > 10
+
+
+def test_pbo_counts_each_distinct_return_stream_once() -> None:
+    from streams.discovery.evidence import distinct_columns
+
+    rng = np.random.default_rng(4)
+    returns = rng.normal(0, 1e-2, (400, 5))
+    repeated = np.column_stack([returns, returns[:, [1, 1, 3]]])
+    np.testing.assert_array_equal(np.sort(distinct_columns(repeated), axis=1), np.sort(returns, axis=1))
+    assert distinct_columns(np.column_stack([returns[:, 0]] * 3)).shape[1] == 3  # nothing left to compare: as given
