@@ -33,8 +33,7 @@ def _requests(family: str, symbols: str | None, universe: Path | None, asset_cla
         raise typer.BadParameter("give --symbols or --universe (one of them)")
     lines = [symbols] if symbols else [ln.split("#")[0].strip() for ln in universe.read_text().splitlines()]  # type: ignore[union-attr]
     legs = [tuple(s.strip().upper() for s in line.split(",") if s.strip()) for line in lines if line]
-    families = [family]
-    return [TaskRequest(f, leg, asset_class.upper(), interval) for f in families for leg in legs]
+    return [TaskRequest(family, leg, asset_class.upper(), interval) for leg in legs]
 
 
 @discover_app.callback()

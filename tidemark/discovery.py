@@ -41,7 +41,7 @@ from schemas.catalogue import task_partition
 from schemas.codec import DecodeError, get_registry
 from streams.discovery.candidate import candidate_record
 from streams.discovery.evidence import Gates
-from streams.discovery.histories import NotEnoughHistory, Table, histories
+from streams.discovery.histories import NotEnoughHistory, Table
 from streams.discovery.task import Budget, run
 from streams.strategies import InvalidParameters, family
 
@@ -161,15 +161,17 @@ class TaskPublisher:
         max_queue = self.settings.discovery.max_queue
         topic = self.settings.topic("discovery.tasks")
         sent = 0
+        room = max_queue - queue_depth(self.settings)
         for task in tasks:
-            while queue_depth(self.settings) + sent >= max_queue and not self._stopping():
+            while room <= 0 and not self._stopping():
                 self._producer.flush()
-                sent = 0
                 time.sleep(1.0)
+                room = max_queue - queue_depth(self.settings)
             value = self._registry.encode(TASK_SCHEMA, task)
             partition = task_partition(task["asset_class"], task["event_id"])
             self._producer.produce(topic, value, task["asset_class"], partition)
             sent += 1
+            room -= 1
         self._producer.flush()
         return sent
 
@@ -342,13 +344,10 @@ class DiscoveryWorker:
             self.budget,
             progress,
         )
-        timeframes = histories(table, market_of(request.asset_class), cost)
-        history = next(h for h in timeframes if h.timeframe == evidence.variant.timeframe)
-        positions = fam.positions(history.bars, evidence.params)
+        positions = fam.positions(evidence.history.bars, evidence.params)
         candidate = candidate_record(
             task,
             evidence,
-            history,
             positions,
             self.capital,
             None,
@@ -401,7 +400,7 @@ class DiscoveryWorker:
         )
         self._producer.kafka.poll(0)
         try:
-            self._redis.publish(progress_channel(self.settings), json.dumps({**event, "ts_ingest": event["ts_ingest"]}))
+            self._redis.publish(progress_channel(self.settings), json.dumps(event))
         except redis.RedisError as exc:
             log.warning("discovery progress not published to Redis (dashboards miss it): %s", exc)
 

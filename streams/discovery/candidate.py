@@ -69,7 +69,6 @@ def _finite(value: float) -> float:
 def candidate_record(
     task: dict[str, Any],
     evidence: Evidence,
-    history: History,
     positions: Float64,
     capital: float,
     live_correlation: float | None,
@@ -79,7 +78,8 @@ def candidate_record(
     folds: int,
     slices: int,
 ) -> dict[str, Any]:
-    """The event; ``positions`` are the chosen parameters' over ``history`` (for trades and capacity)."""
+    """The event; ``positions`` are the chosen parameters' over the evidence's history (trades and capacity)."""
+    history = evidence.history
     oos = evidence.curve[evidence.chosen].oos_returns
     bars_per_year = history.bars.bars_per_year
     share = adv_share(positions, history.bars.closes, history.bars.volumes, capital)

@@ -84,6 +84,7 @@ class Evidence:
     """Everything a candidate is judged and ranked by. Sharpe ratios are annualised and net of costs."""
 
     variant: Variant
+    history: History
     params: dict[str, float]
     curve: tuple[VariantScore, ...]
     chosen: int
@@ -146,6 +147,7 @@ def judge(searched: Sequence[tuple[Variant, History, list[Trial], list[Fold]]], 
         failed.append(f"{variant.level} free parameters > {gates.max_parameters}")
     return Evidence(
         variant=variant,
+        history=history,
         params=best.params,
         curve=curve,
         chosen=chosen,

@@ -148,7 +148,8 @@ class Search:
             log.info("study %s resumed with %d saved trial(s) of %d", self.study_name, len(saved), self.planned)
         local.add_trials(saved)
         unsaved: list[optuna.trial.FrozenTrial] = []
-        while (done := self._complete(local)) < self.planned:
+        done = len(saved)
+        while done < self.planned:
             trial = local.ask()
             params = {p.name: _suggest(trial, p) for p in space}
             result = backtest(self.variant.family, self.history, params, self.folds, trial.number)
@@ -157,12 +158,9 @@ class Search:
             if len(unsaved) == SAVE_EVERY or done + 1 == self.planned:
                 shared.add_trials(unsaved)
                 unsaved = []
-            self.on_trial(done + 1)
+            done += 1
+            self.on_trial(done)
         return [self._trial(t) for t in local.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-
-    @staticmethod
-    def _complete(study: optuna.Study) -> int:
-        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
     def _trial(self, frozen: optuna.trial.FrozenTrial) -> Trial:
         """A finished trial, backtested again when it was run before a restart (the backtest is deterministic)."""

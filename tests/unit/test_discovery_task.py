@@ -12,7 +12,7 @@ from core.units import NS_PER_DAY
 from schemas.codec import get_registry
 from streams.discovery.candidate import adv_share, candidate_record, round_trips, score, strategy_id
 from streams.discovery.evidence import VariantScore, one_standard_error
-from streams.discovery.histories import NotEnoughHistory, Table, histories
+from streams.discovery.histories import NotEnoughHistory, Table
 from streams.discovery.search import Variant
 from streams.discovery.task import Budget, run
 from streams.strategies import FAMILIES
@@ -94,15 +94,14 @@ def test_the_candidate_event_is_deterministic_and_fits_the_schema() -> None:
     table = daily(5, 12.0)
     storage = optuna.storages.InMemoryStorage()
     evidence = run("cand-1", FAMILIES["momentum"], table, Market.NYSE, 2.15e-4, storage)
-    history = next(h for h in histories(table, Market.NYSE, 2.15e-4) if h.timeframe == evidence.variant.timeframe)
-    positions = FAMILIES["momentum"].positions(history.bars, evidence.params)
+    positions = FAMILIES["momentum"].positions(evidence.history.bars, evidence.params)
     task = {
         "event_id": "00000000-0000-4000-8000-000000000001",
         "family": "momentum",
         "symbols": ["ABC"],
         "asset_class": "EQUITY",
     }
-    args = (task, evidence, history, positions, 1e6, None, "test", int(table.starts[0]), int(table.starts[-1]), 5, 16)
+    args = (task, evidence, positions, 1e6, None, "test", int(table.starts[0]), int(table.starts[-1]), 5, 16)
     record, again = candidate_record(*args), candidate_record(*args)
     assert record["event_id"] == again["event_id"]
     assert record["strategy_id"] == strategy_id("momentum", ["ABC"], evidence.variant.timeframe, evidence.params)
