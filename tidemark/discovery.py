@@ -9,6 +9,10 @@ status of the queue.
   publishes the same candidate event id, which the projection stores once.
 - A task that cannot run (unknown symbol, too little history, invalid parameters) ends as FAILED with the reason
   and is committed: never a crashed worker or a stuck partition.
+- A worker keeps serving its consumer group during a task (its partitions paused, the group polled after every
+  trial), so a worker that joins takes its share of the partitions at once instead of after the longest task
+  finishes. A worker whose task's partition moves away abandons the task at its next trial: the new owner resumes
+  the study.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ HISTORY_LIMIT = 2_000_000
 
 class Stopping(Exception):
     """SIGTERM arrived during a task: it stays uncommitted and is redone (resumed) by the next worker."""
+
+
+class Handed(Exception):
+    """The running task's partition was assigned to another worker."""
 
 
 def worker_group(settings: Settings) -> str:
@@ -158,13 +166,18 @@ class TaskPublisher:
         self._registry = get_registry()
 
     def publish(self, tasks: Iterable[dict[str, Any]]) -> int:
+        """The number of tasks delivered: fewer than given when ``stopping`` was set while the queue was full."""
         max_queue = self.settings.discovery.max_queue
         topic = self.settings.topic("discovery.tasks")
         sent = 0
         room = max_queue - queue_depth(self.settings)
         for task in tasks:
-            while room <= 0 and not self._stopping():
+            if room <= 0:
+                log.info("discovery queue full (at most %d tasks): waiting for the workers", max_queue)
+            while room <= 0:
                 self._producer.flush()
+                if self._stopping():
+                    return sent
                 time.sleep(1.0)
                 room = max_queue - queue_depth(self.settings)
             value = self._registry.encode(TASK_SCHEMA, task)
@@ -237,6 +250,9 @@ class DiscoveryWorker:
         )
         self._storage: optuna.storages.RDBStorage | None = None
         self._last_progress = 0.0
+        self._consumer: Consumer
+        self._running: tuple[str, int] | None = None
+        self._handed = False
         self.done = 0
 
     def storage(self) -> optuna.storages.RDBStorage:
@@ -261,7 +277,13 @@ class DiscoveryWorker:
                 "partition.assignment.strategy": "cooperative-sticky",
             }
         )
-        consumer.subscribe([self.settings.topic("discovery.tasks")])
+        self._consumer = consumer
+        consumer.subscribe(
+            [self.settings.topic("discovery.tasks")],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._revoked,
+        )
         log.info("discovery worker %s: waiting for tasks", self.name)
         try:
             while not self.watchdog.stopping.is_set() and (max_tasks is None or self.done < max_tasks):
@@ -272,15 +294,44 @@ class DiscoveryWorker:
                     if message.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("discovery worker: %s", message.error().str())
                     continue
+                self._running = (message.topic(), message.partition())
+                self._handed = False
+                consumer.pause(consumer.assignment())
                 try:
                     self._handle(message)
                 except Stopping:
                     log.info("discovery worker %s: stopped during a task; it stays queued and resumes", self.name)
                     return
+                except Handed:
+                    log.info("discovery worker %s: task handed to the partition's new owner", self.name)
+                    continue
+                finally:
+                    self._running = None
+                    consumer.resume(consumer.assignment())
                 consumer.commit(message=message, asynchronous=False)
                 self.done += 1
         finally:
             consumer.close()
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        if self._running is not None:
+            consumer.pause(partitions)
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._running in {(p.topic, p.partition) for p in partitions}:
+            self._handed = True
+
+    def _serve_group(self) -> None:
+        """Joins a rebalance while a task runs; raises Handed once the task's partition has moved away."""
+        message = self._consumer.poll(0)
+        if message is not None and message.error() is None:
+            # A partition assigned in the same poll, before its pause: its task waits for the end of this one.
+            place = TopicPartition(message.topic(), message.partition(), message.offset())
+            self._consumer.seek(place)
+            self._consumer.pause([place])
+        if self._handed:
+            raise Handed()
 
     def _handle(self, message: Message) -> None:
         try:
@@ -327,9 +378,11 @@ class DiscoveryWorker:
                 log.warning("discovery worker %s: paused after %d trials (fault drill)", self.name, done)
                 self._progress(task, "PROGRESSED", done, planned)
                 self._producer.flush()
-                self.watchdog.stopping.wait()
+                while not self.watchdog.stopping.wait(0.5):
+                    self._serve_group()
             if self.watchdog.stopping.is_set():
                 raise Stopping()
+            self._serve_group()
             if time.monotonic() - self._last_progress >= PROGRESS_EVERY_S:
                 self._progress(task, "PROGRESSED", done, planned)
 
@@ -432,19 +485,53 @@ def run_planner(settings: Settings, watchdog: Watchdog) -> None:
         }
     )
     consumer.subscribe([settings.topic("signals.patterns")])
+    dead_letters = ReliableProducer(producer_config(settings.kafka.bootstrap), "dead-lettering signals")
     planned: set[str] = set()
+
+    def commit(messages: list[Message]) -> None:
+        ends: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is None:
+                place = (message.topic(), message.partition())
+                ends[place] = max(ends.get(place, 0), message.offset() + 1)
+        if ends:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
+
     try:
         while not watchdog.stopping.is_set():
             messages = consumer.consume(100, 1.0)
             signals = []
+            undecodable: list[tuple[Consumed, str]] = []
             for message in messages:
                 if message.error() is not None:
                     continue
                 try:
                     signals.append(registry.decode_as(SIGNAL_SCHEMA, message.value()))
                 except DecodeError as exc:
-                    log.warning("planner: a signal at offset %d does not decode (%s); skipped", message.offset(), exc)
+                    record = Consumed(
+                        message.topic(), message.partition(), message.offset(), message.key(), message.value()
+                    )
+                    log.warning(
+                        "planner: signal at %s[%d]@%d dead-lettered: %s",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        exc,
+                    )
+                    undecodable.append((record, str(exc)))
+            if undecodable:
+                dead = dead_letter_messages(
+                    registry,
+                    [r for r, _ in undecodable],
+                    [(i, reason) for i, (_, reason) in enumerate(undecodable)],
+                    "discovery-planner",
+                    "DecodeError",
+                )
+                for key, value in dead:
+                    dead_letters.produce(settings.topic("dlq"), value, key)
+                dead_letters.flush()
             if not signals:
+                commit(messages)
                 continue
             classes = asyncio.run(
                 _asset_classes(settings.postgres_dsn, sorted({s for e in signals for s in e["symbols"]}))
@@ -459,13 +546,11 @@ def run_planner(settings: Settings, watchdog: Watchdog) -> None:
                 if task["event_id"] not in planned:
                     planned.add(task["event_id"])
                     tasks.append(task)
-            sent = publisher.publish(tasks)
-            if sent or tasks:
+            if publisher.publish(tasks) < len(tasks):
+                log.info("planner: stopped while the queue was full; the signals not yet planned stay uncommitted")
+                return
+            if tasks:
                 log.info("planner: %d signal(s) -> %d new task(s)", len(signals), len(tasks))
-            ends: dict[tuple[str, int], int] = {}
-            for message in messages:
-                place = (message.topic(), message.partition())
-                ends[place] = max(ends.get(place, 0), message.offset() + 1)
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
+            commit(messages)
     finally:
         consumer.close()

@@ -3,6 +3,7 @@ one consumer group, candidates projected once, and a worker killed with kill -9 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -15,28 +16,41 @@ import optuna
 import pandas as pd
 import pytest
 import redis
+from confluent_kafka import Producer
 
+from core.events import common_fields
 from core.settings import Settings
+from core.units import NS_PER_DAY
+from schemas.catalogue import TASK_PARTITIONS, task_partition
 from schemas.codec import get_registry
 from streams.discovery.task import Budget
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_pipeline import count, fetch
 from tests.services import eventually
-from tidemark.discovery import optuna_url, progress_channel
+from tidemark.discovery import (
+    SIGNAL_SCHEMA,
+    TaskPublisher,
+    TaskRequest,
+    optuna_url,
+    progress_channel,
+    request_from_signal,
+    signals_unplanned,
+    task_event,
+)
 
 pytestmark = pytest.mark.integration
 
 SESSIONS = 1260  # five years of daily bars
 
 
-def write_history(path: Path) -> Path:
-    """Wide CSV of daily closes: TREND drifts (t = 12 over the history), NOISE and OTHER are random walks."""
+def write_history(path: Path, names: tuple[str, str, str] = ("TREND", "NOISE", "OTHER")) -> Path:
+    """Wide CSV of daily closes: the first (TREND) drifts (t = 12 over the history), the others are random walks."""
     rng = np.random.default_rng(11)
     days = pd.bdate_range("2019-01-02", periods=SESSIONS)
     returns = rng.normal(0, 0.01, (SESSIONS, 3))
     returns[:, 0] += 12 * 0.01 / np.sqrt(SESSIONS)
     closes = 100 * np.exp(np.cumsum(returns, axis=0))
-    frame = pd.DataFrame(closes, columns=["TREND", "NOISE", "OTHER"])
+    frame = pd.DataFrame(closes, columns=list(names))
     frame.insert(0, "date", days.strftime("%Y-%m-%d"))
     frame.to_csv(path, index=False)
     return path
@@ -53,15 +67,29 @@ def progress(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
+SYMBOLS = {
+    "EQUITY": ("TREND", "NOISE", "OTHER"),
+    "FX": ("EURUSD", "GBPUSD", "USDJPY"),
+    "FUTURE": ("ES", "NQ", "CL"),
+}
+
+
 def history_projected(
-    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], tmp_path: Path
+    isolated: Settings,
+    run_cli: Callable[..., Any],
+    start_worker: Callable[..., Any],
+    tmp_path: Path,
+    asset_classes: tuple[str, ...] = ("EQUITY",),
 ) -> None:
     run_cli("topics", "create")
-    csv = write_history(tmp_path / "daily.csv")
-    run_cli("ingest", "replay", str(csv), "--interval", "1d", "--layout", "wide", "--asset-class", "EQUITY")
+    for asset_class in asset_classes:
+        csv = write_history(tmp_path / f"daily-{asset_class}.csv", SYMBOLS[asset_class])
+        run_cli("ingest", "replay", str(csv), "--interval", "1d", "--layout", "wide", "--asset-class", asset_class)
     start_worker()
     eventually(
-        lambda: count(isolated.postgres_dsn, "bars") == 3 * SESSIONS, timeout=180, what="the daily bars projected"
+        lambda: count(isolated.postgres_dsn, "bars") == 3 * SESSIONS * len(asset_classes),
+        timeout=180,
+        what="the daily bars projected",
     )
 
 
@@ -142,4 +170,133 @@ def test_a_worker_killed_mid_task_loses_nothing_and_the_task_yields_one_candidat
         for _, _, _, v in read_all(isolated.kafka.bootstrap, isolated.topic("strategies.candidates"))
     ]
     assert len(set(candidates)) == 1
+    assert successor.poll() is None
+
+
+def one_task_per_partition() -> list[dict[str, Any]]:
+    """A task on every partition of discovery.tasks: families, legs and history bounds varied until each
+    partition has one (the partition follows from the task id)."""
+    tasks: dict[int, dict[str, Any]] = {}
+    for skipped_days, asset_class, symbol, name in itertools.product(
+        range(100), TASK_PARTITIONS, range(3), ("momentum", "reversion")
+    ):
+        start_ns = int(pd.Timestamp("2019-01-02", tz="UTC").value) + skipped_days * NS_PER_DAY
+        request = TaskRequest(name, (SYMBOLS[asset_class][symbol],), asset_class, "1d", start_ns)
+        task = task_event(request, "test", 0)
+        tasks.setdefault(task_partition(asset_class, task["event_id"]), task)
+    assert sorted(tasks) == list(range(sum(TASK_PARTITIONS.values())))
+    return list(tasks.values())
+
+
+def test_ten_workers_run_ten_tasks_at_once_and_a_worker_joining_mid_task_gets_its_share(
+    isolated: Settings,
+    run_cli: Callable[..., Any],
+    start_worker: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    history_projected(isolated, run_cli, start_worker, tmp_path, tuple(TASK_PARTITIONS))
+    # Every worker holds still after its task's first trial, so the moment counted is one the test controls: ten
+    # tasks begun and none finished.
+    drill = isolated.changed(discovery__pause_after_trials=1)
+    first = start_worker(drill, DISCOVERY_WORKER)
+    TaskPublisher(isolated).publish(one_task_per_partition())
+
+    def paused() -> dict[str, str]:
+        """Each worker's task, if its latest event says it is paused in one."""
+        latest: dict[str, dict[str, Any]] = {}
+        for event in sorted(progress(isolated), key=lambda e: e["ts_event"]):
+            latest[event["worker"]] = event
+        return {w: e["task_id"] for w, e in latest.items() if e["stage"] == "PROGRESSED" and e["trials_done"] >= 1}
+
+    eventually(lambda: len(paused()) == 1, timeout=120, interval=1, what="the first worker paused in a task")
+    # The first worker holds every partition and is mid-task; nine more join the group now.
+    others = [start_worker(drill, DISCOVERY_WORKER) for _ in range(9)]
+    running = eventually(
+        lambda: len(set((found := paused()).values())) == 10 and found, timeout=300, interval=2, what="10 tasks"
+    )
+    assert len(running) == 10  # ten workers, each paused in a task of its own
+    assert not any(e["stage"] == "FINISHED" for e in progress(isolated))
+    assert all(worker.poll() is None for worker in [first, *others])
+
+
+def pattern_signal(event_id: str, pattern: str, symbol: str) -> dict[str, Any]:
+    """A daily pattern signal of the scan's shape."""
+    return {
+        **common_fields("test-scan", int(pd.Timestamp("2026-12-04T21:00Z").value), "", event_id),
+        "pattern_family": pattern,
+        "direction": "LONG",
+        "symbols": [symbol],
+        "timeframe": "1d",
+        "window_bars": 250,
+        "as_of_ns": int(pd.Timestamp("2026-12-04T21:00Z").value),
+        "test": "newey_west_t",
+        "statistic": 4.0,
+        "p_value": 1e-5,
+        "adjusted_p_value": 1e-3,
+        "correction": "BENJAMINI_HOCHBERG",
+        "tests_in_family": 40,
+        "significance": 0.05,
+        "sharpe": 1.5,
+        "psr": 0.99,
+        "half_life": None,
+        "hurst": None,
+        "sharpe_se": 0.4,
+        "deflated_sharpe": 0.9,
+        "params": {},
+    }
+
+
+def test_the_planner_turns_signals_into_one_task_each_holds_back_at_a_full_queue_and_dead_letters_bad_ones(
+    isolated: Settings,
+    run_cli: Callable[..., Any],
+    start_worker: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    history_projected(isolated, run_cli, start_worker, tmp_path)
+    trend = pattern_signal("00000000-0000-4000-8000-000000000001", "MOMENTUM", "TREND")
+    again = pattern_signal("00000000-0000-4000-8000-000000000002", "MOMENTUM", "TREND")  # the next scan, same day
+    noise = pattern_signal("00000000-0000-4000-8000-000000000003", "MEAN_REVERSION", "NOISE")
+    registry = get_registry()
+    producer = Producer({"bootstrap.servers": isolated.kafka.bootstrap})
+    for value in [registry.encode(SIGNAL_SCHEMA, trend), registry.encode(SIGNAL_SCHEMA, again), b"not avro"]:
+        producer.produce(isolated.topic("signals.patterns"), value, b"TREND", partition=0)
+    producer.produce(isolated.topic("signals.patterns"), registry.encode(SIGNAL_SCHEMA, noise), b"NOISE", partition=0)
+    assert producer.flush(30) == 0
+    planner = start_worker(isolated.changed(discovery__max_queue=1), ("discover", "planner"))
+
+    def tasks() -> list[dict[str, Any]]:
+        return [
+            registry.decode(v).record
+            for _, _, _, v in read_all(isolated.kafka.bootstrap, isolated.topic("discovery.tasks"))
+        ]
+
+    planner_log = tmp_path / "worker-1.log"
+    eventually(lambda: "discovery queue full" in planner_log.read_text(), timeout=60, what="the planner held back")
+    first = tasks()  # no worker yet: the queue stays full, so this is all the planner can have sent
+    expected = task_event(request_from_signal(trend, "EQUITY"), "discovery-planner", trend["ts_event"])
+    assert [t["event_id"] for t in first] == [expected["event_id"]]
+    assert first[0]["causation_id"] == trend["event_id"] and first[0]["family"] == "momentum"
+    dead = [registry.decode(v).record for _, _, _, v in read_all(isolated.kafka.bootstrap, isolated.topic("dlq"))]
+    # The projection sink reads the topic too, and dead-letters the same record on its own account.
+    planners = [(d["offset"], d["error_type"]) for d in dead if d["processor"] == "discovery-planner"]
+    assert planners == [(2, "DecodeError")]
+
+    # SIGTERM while held back: the planner stops at once, and the signal it could not plan stays uncommitted.
+    planner.send_signal(signal.SIGTERM)
+    assert planner.wait(timeout=30) == 0
+    assert signals_unplanned(isolated)
+
+    successor = start_worker(isolated.changed(discovery__max_queue=1), ("discover", "planner"))
+    start_worker(command=DISCOVERY_WORKER)  # drains the queue: the planner sends the held-back task
+
+    def distinct_tasks() -> set[tuple[str, str, tuple[str, ...]]]:
+        return {(t["event_id"], t["family"], tuple(t["symbols"])) for t in tasks()}
+
+    planned = eventually(lambda: len(found := distinct_tasks()) == 2 and found, timeout=180, interval=1, what="tasks")
+    # The successor plans the TREND signal again, under the same task id: a worker redoes it, resuming its studies.
+    assert {(family, symbols) for _, family, symbols in planned} == {
+        ("momentum", ("TREND",)),
+        ("reversion", ("NOISE",)),
+    }
+    eventually(lambda: not signals_unplanned(isolated), timeout=60, what="every signal committed")
     assert successor.poll() is None
