@@ -278,6 +278,8 @@ def recall_daily(seeds: range) -> None:
                 optuna.storages.InMemoryStorage(),
             )
             found[name] += evidence.passed
+            if not evidence.passed:
+                print(f"  seed {seed}: {name} missed: {'; '.join(evidence.failed)}")
     print(
         f"recall on the daily synthetic market, seeds {seeds.start}-{seeds.stop - 1}: trend (t = 10) "
         f"{found['momentum']}/{len(seeds)}, cointegrated pair (half-life 5 sessions) {found['pairs']}/{len(seeds)}"
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     if "recall" in parts:
         recall([1, 2, 3], 20)
     if "recall-daily" in parts:
-        recall_daily(range(1, 11))
+        recall_daily(range(1, 21))
     if "memory" in parts:
         memory()
     if "throughput" in parts:

@@ -106,12 +106,37 @@ class Evidence:
         return not self.failed
 
 
-def distinct_columns(returns: Float64) -> Float64:
-    """The trials' return streams without repeats: a parameter set the search proposed twice, or one whose extra
-    threshold never binds, is one configuration. CSCV ranks configurations; counting one many times would make a
-    search that kept returning to a good region look like many good trials that the best one beats only by luck."""
+SAME_STRATEGY_CORRELATION = 0.9
+"""Return streams correlated at least this much (on average, within a cluster) are one strategy to CSCV."""
+
+
+def strategy_clusters(returns: Float64, min_correlation: float = SAME_STRATEGY_CORRELATION) -> Float64:
+    """The trials' return streams as distinct strategies: streams correlated at ``min_correlation`` or more
+    (average linkage) become one column, their mean; the trials that never trade are one more.
+
+    CSCV ranks configurations. Counting near-copies many times makes a search that kept to a good region (twenty
+    lookbacks riding one trend) look like many good trials, among which the in-sample best is no better out of
+    sample than the others: PBO near a coin flip for a strategy whose every variant works. Near-copies are also why
+    the out-of-sample rank is of the chosen strategy, not of its exact parameters: the deflated Sharpe ratio still
+    counts every trial. With fewer than two clusters there is nothing to choose between, and the distinct streams
+    are ranked as they are."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
     distinct: Float64 = np.unique(returns.T, axis=0).T
-    return distinct if distinct.shape[1] >= 2 else returns
+    spread = distinct.std(axis=0)
+    trading = distinct[:, spread > 0]
+    if trading.shape[1] < 2:
+        return distinct if distinct.shape[1] >= 2 else returns
+    distance = 1.0 - np.clip(np.corrcoef(trading.T), -1.0, 1.0)
+    np.fill_diagonal(distance, 0.0)
+    labels = fcluster(linkage(squareform(distance, checks=False), "average"), 1.0 - min_correlation, "distance")
+    columns = [trading[:, labels == label].mean(axis=1) for label in np.unique(labels)]
+    if (spread == 0).any():
+        columns.append(np.zeros(distinct.shape[0]))
+    if len(columns) < 2:
+        return distinct
+    return np.column_stack(columns)
 
 
 def max_drawdown(returns: Float64) -> float:
@@ -130,7 +155,7 @@ def judge(searched: Sequence[tuple[Variant, History, list[Trial], list[Fold]]], 
     selected = on_grid(best, history)
     trial_sharpes = np.array([per_bar_sharpe(grid[:, j]) for j in range(grid.shape[1])])
     deflated = deflated_sharpe(selected, trial_sharpes)
-    pbo = probability_of_overfitting(distinct_columns(grid), slices).pbo
+    pbo = probability_of_overfitting(strategy_clusters(grid), slices).pbo
     oos = curve[chosen].oos_returns
     sr, factor = sharpe_moments(oos[:, None])
     bars_per_year = history.bars.bars_per_year

@@ -139,11 +139,30 @@ def test_the_search_kernel_agrees_with_vectorbt_on_the_same_positions(name: str)
     assert report.orders > 10
 
 
-def test_pbo_counts_each_distinct_return_stream_once() -> None:
-    from streams.discovery.evidence import distinct_columns
+def test_pbo_counts_each_strategy_once() -> None:
+    """Repeats and near-copies (correlation 0.99) are one strategy; streams correlated 0.5 are two."""
+    from streams.discovery.evidence import strategy_clusters
 
     rng = np.random.default_rng(4)
-    returns = rng.normal(0, 1e-2, (400, 5))
-    repeated = np.column_stack([returns, returns[:, [1, 1, 3]]])
-    np.testing.assert_array_equal(np.sort(distinct_columns(repeated), axis=1), np.sort(returns, axis=1))
-    assert distinct_columns(np.column_stack([returns[:, 0]] * 3)).shape[1] == 3  # nothing left to compare: as given
+    returns = rng.normal(0, 1e-2, (4000, 5))
+    near = returns[:, [1]] + 0.1 * rng.normal(0, 1e-2, (4000, 3))
+    half = 0.5 * returns[:, [2]] + np.sqrt(0.75) * rng.normal(0, 1e-2, (4000, 1))
+    flat = np.zeros((4000, 2))
+    clusters = strategy_clusters(np.column_stack([returns, returns[:, [1, 3]], near, half, flat]))
+    assert clusters.shape[1] == 5 + 1 + 1  # the five, the half-correlated one, and the flat pair
+    copies = np.column_stack([returns[:, [1]], near]).mean(axis=1)
+    assert any(np.allclose(clusters[:, k], copies) for k in range(clusters.shape[1]))
+    assert strategy_clusters(np.column_stack([returns[:, 0]] * 3)).shape[1] == 3  # nothing to compare: as given
+
+
+def test_pbo_of_one_edge_searched_among_its_near_copies_is_near_zero() -> None:
+    """Eighty lookbacks of one trend follower (near-copies with an edge) beside ten noise traders: ranked trial by
+    trial, the in-sample best copy is an arbitrary one of the eighty out of sample (PBO far from 0); ranked as
+    strategies, the selection is between the trend and the noise, and the trend wins out of sample too."""
+    from streams.discovery.evidence import strategy_clusters
+
+    rng = np.random.default_rng(5)
+    edge = rng.normal(1e-3, 1e-2, (1600, 1))
+    returns = np.column_stack([edge + 0.2 * rng.normal(0, 1e-2, (1600, 80)), rng.normal(0, 1e-2, (1600, 10))])
+    assert probability_of_overfitting(returns).pbo > 0.2
+    assert probability_of_overfitting(strategy_clusters(returns)).pbo < 0.02
