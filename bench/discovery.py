@@ -29,6 +29,7 @@ import resource
 import sys
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -42,6 +43,9 @@ from streams.discovery.backtest import net_returns
 from streams.discovery.histories import Table
 from streams.discovery.task import Budget, run
 from streams.strategies import FAMILIES, Bars
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 EQUITY_COST = DEFAULT_COSTS["EQUITY"].per_unit
 
@@ -313,6 +317,24 @@ async def _insert_daily(dsn: str, symbols: list[str], seed: int) -> None:
         await conn.close()
 
 
+def _finished_per_worker(settings: Settings, symbols: list[str]) -> list[int]:
+    """How the group shared the tasks on ``symbols``: a worker that got more partitions' tasks sets the pace."""
+    from collections import Counter
+
+    from core.kafka import range_reader, read_range
+    from schemas.codec import get_registry
+
+    registry = get_registry()
+    consumer = range_reader(settings.kafka.bootstrap, f"{settings.app_id}-bench-read")
+    try:
+        events = [registry.decode(m.value()).record for m in read_range(consumer, settings.topic("discovery.progress"))]
+    finally:
+        consumer.close()
+    wanted = set(symbols)
+    done = Counter(e["worker"] for e in events if e["stage"] == "FINISHED" and e["symbols"][0] in wanted)
+    return sorted(done.values(), reverse=True)
+
+
 def throughput() -> None:
     """Tasks per hour of `tidemark discover worker` processes on the local stack: 40 daily momentum tasks with one
     worker, 40 others with two."""
@@ -355,7 +377,7 @@ def throughput() -> None:
             rates[workers] = len(tasks) / elapsed * 3600
             print(
                 f"throughput: {workers} worker(s), {len(tasks)} daily momentum tasks in {elapsed:.0f} s: "
-                f"{rates[workers]:.0f} tasks/hour"
+                f"{rates[workers]:.0f} tasks/hour; tasks per worker {_finished_per_worker(settings, chunk)}"
             )
         print(
             f"throughput: 2 workers / 1 worker = {rates[2] / rates[1]:.2f}x on {os.cpu_count()} cores "

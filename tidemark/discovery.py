@@ -11,8 +11,9 @@ status of the queue.
   and is committed: never a crashed worker or a stuck partition.
 - A worker keeps serving its consumer group during a task (its partitions paused, the group polled after every
   trial), so a worker that joins takes its share of the partitions at once instead of after the longest task
-  finishes. A worker whose task's partition moves away abandons the task at its next trial: the new owner resumes
-  the study.
+  finishes. The assignment is round robin, which revokes every partition at a rebalance: a worker drops the task
+  in hand at its next trial, and whoever is assigned the partition resumes its studies (the trials not yet saved,
+  at most 15, are redone).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Stopping(Exception):
 
 
 class Handed(Exception):
-    """The running task's partition was assigned to another worker."""
+    """A rebalance revoked the running task's partition: whoever is assigned it next resumes the task."""
 
 
 def worker_group(settings: Settings) -> str:
@@ -274,7 +275,10 @@ class DiscoveryWorker:
                 # A worker killed with kill -9 hands its tasks on after this; heartbeats come from librdkafka's
                 # thread, so a long task does not count against it.
                 "session.timeout.ms": 10_000,
-                "partition.assignment.strategy": "cooperative-sticky",
+                # Round robin over the asset classes' contiguous partition ranges gives every worker partitions of
+                # each class while there are no more workers than a class has partitions (a sticky assignor handed
+                # a second worker only FX and futures partitions, and it idled beside a queue of equity tasks).
+                "partition.assignment.strategy": "roundrobin",
             }
         )
         self._consumer = consumer
@@ -303,7 +307,10 @@ class DiscoveryWorker:
                     log.info("discovery worker %s: stopped during a task; it stays queued and resumes", self.name)
                     return
                 except Handed:
-                    log.info("discovery worker %s: task handed to the partition's new owner", self.name)
+                    log.info(
+                        "discovery worker %s: a rebalance revoked the task's partition; its assignee resumes it",
+                        self.name,
+                    )
                     continue
                 finally:
                     self._running = None
@@ -314,16 +321,20 @@ class DiscoveryWorker:
             consumer.close()
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.incremental_assign(partitions)
+        """A partition paused during a task stays paused through its revocation and return (librdkafka keeps the
+        flag): each assignment sets it afresh."""
+        consumer.assign(partitions)
         if self._running is not None:
             consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._running in {(p.topic, p.partition) for p in partitions}:
             self._handed = True
 
     def _serve_group(self) -> None:
-        """Joins a rebalance while a task runs; raises Handed once the task's partition has moved away."""
+        """Joins a rebalance while a task runs; raises Handed once the task's partition is revoked."""
         message = self._consumer.poll(0)
         if message is not None and message.error() is None:
             # A partition assigned in the same poll, before its pause: its task waits for the end of this one.

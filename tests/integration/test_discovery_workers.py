@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from core.events import common_fields
 from core.settings import Settings
 from core.units import NS_PER_DAY
-from schemas.catalogue import TASK_PARTITIONS, task_partition
+from schemas.catalogue import task_partition, task_partitions
 from schemas.codec import get_registry
 from streams.discovery.task import Budget
 from tests.integration.kafka_tools import read_all
@@ -43,14 +43,14 @@ pytestmark = pytest.mark.integration
 SESSIONS = 1260  # five years of daily bars
 
 
-def write_history(path: Path, names: tuple[str, str, str] = ("TREND", "NOISE", "OTHER")) -> Path:
-    """Wide CSV of daily closes: the first (TREND) drifts (t = 12 over the history), the others are random walks."""
+def write_history(path: Path) -> Path:
+    """Wide CSV of daily closes: TREND drifts (t = 12 over the history), NOISE and OTHER are random walks."""
     rng = np.random.default_rng(11)
     days = pd.bdate_range("2019-01-02", periods=SESSIONS)
     returns = rng.normal(0, 0.01, (SESSIONS, 3))
     returns[:, 0] += 12 * 0.01 / np.sqrt(SESSIONS)
     closes = 100 * np.exp(np.cumsum(returns, axis=0))
-    frame = pd.DataFrame(closes, columns=list(names))
+    frame = pd.DataFrame(closes, columns=["TREND", "NOISE", "OTHER"])
     frame.insert(0, "date", days.strftime("%Y-%m-%d"))
     frame.to_csv(path, index=False)
     return path
@@ -67,29 +67,15 @@ def progress(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
-SYMBOLS = {
-    "EQUITY": ("TREND", "NOISE", "OTHER"),
-    "FX": ("EURUSD", "GBPUSD", "USDJPY"),
-    "FUTURE": ("ES", "NQ", "CL"),
-}
-
-
 def history_projected(
-    isolated: Settings,
-    run_cli: Callable[..., Any],
-    start_worker: Callable[..., Any],
-    tmp_path: Path,
-    asset_classes: tuple[str, ...] = ("EQUITY",),
+    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], tmp_path: Path
 ) -> None:
     run_cli("topics", "create")
-    for asset_class in asset_classes:
-        csv = write_history(tmp_path / f"daily-{asset_class}.csv", SYMBOLS[asset_class])
-        run_cli("ingest", "replay", str(csv), "--interval", "1d", "--layout", "wide", "--asset-class", asset_class)
+    csv = write_history(tmp_path / "daily.csv")
+    run_cli("ingest", "replay", str(csv), "--interval", "1d", "--layout", "wide", "--asset-class", "EQUITY")
     start_worker()
     eventually(
-        lambda: count(isolated.postgres_dsn, "bars") == 3 * SESSIONS * len(asset_classes),
-        timeout=180,
-        what="the daily bars projected",
+        lambda: count(isolated.postgres_dsn, "bars") == 3 * SESSIONS, timeout=180, what="the daily bars projected"
     )
 
 
@@ -173,33 +159,32 @@ def test_a_worker_killed_mid_task_loses_nothing_and_the_task_yields_one_candidat
     assert successor.poll() is None
 
 
-def one_task_per_partition() -> list[dict[str, Any]]:
-    """A task on every partition of discovery.tasks: families, legs and history bounds varied until each
+def one_task_per_equity_partition() -> list[dict[str, Any]]:
+    """A task on every equity partition of discovery.tasks: families, legs and history bounds varied until each
     partition has one (the partition follows from the task id)."""
     tasks: dict[int, dict[str, Any]] = {}
-    for skipped_days, asset_class, symbol, name in itertools.product(
-        range(100), TASK_PARTITIONS, range(3), ("momentum", "reversion")
+    for skipped_days, symbol, name in itertools.product(
+        range(100), ("TREND", "NOISE", "OTHER"), ("momentum", "reversion")
     ):
         start_ns = int(pd.Timestamp("2019-01-02", tz="UTC").value) + skipped_days * NS_PER_DAY
-        request = TaskRequest(name, (SYMBOLS[asset_class][symbol],), asset_class, "1d", start_ns)
-        task = task_event(request, "test", 0)
-        tasks.setdefault(task_partition(asset_class, task["event_id"]), task)
-    assert sorted(tasks) == list(range(sum(TASK_PARTITIONS.values())))
+        task = task_event(TaskRequest(name, (symbol,), "EQUITY", "1d", start_ns), "test", 0)
+        tasks.setdefault(task_partition("EQUITY", task["event_id"]), task)
+    assert sorted(tasks) == list(task_partitions("EQUITY"))
     return list(tasks.values())
 
 
-def test_ten_workers_run_ten_tasks_at_once_and_a_worker_joining_mid_task_gets_its_share(
+def test_ten_workers_run_ten_equity_tasks_at_once_and_a_worker_joining_mid_task_gets_its_share(
     isolated: Settings,
     run_cli: Callable[..., Any],
     start_worker: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    history_projected(isolated, run_cli, start_worker, tmp_path, tuple(TASK_PARTITIONS))
+    history_projected(isolated, run_cli, start_worker, tmp_path)
     # Every worker holds still after its task's first trial, so the moment counted is one the test controls: ten
     # tasks begun and none finished.
     drill = isolated.changed(discovery__pause_after_trials=1)
     first = start_worker(drill, DISCOVERY_WORKER)
-    TaskPublisher(isolated).publish(one_task_per_partition())
+    TaskPublisher(isolated).publish(one_task_per_equity_partition())  # 12 tasks
 
     def paused() -> dict[str, str]:
         """Each worker's task, if its latest event says it is paused in one."""
