@@ -1,0 +1,1 @@
+"""The strategy lifecycle: Discovery -> Validation -> Paper -> Live -> Retired, as a pure state machine."""
