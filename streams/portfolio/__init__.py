@@ -1,0 +1,1 @@
+"""Strategy-level portfolio construction: optimisation over strategies' return streams."""
