@@ -325,6 +325,25 @@ class DiscoverySettings(Section):
     )
 
 
+class LifecycleSettings(Section):
+    """When a paper strategy may go live and when a live one retires (the validation gates are discovery's)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_LIFECYCLE_")
+
+    min_paper_sessions: int = Field(20, ge=0, description="sessions a strategy trades on paper before it may go live")
+    paper_sharpe_band: float = Field(
+        2.0, gt=0, description="standard errors of the backtest's Sharpe ratio the paper Sharpe ratio must lie within"
+    )
+    max_tracking_error: float = Field(
+        0.10, gt=0, description="annualised volatility of paper minus backtest returns allowed for going live"
+    )
+    retire_window_sessions: int = Field(60, ge=1, description="trailing sessions of live performance judged")
+    retire_below_sharpe: float = Field(0.0, description="trailing net Sharpe ratio under which a live strategy retires")
+    pause_after_commands: int = Field(
+        0, ge=0, description="fault drills only: the lifecycle agent stops answering after this many commands"
+    )
+
+
 SECTIONS: dict[str, type[Section]] = {
     "kafka": KafkaSettings,
     "processing": ProcessingSettings,
@@ -335,6 +354,7 @@ SECTIONS: dict[str, type[Section]] = {
     "patterns": PatternSettings,
     "costs": CostSettings,
     "discovery": DiscoverySettings,
+    "lifecycle": LifecycleSettings,
 }
 
 
@@ -367,6 +387,7 @@ class Settings(BaseSettings):
     patterns: PatternSettings = Field(default_factory=PatternSettings)
     costs: CostSettings = Field(default_factory=CostSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:

@@ -128,6 +128,21 @@ def worker(
     raise typer.Exit(supervise(get_settings().changed(operations__log_level=loglevel.upper())))
 
 
+@app.command()
+def agents(loglevel: str = typer.Option("info", help="log level: critical, error, warning, info, debug")) -> None:
+    """Run the domain agents (Faust): the strategy lifecycle, answering candidates and lifecycle commands with
+    transitions or rejections on strategies.lifecycle. SIGTERM stops it; its state returns from the changelog."""
+    import faust
+
+    from streams.agents import create_app
+    from streams.lifecycle.agent import install
+
+    settings = get_settings()
+    agents_app = create_app(settings)
+    install(agents_app, settings)
+    faust.Worker(agents_app, loglevel=loglevel.upper()).execute_from_commandline()
+
+
 @query_app.command("bars")
 def query_bars(
     symbol: str,

@@ -1,0 +1,44 @@
+"""The Faust app of the domain agents (lifecycle now; portfolio, rebalancer and risk to come): low-rate streams
+with state in Faust tables.
+
+Faust runs with ``processing_guarantee="at_least_once"`` (its exactly-once mode has open defects): a message may
+be processed again after a crash, so every agent makes its effects idempotent instead (deterministic event ids,
+outputs remembered per key in the table and sent again, never decided again). Messages are Avro single-object
+bytes, decoded by the project's registry: Faust's serializers see raw bytes only.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from core.settings import Settings
+from schemas.catalogue import KEYED_PARTITIONS
+
+
+def agents_app_id(settings: Settings) -> str:
+    return f"{settings.app_id}-agents"
+
+
+def create_app(settings: Settings, store: str = "memory://") -> faust.App:
+    """The app; its tables' changelogs (``<app id>-<table>-changelog``) restore the state on start."""
+    app_id = agents_app_id(settings)
+    datadir = settings.state_dir / "agents" / app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        app_id,
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        store=store,
+        processing_guarantee="at_least_once",
+        topic_partitions=KEYED_PARTITIONS,
+        topic_replication_factor=1,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        # A member killed with kill -9 is noticed after this, and its partitions go to the others.
+        broker_session_timeout=10.0,
+        web_enabled=False,
+        datadir=str(datadir),
+        # Tables are written through their changelog; a restart restores from it before any agent runs.
+        table_cleanup_interval=3600.0,
+    )
