@@ -136,7 +136,8 @@ _CANDIDATE_COLUMNS = """strategy_id, event_id::text AS event_id, task_id, discov
     array_to_string(symbols, ',') AS symbols, timeframe, complexity, params, passed, rejections, score,
     sharpe_in_sample, sharpe_out_of_sample, sharpe_oos_se, psr, deflated_sharpe, dsr_benchmark, pbo, trials,
     annual_return, annual_volatility, max_drawdown, turnover, capacity_adv_share, live_correlation, cost_bp,
-    data_start, data_end, evidence"""
+    data_start, data_end, evidence,
+    (SELECT state FROM strategy_states s WHERE s.strategy_id = strategy_candidates.strategy_id) AS lifecycle_state"""
 
 
 def _decoded(row: asyncpg.Record) -> dict[str, Any]:
@@ -153,13 +154,15 @@ async def candidates(
     asset_class: str | None = None,
     passed: bool | None = None,
     limit: int = 50,
+    lifecycle: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Candidates ranked: those that passed first, then by score."""
+    """Candidates ranked: those that passed first, then by score; ``lifecycle``: only strategies in that state."""
     rows = await conn.fetch(
         f"""
         SELECT {_CANDIDATE_COLUMNS} FROM strategy_candidates
         WHERE ($1::text IS NULL OR family = $1) AND ($2::text IS NULL OR asset_class = $2)
           AND ($3::boolean IS NULL OR passed = $3)
+          AND ($5::text IS NULL OR strategy_id IN (SELECT strategy_id FROM strategy_states WHERE state = $5))
         ORDER BY passed DESC, score DESC, strategy_id
         LIMIT $4
         """,
@@ -167,6 +170,7 @@ async def candidates(
         asset_class,
         passed,
         limit,
+        lifecycle,
     )
     return [_decoded(r) for r in rows]
 

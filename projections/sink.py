@@ -50,6 +50,8 @@ from projections.discovery import (
     candidates_projection,
     progress_projection,
 )
+from projections.lifecycle import LIFECYCLE, LifecycleProjection
+from projections.lifecycle import SCHEMAS as LIFECYCLE_SCHEMAS
 from projections.offsets import applied_offsets
 from projections.redis_store import RedisProjection
 from projections.rotation import (
@@ -79,6 +81,7 @@ PROJECTED_TOPICS = (
     "signals.patterns",
     "strategies.candidates",
     "discovery.progress",
+    "strategies.lifecycle",
 )
 
 
@@ -91,16 +94,21 @@ class Route:
 
 
 def decode_all(
-    records: Sequence[Consumed], schema: str
+    records: Sequence[Consumed], schema: str | tuple[str, ...]
 ) -> tuple[list[Consumed], list[dict[str, Any]], list[tuple[int, str]]]:
-    """Decode each record as ``schema``; the ones that fail are returned as (index, reason) for the DLQ."""
+    """Decode each record as ``schema`` (or one of them, for a topic of several event types); the ones that fail
+    are returned as (index, reason) for the DLQ."""
     registry = get_registry()
+    schemas = (schema,) if isinstance(schema, str) else schema
     good: list[Consumed] = []
     decoded: list[dict[str, Any]] = []
     failures: list[tuple[int, str]] = []
     for index, record in enumerate(records):
         try:
-            decoded.append(registry.decode_as(schema, record.value))
+            event = registry.decode(record.value)
+            if event.schema not in schemas:
+                raise DecodeError(f"expected {' or '.join(schemas)}, got {event.schema}")
+            decoded.append(event.record)
             good.append(record)
         except DecodeError as exc:
             failures.append((index, str(exc)))
@@ -159,6 +167,7 @@ class ProjectionSink:
         actions = corporate_actions_projection(pool, redis)
         candidates = candidates_projection(pool, redis)
         progress = progress_projection(pool, redis)
+        lifecycle = LifecycleProjection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -168,8 +177,8 @@ class ProjectionSink:
 
         def project_events(
             name: str,
-            schema: str,
-            projection: EventProjection | CorrelationProjection | AlertsProjection,
+            schema: str | tuple[str, ...],
+            projection: EventProjection | CorrelationProjection | AlertsProjection | LifecycleProjection,
         ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
@@ -203,6 +212,7 @@ class ProjectionSink:
             "signals.patterns": Route(SIGNALS_PROJECTION, project_events(SIGNALS_PROJECTION, SIGNALS_SCHEMA, signals)),
             "strategies.candidates": Route(CANDIDATES, project_events(CANDIDATES, CANDIDATE_SCHEMA, candidates)),
             "discovery.progress": Route(PROGRESS, project_events(PROGRESS, PROGRESS_SCHEMA, progress)),
+            "strategies.lifecycle": Route(LIFECYCLE, project_events(LIFECYCLE, LIFECYCLE_SCHEMAS, lifecycle)),
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

@@ -64,7 +64,7 @@ def discover(
     except (InvalidParameters, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    start = _progress_ends(settings)
+    start = topic_ends(settings, "discovery.progress")
     TaskPublisher(settings).publish(tasks)
     typer.echo(f"queued {len(tasks)} task(s): {', '.join(t['event_id'] for t in tasks)}")
     if wait:
@@ -78,10 +78,11 @@ def discover(
             raise typer.Exit(1)
 
 
-def _progress_ends(settings: Any) -> dict[int, int]:
+def topic_ends(settings: Any, name: str) -> dict[int, int]:
+    """Each partition's end offset of the catalogue topic ``name``: where to follow from what comes next."""
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "tidemark-cli-progress"})
     try:
-        topic = settings.topic("discovery.progress")
+        topic = settings.topic(name)
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         return {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions}
     finally:
@@ -220,6 +221,7 @@ def strategy_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "trials": r["trials"],
             "score": round(r["score"], 3),
             "gates": "passed" if r["passed"] else "; ".join(r["rejections"]),
+            "lifecycle": r["lifecycle_state"] or "",
         }
         for i, r in enumerate(rows)
     ]
@@ -229,20 +231,24 @@ def query_strategies(
     family: str | None = typer.Option(None, help="momentum, reversion, pairs or rotation"),
     asset_class: str | None = typer.Option(None, help="EQUITY, FX or FUTURE"),
     state: str | None = typer.Option(
-        None, help="passed or rejected (lifecycle states arrive with the lifecycle: issue 13)"
+        None,
+        help="passed or rejected (the discovery gates), or a lifecycle state: discovery, validation, paper, "
+        "live, retired",
     ),
     limit: int = typer.Option(50, min=1),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Strategy candidates ranked by score (net out-of-sample Sharpe x DSR x (1 - PBO) x diversification x
-    capacity), with the evidence; those that passed every gate first."""
+    capacity), with the evidence and their lifecycle state; those that passed every gate first."""
     from projections.discovery import candidates
     from tidemark.cli import _emit, _run_db
 
-    if state not in (None, "passed", "rejected"):
-        raise typer.BadParameter("--state is passed or rejected")
-    passed = None if state is None else state == "passed"
-    rows = _run_db(lambda conn: candidates(conn, family, asset_class and asset_class.upper(), passed, limit))
+    lifecycle_states = ("discovery", "validation", "paper", "live", "retired")
+    if state not in (None, "passed", "rejected", *lifecycle_states):
+        raise typer.BadParameter(f"--state is passed, rejected or one of {', '.join(lifecycle_states)}")
+    passed = None if state not in ("passed", "rejected") else state == "passed"
+    lifecycle = state.upper() if state in lifecycle_states else None
+    rows = _run_db(lambda conn: candidates(conn, family, asset_class and asset_class.upper(), passed, limit, lifecycle))
     _emit(
         rows if as_json else strategy_rows(rows),
         "strategy candidates (Sharpe ratios annualised, net of costs)",

@@ -19,6 +19,7 @@ from core.events import common_fields, deterministic_event_id
 from core.settings import Settings
 from schemas.codec import get_registry
 from tests.integration.kafka_tools import read_all
+from tests.integration.test_pipeline import fetch
 from tests.services import eventually
 from tests.unit.avro_samples import sample
 
@@ -104,23 +105,41 @@ def test_candidates_enter_validation_and_paper_or_are_refused_with_the_reason_an
     paper = next(e for k, e in lifecycle(isolated) if k == "StrategyTransitioned" and e["to_state"] == "PAPER")
     assert json.loads(paper["evidence"]["rule"])["name"] == "validation-gates" and paper["evidence"]["dsr"] == "0.99"
 
-    publish(
-        isolated,
-        "strategies.commands",
-        [
-            (COMMAND, command("momentum-S0", 3, "RETIRED", "mandate ended", 1)),
-            (COMMAND, command("momentum-S1", 1, "RETIRED", "stale view", 2)),
-        ],
+    # The projection (the worker's sink) answers the command line; a person retires one strategy through it.
+    start_worker()
+    eventually(
+        lambda: len(fetch(isolated.postgres_dsn, "SELECT * FROM strategy_transitions")) == 18,
+        timeout=120,
+        what="every answer projected",
     )
-    eventually(lambda: states(lifecycle(isolated))["momentum-S0"] == ("RETIRED", 4), timeout=60, what="retired")
+    retired = run_cli("lifecycle", "retire", "momentum-S0", "--reason", "mandate ended")
+    assert "momentum-S0: PAPER -> RETIRED (version 4)" in retired.stdout
+    publish(isolated, "strategies.commands", [(COMMAND, command("momentum-S1", 1, "RETIRED", "stale view", 2))])
     stale = eventually(
         lambda: [e for k, e in lifecycle(isolated) if k == "TransitionRejected" and e["strategy_id"] == "momentum-S1"],
         timeout=60,
         what="the stale command refused",
     )
     assert stale[0]["reason"] == "expected version 1, the strategy is at version 3"
+    eventually(
+        lambda: (
+            fetch(isolated.postgres_dsn, "SELECT state, version FROM strategy_states WHERE strategy_id = 'momentum-S0'")
+            == [{"state": "RETIRED", "version": 4}]
+        ),
+        timeout=60,
+        what="the state projected",
+    )
+    history = json.loads(run_cli("lifecycle", "history", "momentum-S5", "--json").stdout)
+    assert [(h["to_state"], h["accepted"], h["reason"]) for h in history] == [
+        ("DISCOVERY", True, "discovered"),
+        ("VALIDATION", True, "candidate evidence arrived"),
+        ("PAPER", False, "DSR 0.50 < 0.95"),
+    ]
+    refused = run_cli("lifecycle", "retire", "momentum-S0", "--reason", "again", check=False)
+    assert refused.returncode == 1 and "refused: no transition from RETIRED to RETIRED" in refused.stderr
     dead = [get_registry().decode(v).record for _, _, _, v in read_all(isolated.kafka.bootstrap, isolated.topic("dlq"))]
-    assert [(d["processor"], d["error_type"]) for d in dead] == [("lifecycle.candidates", "DecodeError")]
+    # The sink projects candidates too, and dead-letters the same record on its own account.
+    assert ("lifecycle.candidates", "DecodeError") in {(d["processor"], d["error_type"]) for d in dead}
     assert agent.poll() is None
 
 

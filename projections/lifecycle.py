@@ -1,0 +1,115 @@
+"""Lifecycle projections: every transition and refusal (the audit trail), and each strategy's current state,
+written with the consumer's offsets in the same transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from core.consumed import Consumed
+from projections.offsets import apply_exactly_once
+from projections.redis_store import LatestValue, RedisProjection, key, position
+
+LIFECYCLE = "projection.lifecycle"
+SCHEMAS = ("tidemark.strategies.StrategyTransitioned", "tidemark.strategies.TransitionRejected")
+
+_NS = "timestamptz 'epoch' + ({}::bigint / 1000) * interval '1 microsecond'"
+
+_INSERT_ANSWER = f"""
+INSERT INTO strategy_transitions (event_id, strategy_id, accepted, from_state, to_state, version, expected_version,
+    reason, evidence, requested_by, causation_id, decided_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, {_NS.format("$12")})
+ON CONFLICT DO NOTHING
+"""
+
+_UPSERT_STATE = f"""
+INSERT INTO strategy_states (strategy_id, state, version, since, reason, event_id)
+VALUES ($1, $2, $3, {_NS.format("$4")}, $5, $6)
+ON CONFLICT (strategy_id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version, since = EXCLUDED.since,
+    reason = EXCLUDED.reason, event_id = EXCLUDED.event_id
+WHERE strategy_states.version < EXCLUDED.version
+"""
+
+
+def accepted(event: dict[str, Any]) -> bool:
+    return "to_state" in event
+
+
+def _answer_row(e: dict[str, Any]) -> tuple[Any, ...]:
+    if accepted(e):
+        return (
+            e["event_id"], e["strategy_id"], True, e["from_state"], e["to_state"], e["version"], e["version"] - 1,
+            e["reason"], json.dumps(e["evidence"], sort_keys=True), e["requested_by"], e["causation_id"], e["ts_event"],
+        )  # fmt: skip
+    return (
+        e["event_id"], e["strategy_id"], False, e["current_state"], e["target_state"], None, e["expected_version"],
+        e["reason"], "{}", e["requested_by"], e["causation_id"], e["ts_event"],
+    )  # fmt: skip
+
+
+class LifecycleProjection:
+    def __init__(self, pool: asyncpg.Pool, redis: RedisProjection) -> None:
+        self._pool = pool
+        self._redis = redis
+
+    async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]]) -> int:
+        """``events[i]`` was decoded from ``records[i]``; returns how many records were new."""
+        event_of = {id(r): e for r, e in zip(records, events, strict=True)}
+
+        async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
+            answers = [event_of[id(c)] for c in fresh]
+            await conn.executemany(_INSERT_ANSWER, [_answer_row(e) for e in answers])
+            await conn.executemany(
+                _UPSERT_STATE,
+                [
+                    (e["strategy_id"], e["to_state"], e["version"], e["ts_event"], e["reason"], e["event_id"])
+                    for e in answers
+                    if accepted(e)
+                ],
+            )
+
+        fresh = await apply_exactly_once(self._pool, LIFECYCLE, records, write)
+        await self._redis.set_latest(
+            [
+                LatestValue(
+                    key("strategy", e["strategy_id"]),
+                    position(r.partition, r.offset),
+                    {"state": e["to_state"], "version": str(e["version"]), "event_id": e["event_id"]},
+                )
+                for r in records
+                if accepted(e := event_of[id(r)])
+            ]
+        )
+        return len(fresh)
+
+
+async def history(conn: asyncpg.Connection, strategy_id: str) -> list[dict[str, Any]]:
+    """Every answer to a command about the strategy, in the order decided."""
+    rows = await conn.fetch(
+        """
+        SELECT event_id::text AS event_id, accepted, from_state, to_state, version, expected_version, reason,
+               evidence, requested_by, causation_id, decided_at
+        FROM strategy_transitions WHERE strategy_id = $1 ORDER BY decided_at, version NULLS LAST, event_id
+        """,
+        strategy_id,
+    )
+    return [{**dict(r), "evidence": json.loads(r["evidence"])} for r in rows]
+
+
+async def states(conn: asyncpg.Connection, state: str | None = None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT strategy_id, state, version, since, reason, event_id::text AS event_id FROM strategy_states
+        WHERE $1::text IS NULL OR state = $1 ORDER BY strategy_id
+        """,
+        state,
+    )
+    return [dict(r) for r in rows]
+
+
+async def state_of(conn: asyncpg.Connection, strategy_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT state, version FROM strategy_states WHERE strategy_id = $1", strategy_id)
+    return dict(row) if row is not None else None
