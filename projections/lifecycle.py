@@ -86,17 +86,25 @@ class LifecycleProjection:
         return len(fresh)
 
 
-async def history(conn: asyncpg.Connection, strategy_id: str) -> list[dict[str, Any]]:
-    """Every answer to a command about the strategy, in the order decided."""
+async def history(conn: asyncpg.Connection, strategy_id: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """The strategy (an id, or a unique prefix of one) and every answer to a command about it, in the order
+    decided; None when no single strategy matches."""
+    found = await conn.fetch(
+        "SELECT DISTINCT strategy_id FROM strategy_transitions WHERE strategy_id LIKE $1 || '%' LIMIT 2", strategy_id
+    )
+    exact = [r["strategy_id"] for r in found if r["strategy_id"] == strategy_id]
+    if len(found) != 1 and not exact:
+        return None
+    chosen = exact[0] if exact else found[0]["strategy_id"]
     rows = await conn.fetch(
         """
         SELECT event_id::text AS event_id, accepted, from_state, to_state, version, expected_version, reason,
                evidence, requested_by, causation_id, decided_at
         FROM strategy_transitions WHERE strategy_id = $1 ORDER BY decided_at, version NULLS LAST, event_id
         """,
-        strategy_id,
+        chosen,
     )
-    return [{**dict(r), "evidence": json.loads(r["evidence"])} for r in rows]
+    return chosen, [{**dict(r), "evidence": json.loads(r["evidence"])} for r in rows]
 
 
 async def states(conn: asyncpg.Connection, state: str | None = None) -> list[dict[str, Any]]:

@@ -179,11 +179,14 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         "Every pattern signal became a discovery task (one day of minute bars is too little history for most of them: "
         "they fail or are rejected, with the reason), and the daily history was searched on request. Each candidate "
         "is a family at the complexity its walk-forward curve chose, with its net out-of-sample Sharpe ratio, its "
-        "deflated Sharpe ratio and PBO over every trial of its task; the ground truth of the daily file is below.",
+        "deflated Sharpe ratio and PBO over every trial of its task; the ground truth of the daily file is below. "
+        "The lifecycle agent moved each into Validation, and on to Paper those that passed every gate; the others "
+        "were refused, and the refusal names the gate.",
         soft_wrap=True,
     )
     _cli(settings, "query", "strategies", "--limit", "12")
     console.print(_daily_table(daily_regimes))
+    _cli(settings, "lifecycle", "history", "momentum-DTREND")
     heat_map = settings.state_dir / "demo-correlations.png"
     _cli(settings, "plot", "correlations", "-o", str(heat_map))
     console.print(f"Heat map of the latest correlations: {heat_map}")
@@ -212,7 +215,9 @@ def next_commands(plot: Path) -> list[str]:
             "query sectors",
             "query stats SPY EURUSD --json",
             "query strategies --state passed",
+            "query strategies --state paper",
             f"strategy show momentum-DTREND --plot {plot}",
+            "lifecycle history momentum-DTREND",
             "discover status",
             "status",
         )
@@ -243,11 +248,13 @@ def _discover(
     _wait_for_worker(settings, minute_bars + daily_bars, worker, timeout)
     logs = settings.state_dir / "logs"
     helpers = []
-    for name, args in [("planner", ["planner"])] + [(f"worker-{i}", ["worker"]) for i in range(DISCOVERY_WORKERS)]:
+    processes = [("planner", ["discover", "planner"]), ("agents", ["agents"])]
+    processes += [(f"worker-{i}", ["discover", "worker"]) for i in range(DISCOVERY_WORKERS)]
+    for name, args in processes:
         log = open(logs / f"demo-discovery-{name}.log", "wb")  # noqa: SIM115 - owned by the process
         helpers.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tidemark.cli", "discover", *args],
+                [sys.executable, "-m", "tidemark.cli", *args],
                 env=settings.environment(),
                 stdout=log,
                 stderr=log,
@@ -261,6 +268,7 @@ def _discover(
         _cli(settings, "discover", "--family", "pairs", "--symbols", ",".join(pair.symbols), "--interval", "1d")
         _wait_for_tasks(settings, timeout)
         _cli(settings, "discover", "status")
+        _wait_for_lifecycle(settings, timeout)
     finally:
         for helper in helpers:
             helper.terminate()
@@ -279,6 +287,26 @@ def _wait_for_tasks(settings: Settings, timeout: float) -> None:
             return
         time.sleep(1.0)
     raise typer.Exit(f"discovery tasks were still queued after {timeout:.0f}s")
+
+
+def _wait_for_lifecycle(settings: Settings, timeout: float) -> None:
+    """Until the lifecycle agent has answered the three commands of every candidate, and the sink projected them."""
+
+    async def answered() -> bool:
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            candidates = await conn.fetchval("SELECT count(*) FROM strategy_candidates")
+            answers = await conn.fetchval("SELECT count(*) FROM strategy_transitions")
+            return bool(answers >= 3 * candidates)
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(answered()):
+            return
+        time.sleep(1.0)
+    raise typer.Exit(f"the lifecycle had not answered every candidate after {timeout:.0f}s")
 
 
 def _daily_table(regimes: list[DailyRegime]) -> Table:

@@ -16,17 +16,18 @@ lifecycle_app = typer.Typer(help="The strategy lifecycle: history of a strategy,
 
 @lifecycle_app.command("history")
 def lifecycle_history(
-    strategy_id: str = typer.Argument(..., help="a strategy id"),
+    strategy_id: str = typer.Argument(..., help="a strategy id, or a unique prefix of one"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every answer to a command about the strategy, accepted or refused, with who asked, the rule and figures."""
     from projections.lifecycle import history
     from tidemark.cli import _emit, _run_db
 
-    rows = _run_db(lambda conn: history(conn, strategy_id))
-    if not rows:
-        typer.echo(f"no lifecycle history for {strategy_id!r}: see `tidemark query strategies`", err=True)
+    found = _run_db(lambda conn: history(conn, strategy_id))
+    if found is None:
+        typer.echo(f"no single strategy's lifecycle matches {strategy_id!r}: see `tidemark query strategies`", err=True)
         raise typer.Exit(2)
+    strategy_id, rows = found
     if not as_json:
         rows = [
             {
