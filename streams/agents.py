@@ -16,7 +16,9 @@ from schemas.catalogue import KEYED_PARTITIONS
 
 
 def agents_app_id(settings: Settings) -> str:
-    return f"{settings.app_id}-agents"
+    """The app's id: its consumer group, and the start of its internal topics' names (table changelogs, the
+    assignor's), which the topic prefix therefore covers: whoever deletes a context's topics deletes its state."""
+    return f"{settings.topic_prefix}{settings.app_id}-agents"
 
 
 def create_app(settings: Settings, store: str = "memory://") -> faust.App:

@@ -24,6 +24,7 @@ from core.settings import DEFAULT_UNIVERSE, DEMO_DATABASE, Context, Settings, ge
 from projections import read
 from projections.migrations import apply_migrations
 from projections.sink import PROJECTED_TOPICS
+from streams.agents import agents_app_id
 from tidemark.topics import delete_prefixed_topics
 
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -121,6 +122,7 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         f"{settings.app_id}-projections",
         f"{settings.app_id}-discovery",
         f"{settings.app_id}-planner",
+        agents_app_id(settings),
     ]
     delete_prefixed_topics(settings, groups=groups)
     asyncio.run(_fresh_database(base.postgres_dsn, settings.postgres_dsn))
