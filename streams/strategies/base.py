@@ -126,7 +126,7 @@ class Family:
         if self.legs and bars.closes.shape[1] != self.legs:
             raise InvalidParameters(f"{self.name} trades {self.legs} leg(s), not {bars.closes.shape[1]}")
         resolved = self.resolve(params)
-        if resolved["lookback"] + 2 > bars.count:
+        if resolved["lookback"] + 1 > bars.count:
             raise InvalidParameters(
                 f"{self.name}: {bars.count} bars are too few for a lookback of {resolved['lookback']:g}"
             )

@@ -31,6 +31,8 @@ def spread_zscore(y: Float64, x: Float64, beta: Float64, lookback: int) -> Float
 
 def pairs(bars: Bars, params: Mapping[str, float]) -> Float64:
     lookback = int(params["lookback"])
+    if bars.count < HEDGE_WARMUP:
+        return np.zeros((bars.count, 2))  # no hedge ratio yet: flat, as these bars are in a longer history
     prices = log_closes(bars)
     y, x = prices[:, 0], prices[:, 1]
     beta = expanding_hedge(y[:, None], x[:, None], max(HEDGE_WARMUP, 3))[0][:, 0]
