@@ -1,13 +1,14 @@
 """``python -m bench``: every benchmark, each beside its baseline (the live connector's sustained run cut to 60 s;
 ``python -m bench.polygon_live`` runs the full 600 s)."""
 
-from bench import agents, correlation, discovery, patterns, pipeline, polygon_live, sessions, storage
+from bench import agents, correlation, discovery, patterns, pipeline, polygon_live, portfolio, sessions, storage
 
 pipeline.main()
 agents.main()
 correlation.main()
 patterns.main([])
 discovery.main([])
+portfolio.main([])
 polygon_live.main(["--seconds", "60"])
 sessions.main()
 storage.main()
