@@ -41,6 +41,4 @@ def create_app(settings: Settings, store: str = "memory://") -> faust.App:
         broker_session_timeout=10.0,
         web_enabled=False,
         datadir=str(datadir),
-        # Tables are written through their changelog; a restart restores from it before any agent runs.
-        table_cleanup_interval=3600.0,
     )

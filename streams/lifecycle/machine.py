@@ -131,6 +131,11 @@ def _figure(evidence: Mapping[str, str], name: str) -> float:
     return value
 
 
+def _failed(*checks: tuple[bool, str]) -> list[str]:
+    """The texts of the checks that failed, in order."""
+    return [text for bad, text in checks if bad]
+
+
 def _gate(source: State | None, command: TransitionStrategy, rules: Rules) -> tuple[dict[str, object], list[str]]:
     """The rule for this move and what it finds wrong (empty: passed)."""
     evidence = command.evidence
@@ -148,16 +153,12 @@ def _gate(source: State | None, command: TransitionStrategy, rules: Rules) -> tu
             "min_oos_sharpe": rules.min_oos_sharpe,
             "max_parameters": rules.max_parameters,
         }
-        failed = [
-            text
-            for bad, text in (
-                (dsr < rules.min_dsr, f"DSR {dsr:.2f} < {rules.min_dsr:.2f}"),
-                (pbo >= rules.max_pbo, f"PBO {pbo:.2f} >= {rules.max_pbo:.2f}"),
-                (sharpe < rules.min_oos_sharpe, f"OOS net Sharpe {sharpe:.2f} < {rules.min_oos_sharpe:.2f}"),
-                (parameters > rules.max_parameters, f"{parameters:.0f} parameters > {rules.max_parameters}"),
-            )
-            if bad
-        ]
+        failed = _failed(
+            (dsr < rules.min_dsr, f"DSR {dsr:.2f} < {rules.min_dsr:.2f}"),
+            (pbo >= rules.max_pbo, f"PBO {pbo:.2f} >= {rules.max_pbo:.2f}"),
+            (sharpe < rules.min_oos_sharpe, f"OOS net Sharpe {sharpe:.2f} < {rules.min_oos_sharpe:.2f}"),
+            (parameters > rules.max_parameters, f"{parameters:.0f} parameters > {rules.max_parameters}"),
+        )
         return rule, failed
     if source is State.PAPER and target is State.LIVE:
         sessions = _figure(evidence, "paper_sessions")
@@ -170,15 +171,11 @@ def _gate(source: State | None, command: TransitionStrategy, rules: Rules) -> tu
             "max_tracking_error": rules.max_tracking_error,
         }
         low, high = backtest - rules.paper_sharpe_band * error, backtest + rules.paper_sharpe_band * error
-        failed = [
-            text
-            for bad, text in (
-                (sessions < rules.min_paper_sessions, f"{sessions:.0f} paper sessions < {rules.min_paper_sessions}"),
-                (not low <= paper <= high, f"paper Sharpe {paper:.2f} outside the backtest's [{low:.2f}, {high:.2f}]"),
-                (tracking > rules.max_tracking_error, f"tracking error {tracking:.3f} > {rules.max_tracking_error}"),
-            )
-            if bad
-        ]
+        failed = _failed(
+            (sessions < rules.min_paper_sessions, f"{sessions:.0f} paper sessions < {rules.min_paper_sessions}"),
+            (not low <= paper <= high, f"paper Sharpe {paper:.2f} outside the backtest's [{low:.2f}, {high:.2f}]"),
+            (tracking > rules.max_tracking_error, f"tracking error {tracking:.3f} > {rules.max_tracking_error}"),
+        )
         return rule, failed
     if target is State.RETIRED and evidence.get("rule") == AUTOMATIC_RETIREMENT:
         sessions, sharpe = _figure(evidence, "trailing_sessions"), _figure(evidence, "trailing_sharpe")
@@ -187,15 +184,11 @@ def _gate(source: State | None, command: TransitionStrategy, rules: Rules) -> tu
             "window_sessions": rules.retire_window_sessions,
             "below_sharpe": rules.retire_below_sharpe,
         }
-        failed = [
-            text
-            for bad, text in (
-                (source is not State.LIVE, f"only a live strategy retires by rule, not a {source}"),
-                (sessions < rules.retire_window_sessions, f"{sessions:.0f} sessions < {rules.retire_window_sessions}"),
-                (sharpe >= rules.retire_below_sharpe, f"trailing Sharpe {sharpe:.2f} >= {rules.retire_below_sharpe}"),
-            )
-            if bad
-        ]
+        failed = _failed(
+            (source is not State.LIVE, f"only a live strategy retires by rule, not a {source}"),
+            (sessions < rules.retire_window_sessions, f"{sessions:.0f} sessions < {rules.retire_window_sessions}"),
+            (sharpe >= rules.retire_below_sharpe, f"trailing Sharpe {sharpe:.2f} >= {rules.retire_below_sharpe}"),
+        )
         return rule, failed
     # Entering discovery, demotion, and retirement by a person or by risk: a reason suffices.
     return {"name": "reason-required"}, ([] if command.reason.strip() else ["no reason given"])
