@@ -1,7 +1,18 @@
 """``python -m bench``: every benchmark, each beside its baseline (the live connector's sustained run cut to 60 s;
 ``python -m bench.polygon_live`` runs the full 600 s)."""
 
-from bench import agents, correlation, discovery, patterns, pipeline, polygon_live, portfolio, sessions, storage
+from bench import (
+    agents,
+    correlation,
+    discovery,
+    lifecycle,
+    patterns,
+    pipeline,
+    polygon_live,
+    portfolio,
+    sessions,
+    storage,
+)
 
 pipeline.main()
 agents.main()
@@ -9,6 +20,7 @@ correlation.main()
 patterns.main([])
 discovery.main([])
 portfolio.main([])
+lifecycle.main([])
 polygon_live.main(["--seconds", "60"])
 sessions.main()
 storage.main()
