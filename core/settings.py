@@ -134,6 +134,13 @@ class ProcessingSettings(Section):
         "and input offsets in one transaction, so it is also the latency of its events",
     )
     snapshot_every: int = Field(15, ge=1, description="market minutes between the analytics snapshots")
+    bar_window_s: int = Field(
+        3600,
+        ge=1,
+        description="seconds of 1s and 1m bars per symbol the projection sink keeps in Redis "
+        "(tm:window:INTERVAL:SYMBOL), counted back from the symbol's newest bar; the key expires twice this after its "
+        "last write",
+    )
 
 
 class CorrelationSettings(Section):
@@ -330,15 +337,22 @@ class LifecycleSettings(Section):
 
     model_config = SettingsConfigDict(env_prefix="TIDEMARK_LIFECYCLE_")
 
-    min_paper_sessions: int = Field(20, ge=0, description="sessions a strategy trades on paper before it may go live")
+    min_paper_sessions: int = Field(
+        20, ge=1, description="sessions a strategy trades on paper before it may go live (asked again after as many)"
+    )
     paper_sharpe_band: float = Field(
-        2.0, gt=0, description="standard errors of the backtest's Sharpe ratio the paper Sharpe ratio must lie within"
+        2.0,
+        gt=0,
+        description="standard errors (backtest's and paper record's combined) the paper Sharpe ratio must lie within",
     )
     max_tracking_error: float = Field(
         0.10, gt=0, description="annualised volatility of paper minus backtest returns allowed for going live"
     )
     retire_window_sessions: int = Field(60, ge=1, description="trailing sessions of live performance judged")
     retire_below_sharpe: float = Field(0.0, description="trailing net Sharpe ratio under which a live strategy retires")
+    paper_notional: float = Field(
+        100_000.0, gt=0, description="capital a strategy's paper profit and loss is counted on (account currency)"
+    )
     pause_after_commands: int = Field(
         0, ge=0, description="fault drills only: the lifecycle agent stops answering after this many commands"
     )

@@ -20,7 +20,9 @@ discover_app = typer.Typer(
     help="Strategy discovery: search strategy families on history and publish ranked, validated candidates.",
     invoke_without_command=True,
 )
-strategy_app = typer.Typer(help="One strategy candidate in full.", no_args_is_help=True)
+strategy_app = typer.Typer(
+    help="One strategy candidate in full; the runner that books Paper and Live strategies.", no_args_is_help=True
+)
 log = logging.getLogger("tidemark.discovery")
 
 _DONE = ("FINISHED", "FAILED")
@@ -254,6 +256,18 @@ def query_strategies(
         "strategy candidates (Sharpe ratios annualised, net of costs)",
         as_json,
     )
+
+
+@strategy_app.command("run")
+def strategy_run(loglevel: str = typer.Option("info", help="log level")) -> None:
+    """Book every Paper and Live strategy on the daily bars as they arrive (strategies.performance), and ask the
+    lifecycle for promotions and retirements when the record calls for them. One per context; SIGTERM stops it."""
+    from core.supervision import start_process
+    from streams.lifecycle.runner import StrategyRunner
+
+    settings = get_settings()
+    watchdog = start_process("strategy-runner", loglevel.upper(), settings.operations.stop_within_s)
+    StrategyRunner(settings, watchdog).run()
 
 
 @strategy_app.command("show")

@@ -36,6 +36,19 @@ class PaperBook:
     _session_ends: list[bool] = field(default_factory=list)
     _position: Float64 | None = None
 
+    def warm(self, closes: Float64, session_ends: npt.NDArray[np.bool_]) -> None:
+        """Take the history before the first booked bar at once: the position at its last close is the one the
+        signal function gives over it, so the next ``on_bar`` books what the backtest would (one vectorised call
+        instead of one per bar of a history of years)."""
+        if self._closes:
+            raise ValueError("a book is warmed once, before its first bar")
+        rows = np.asarray(closes, dtype=np.float64)
+        if rows.shape[0] == 0:
+            return
+        self._closes.extend(rows)
+        self._session_ends.extend(bool(end) for end in session_ends)
+        self._position = self._target(len(self._closes))
+
     def on_bar(self, closes: Float64, session_end: bool = False) -> Booked:
         """Book the bar that just closed at ``closes`` (one price per leg)."""
         row = np.asarray(closes, dtype=np.float64)

@@ -38,3 +38,21 @@ def test_the_book_bar_by_bar_equals_the_backtest_over_the_whole_history(name: st
     np.testing.assert_array_equal(np.array([b.position for b in booked]), positions)
     np.testing.assert_allclose([b.net_return for b in booked], expected, rtol=0, atol=1e-15)
     assert any(np.any(b.traded != 0) for b in booked)  # the case trades: the parity is not of a flat book
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("warm_bars", [0, 1, 40, 299])
+def test_a_book_warmed_on_the_history_books_the_rest_as_the_backtest(name: str, warm_bars: int) -> None:
+    family = FAMILIES[name]
+    closes = history(LEGS.get(name, 1), 300, seed=7)
+    ends = np.zeros(closes.shape[0], dtype=np.bool_)
+    lookback = family.parameters[0]
+    params = {p.name: p.default for p in family.parameters[:2]} | {lookback.name: lookback.low}
+    positions = family.positions(Bars(closes, ends, 252.0), params)
+    expected, _ = net_returns(positions, closes, COST)
+
+    book = PaperBook(family, params, COST, 252.0)
+    book.warm(closes[:warm_bars], ends[:warm_bars])
+    booked = [book.on_bar(closes[t], False) for t in range(warm_bars, closes.shape[0])]
+    np.testing.assert_array_equal(np.array([b.position for b in booked]), positions[warm_bars:])
+    np.testing.assert_allclose([b.net_return for b in booked], expected[warm_bars:], rtol=0, atol=1e-15)

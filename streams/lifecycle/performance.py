@@ -1,0 +1,268 @@
+"""A Paper or Live strategy run session by session on the bars that arrive after its backtest's data, and the
+lifecycle commands its record asks for.
+
+- The book is the family's signal function on the legs' closes, unchanged (``PaperBook``): warmed at once on the
+  history the backtest saw, then one bar at a time. Rows are the union of the legs' bar starts, each leg's close
+  carried forward over a row it did not print, as the backtest's history is built. A row is booked only once
+  every leg has printed at or after it, so a leg that is late never changes a row already booked.
+- Sessions are counted in the state the strategy is in. Paper starts with the first session after the data the
+  backtest saw, wherever the transition to Paper lands in time, so a replay counts the same sessions.
+- After every ``min_paper_sessions`` paper sessions the run asks for Live with the paper record as evidence; a
+  Live strategy whose trailing window's Sharpe ratio is below the threshold asks to be retired. It then waits
+  for the lifecycle's answer before booking another session, so the state each session is booked in is decided
+  by the log, not by how fast the lifecycle agent answered.
+
+Pure: numpy and the strategy families.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from core.costs import BP
+from core.sessions import SESSIONS_PER_YEAR, market_of
+from streams.discovery.backtest import net_returns
+from streams.lifecycle.machine import AUTOMATIC_RETIREMENT, Rules, State
+from streams.lifecycle.paper import PaperBook
+from streams.strategies import FAMILIES, Bars, Family
+
+Float64 = npt.NDArray[np.float64]
+
+BOOKED_TIMEFRAMES = frozenset({"1d"})
+"""Timeframes the runner books: daily strategies on daily bars. Intraday and weekly candidates stay in Paper
+unbooked (the runner says so once per strategy)."""
+MIN_SHARPE_SESSIONS = 10
+"""Sessions before a rolling Sharpe ratio is reported: fewer give a standard error above one a year."""
+
+
+class Unbookable(ValueError):
+    """A candidate the runner cannot book (a timeframe it does not run, an unknown family)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a candidate tells the runner: the signal, its legs, its costs and the backtest it must match."""
+
+    strategy_id: str
+    candidate_id: str
+    family: Family
+    params: Mapping[str, float]
+    symbols: tuple[str, ...]
+    cost_per_unit: float
+    bars_per_year: float
+    data_start_ns: int
+    data_end_ns: int
+    backtest_sharpe: float
+    backtest_sharpe_se: float
+
+
+def recipe_of(candidate: Mapping[str, Any]) -> Recipe:
+    if candidate["timeframe"] not in BOOKED_TIMEFRAMES:
+        raise Unbookable(f"the runner books {sorted(BOOKED_TIMEFRAMES)} strategies, not {candidate['timeframe']}")
+    family = FAMILIES.get(candidate["family"])
+    if family is None:
+        raise Unbookable(f"unknown family {candidate['family']!r}")
+    bars_per_year = SESSIONS_PER_YEAR[market_of(candidate["asset_class"])]
+    sharpe = float(candidate["sharpe_out_of_sample"])
+    se = candidate.get("sharpe_out_of_sample_se")
+    if se is None:  # an older candidate: Lo's standard error over the span of its history
+        years = (candidate["data_end_ns"] - candidate["data_start_ns"]) / (365.25 * 86_400e9)
+        se = sharpe_se(sharpe / math.sqrt(bars_per_year), max(years * bars_per_year, 2.0), bars_per_year)
+    return Recipe(
+        candidate["strategy_id"],
+        candidate["event_id"],
+        family,
+        {name: float(value) for name, value in candidate["params"].items()},
+        tuple(candidate["symbols"]),
+        float(candidate["cost_bp"]) * BP,
+        bars_per_year,
+        int(candidate["data_start_ns"]),
+        int(candidate["data_end_ns"]),
+        sharpe,
+        float(se),
+    )
+
+
+def sharpe_se(per_bar_sharpe: float, count: float, bars_per_year: float) -> float:
+    """Lo (2002), IID returns: the annualised standard error of a Sharpe ratio estimated over ``count`` bars."""
+    return math.sqrt((1.0 + 0.5 * per_bar_sharpe**2) / count) * math.sqrt(bars_per_year)
+
+
+def annualised_sharpe(returns: Float64, bars_per_year: float) -> tuple[float, float] | None:
+    """Sharpe ratio and its standard error, annualised; None when too short or flat."""
+    if returns.size < 2:
+        return None
+    sd = float(returns.std(ddof=1))
+    if not sd > 0:
+        return None
+    per_bar = float(returns.mean()) / sd
+    return per_bar * math.sqrt(bars_per_year), sharpe_se(per_bar, returns.size, bars_per_year)
+
+
+@dataclass(frozen=True)
+class Period:
+    """One booked session: what the performance event reports."""
+
+    strategy_id: str
+    state: State
+    start_ns: int
+    net_return: float
+    cost: float
+    cumulative_return: float
+    drawdown: float
+    rolling_sharpe: float | None
+    rolling_sharpe_se: float | None
+    sessions: int
+    days_underperforming: int
+    trades: int
+    positions: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A lifecycle command the run asks for after ``period``: ``kind`` is "promote" or "retire"."""
+
+    kind: str
+    target: State
+    expected_version: int
+    reason: str
+    evidence: Mapping[str, str]
+    after_start_ns: int
+
+
+@dataclass
+class StrategyRun:
+    recipe: Recipe
+    rules: Rules
+    state: State
+    version: int
+    awaiting: str | None = None
+    """The command id whose answer the run waits for before booking on."""
+    _book: PaperBook = field(init=False)
+    _rows: list[int] = field(default_factory=list)
+    _closes: list[Float64] = field(default_factory=list)
+    _returns: list[float] = field(default_factory=list)
+    _state_returns: list[float] = field(default_factory=list)
+    _equity: float = 1.0
+    _peak: float = 1.0
+    _underperforming: int = 0
+    _warm: bool = False
+
+    def __post_init__(self) -> None:
+        r = self.recipe
+        self._book = PaperBook(r.family, r.params, r.cost_per_unit, r.bars_per_year)
+
+    @property
+    def last_start_ns(self) -> int | None:
+        """The last row the run has taken (warm-up or booked)."""
+        return self._rows[-1] if self._rows else None
+
+    def warm(self, starts: Sequence[int], closes: Float64) -> None:
+        """The backtest's history, rows up to and including ``data_end_ns``, at once."""
+        self._rows.extend(starts)
+        self._closes.extend(closes)
+        self._book.warm(closes, np.zeros(len(starts), dtype=np.bool_))
+        self._warm = True
+
+    def book(self, start_ns: int, closes: Float64) -> Period:
+        """Book the session that starts at ``start_ns`` (carried-forward closes of the legs)."""
+        if not self._warm:
+            raise ValueError(f"{self.recipe.strategy_id}: booked before its history was taken")
+        if self.awaiting is not None:
+            raise ValueError(f"{self.recipe.strategy_id}: booked while waiting for the answer to {self.awaiting}")
+        booked = self._book.on_bar(closes)
+        self._rows.append(start_ns)
+        self._closes.append(np.asarray(closes, dtype=np.float64))
+        self._returns.append(booked.net_return)
+        self._state_returns.append(booked.net_return)
+        self._equity *= 1.0 + booked.net_return
+        self._peak = max(self._peak, self._equity)
+        window = np.array(self._state_returns[-self.rules.retire_window_sessions :])
+        rolling = annualised_sharpe(window, self.recipe.bars_per_year) if window.size >= MIN_SHARPE_SESSIONS else None
+        if rolling is not None and rolling[0] < self.rules.retire_below_sharpe:
+            self._underperforming += 1
+        else:
+            self._underperforming = 0
+        return Period(
+            self.recipe.strategy_id,
+            self.state,
+            start_ns,
+            booked.net_return,
+            booked.cost,
+            self._equity - 1.0,
+            1.0 - self._equity / self._peak,
+            rolling[0] if rolling else None,
+            rolling[1] if rolling else None,
+            len(self._state_returns),
+            self._underperforming,
+            int(np.count_nonzero(booked.traded)),
+            dict(zip(self.recipe.symbols, (float(p) for p in booked.position), strict=True)),
+        )
+
+    def ask(self) -> Ask | None:
+        """The command the record now calls for, if any (after the session just booked)."""
+        sessions = len(self._state_returns)
+        last = self._rows[-1]
+        if self.state is State.PAPER and sessions >= self.rules.min_paper_sessions:
+            if sessions % self.rules.min_paper_sessions:
+                return None
+            return Ask("promote", State.LIVE, self.version, "paper period complete", self._paper_evidence(), last)
+        if self.state is State.LIVE and sessions >= self.rules.retire_window_sessions:
+            window = np.array(self._state_returns[-self.rules.retire_window_sessions :])
+            measured = annualised_sharpe(window, self.recipe.bars_per_year)
+            trailing = measured[0] if measured else 0.0
+            if trailing >= self.rules.retire_below_sharpe:
+                return None
+            evidence = {
+                "rule": AUTOMATIC_RETIREMENT,
+                "trailing_sessions": str(window.size),
+                "trailing_sharpe": repr(trailing),
+            }
+            reason = f"trailing {window.size}-session Sharpe {trailing:.2f} below {self.rules.retire_below_sharpe}"
+            return Ask("retire", State.RETIRED, self.version, reason, evidence, last)
+        return None
+
+    def _paper_evidence(self) -> dict[str, str]:
+        """The paper record beside the backtest's: Sharpe ratios with a band that counts both estimates' errors,
+        and the tracking error between the book and the backtest's kernel over the same sessions."""
+        paper = np.array(self._state_returns)
+        measured = annualised_sharpe(paper, self.recipe.bars_per_year)
+        # A flat book has a Sharpe ratio of 0, known to the standard error of as many sessions.
+        paper_sharpe, paper_se = measured or (0.0, sharpe_se(0.0, paper.size, self.recipe.bars_per_year))
+        closes = np.vstack(self._closes)
+        bars = Bars(closes, np.zeros(closes.shape[0], dtype=np.bool_), self.recipe.bars_per_year)
+        backtest, _ = net_returns(
+            self.recipe.family.positions(bars, self.recipe.params), closes, self.recipe.cost_per_unit
+        )
+        gap = paper - backtest[-paper.size :]
+        tracking = float(gap.std(ddof=1) * math.sqrt(self.recipe.bars_per_year)) if paper.size > 1 else 0.0
+        return {
+            "paper_sessions": str(paper.size),
+            "paper_sharpe": repr(paper_sharpe),
+            "backtest_sharpe": repr(self.recipe.backtest_sharpe),
+            "backtest_sharpe_se": repr(math.hypot(self.recipe.backtest_sharpe_se, paper_se)),
+            "tracking_error": repr(tracking),
+            "candidate_id": self.recipe.candidate_id,
+        }
+
+    def answered(self, to_state: State | None, version: int | None) -> None:
+        """The lifecycle's answer to the awaited command: a transition (new state and version) or a refusal."""
+        self.awaiting = None
+        if to_state is not None and version is not None:
+            self.moved(to_state, version)
+
+    def moved(self, to_state: State, version: int) -> None:
+        """The strategy changed state (by the run's command or anyone's): sessions count again from here."""
+        if version <= self.version:
+            return
+        if to_state is not self.state:
+            self._state_returns = []
+            self._equity = self._peak = 1.0
+            self._underperforming = 0
+        self.state, self.version = to_state, version
