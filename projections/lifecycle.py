@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from core.consumed import Consumed
+from projections.analytics import EventProjection
 from projections.offsets import apply_exactly_once
 from projections.redis_store import LatestValue, RedisProjection, key, position
 
@@ -121,3 +122,60 @@ async def states(conn: asyncpg.Connection, state: str | None = None) -> list[dic
 async def state_of(conn: asyncpg.Connection, strategy_id: str) -> dict[str, Any] | None:
     row = await conn.fetchrow("SELECT state, version FROM strategy_states WHERE strategy_id = $1", strategy_id)
     return dict(row) if row is not None else None
+
+
+PERFORMANCE = "projection.strategy_performance"
+PERFORMANCE_SCHEMA = "tidemark.strategies.StrategyPerformanceRecorded"
+
+_UPSERT_PERFORMANCE = f"""
+INSERT INTO strategy_performance (strategy_id, period_end, period_start, state, period_return, cost,
+    cumulative_return, pnl, drawdown, rolling_sharpe, rolling_sharpe_se, sessions, trades, positions, event_id)
+VALUES ($1, {_NS.format("$2")}, {_NS.format("$3")}, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12, $13,
+    $14::jsonb, $15)
+ON CONFLICT (strategy_id, period_end) DO NOTHING
+"""
+
+
+def _performance_rows(e: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            e["strategy_id"], e["period_end_ns"], e["period_start_ns"], e["state"], e["period_return"], e["cost"],
+            e["cumulative_return"], e["pnl"], e["drawdown"], e["rolling_sharpe"], e["rolling_sharpe_se"],
+            e["sessions"], e["trades"], json.dumps(e["positions"], sort_keys=True), e["event_id"],
+        )
+    ]  # fmt: skip
+
+
+def _performance_latest(e: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    sharpe = e["rolling_sharpe"]
+    return key("strategy", e["strategy_id"], "performance"), {
+        "state": e["state"],
+        "period_end_ns": str(e["period_end_ns"]),
+        "period_return": repr(e["period_return"]),
+        "cumulative_return": repr(e["cumulative_return"]),
+        "drawdown": repr(e["drawdown"]),
+        "rolling_sharpe": "" if sharpe is None else repr(sharpe),
+        "sessions": str(e["sessions"]),
+        "event_id": e["event_id"],
+    }
+
+
+def performance_projection(pool: asyncpg.Pool, redis: RedisProjection) -> EventProjection:
+    """One row per strategy and period (a period published again is the same row), and the latest in Redis."""
+    return EventProjection(pool, redis, PERFORMANCE, _UPSERT_PERFORMANCE, _performance_rows, _performance_latest)
+
+
+async def performance(conn: asyncpg.Connection, strategy_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The strategy's most recent booked periods, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM (
+            SELECT period_start, period_end, state, period_return, cost, cumulative_return, pnl::text AS pnl, drawdown,
+                   rolling_sharpe, rolling_sharpe_se, sessions, trades, positions, event_id::text AS event_id
+            FROM strategy_performance WHERE strategy_id = $1 ORDER BY period_end DESC LIMIT $2
+        ) recent ORDER BY period_end
+        """,
+        strategy_id,
+        limit,
+    )
+    return [{**dict(r), "positions": json.loads(r["positions"])} for r in rows]

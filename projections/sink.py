@@ -50,7 +50,13 @@ from projections.discovery import (
     candidates_projection,
     progress_projection,
 )
-from projections.lifecycle import LIFECYCLE, LifecycleProjection
+from projections.lifecycle import (
+    LIFECYCLE,
+    PERFORMANCE,
+    PERFORMANCE_SCHEMA,
+    LifecycleProjection,
+    performance_projection,
+)
 from projections.lifecycle import SCHEMAS as LIFECYCLE_SCHEMAS
 from projections.offsets import applied_offsets
 from projections.redis_store import RedisProjection
@@ -82,6 +88,7 @@ PROJECTED_TOPICS = (
     "strategies.candidates",
     "discovery.progress",
     "strategies.lifecycle",
+    "strategies.performance",
 )
 
 
@@ -168,6 +175,7 @@ class ProjectionSink:
         candidates = candidates_projection(pool, redis)
         progress = progress_projection(pool, redis)
         lifecycle = LifecycleProjection(pool, redis)
+        performance = performance_projection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -213,6 +221,7 @@ class ProjectionSink:
             "strategies.candidates": Route(CANDIDATES, project_events(CANDIDATES, CANDIDATE_SCHEMA, candidates)),
             "discovery.progress": Route(PROGRESS, project_events(PROGRESS, PROGRESS_SCHEMA, progress)),
             "strategies.lifecycle": Route(LIFECYCLE, project_events(LIFECYCLE, LIFECYCLE_SCHEMAS, lifecycle)),
+            "strategies.performance": Route(PERFORMANCE, project_events(PERFORMANCE, PERFORMANCE_SCHEMA, performance)),
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

@@ -7,6 +7,7 @@ import itertools
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import redis
 from core.settings import Settings
 from projections.migrations import apply_migrations
 from tests.services import ensure_services
+from tidemark.topics import delete_prefixed_topics
 
 REPO = Path(__file__).resolve().parent.parent
 _redis_db = itertools.count(1)
@@ -54,14 +56,15 @@ def new_database(services: Settings) -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture
-def isolated(services: Settings, new_database: Callable[[], str]) -> Settings:
-    """Unique topics, consumer group and database, and a flushed Redis database, for one test."""
+def isolated(services: Settings, new_database: Callable[[], str]) -> Iterator[Settings]:
+    """Unique topics, consumer group and database, and a flushed Redis database, for one test; its topics are
+    deleted afterwards (a broker that keeps every test's partitions runs out of file descriptors)."""
     tag = uuid.uuid4().hex[:10]
     dsn = new_database()
     redis_db = next(_redis_db) % 16 or 1
     redis_url = services.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
-    return services.model_copy(
+    settings = services.model_copy(
         update={
             "topic_prefix": f"t{tag}.",
             "app_id": f"tidemark-{tag}",
@@ -71,6 +74,11 @@ def isolated(services: Settings, new_database: Callable[[], str]) -> Settings:
             "operations": services.operations.model_copy(update={"metrics_port": 0}),
         }
     )
+    yield settings
+    try:
+        delete_prefixed_topics(settings)
+    except Exception as exc:
+        warnings.warn(f"could not delete the topics {settings.topic_prefix}*: {exc}", stacklevel=1)
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core.settings import get_settings
 
-lifecycle_app = typer.Typer(help="The strategy lifecycle: history of a strategy, retirement by hand.")
+lifecycle_app = typer.Typer(
+    help="The strategy lifecycle: history of a strategy, its paper and live record, retirement by hand."
+)
 
 
 @lifecycle_app.command("history")
@@ -41,6 +43,45 @@ def lifecycle_history(
             for r in rows
         ]
     _emit(rows, f"lifecycle of {strategy_id}", as_json)
+
+
+@lifecycle_app.command("performance")
+def lifecycle_performance(
+    strategy_id: str = typer.Argument(..., help="a strategy id, or a unique prefix of one"),
+    limit: int = typer.Option(20, min=1, help="most recent sessions shown"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The strategy's booked paper and live sessions (`tidemark strategy run`): net return and cost per session,
+    since entering its state, drawdown, rolling Sharpe ratio with its standard error, positions."""
+    from projections.lifecycle import history, performance
+    from tidemark.cli import _emit, _run_db
+
+    found = _run_db(lambda conn: history(conn, strategy_id))
+    if found is None:
+        typer.echo(f"no single strategy's lifecycle matches {strategy_id!r}: see `tidemark query strategies`", err=True)
+        raise typer.Exit(2)
+    strategy_id = found[0]
+    rows = _run_db(lambda conn: performance(conn, strategy_id, limit))
+    if not rows:
+        typer.echo(f"{strategy_id} has no booked session yet: it books once in Paper, with `tidemark strategy run`")
+        return
+    if not as_json:
+        rows = [
+            {
+                "session": r["period_start"].date().isoformat(),
+                "state": f"{r['state']} #{r['sessions']}",
+                "net return": f"{r['period_return']:+.4%}",
+                "cost": f"{r['cost']:.4%}",
+                "since state": f"{r['cumulative_return']:+.2%}",
+                "drawdown": f"{r['drawdown']:.2%}",
+                "Sharpe": "-"
+                if r["rolling_sharpe"] is None
+                else f"{r['rolling_sharpe']:.2f} ± {r['rolling_sharpe_se']:.2f}",
+                "positions": " ".join(f"{s} {w:+.2f}" for s, w in r["positions"].items()),
+            }
+            for r in rows
+        ]
+    _emit(rows, f"booked sessions of {strategy_id} (net of costs)", as_json)
 
 
 @lifecycle_app.command("retire")

@@ -25,6 +25,7 @@ from streams.lifecycle.machine import AUTOMATIC_RETIREMENT
 from streams.strategies import MOMENTUM, Bars
 from tests.integration.kafka_tools import read_all
 from tests.integration.test_lifecycle_agent import AGENTS, CANDIDATE, candidate, lifecycle, publish, states
+from tests.integration.test_pipeline import fetch
 from tests.services import eventually
 
 pytestmark = pytest.mark.integration
@@ -117,6 +118,17 @@ def test_paper_sessions_match_the_backtest_then_the_record_promotes_and_retires_
     assert float(promote["evidence"]["tracking_error"]) < 1e-12  # the book is the backtest on the same bars
     assert promote["causation_id"] == records[19]["event_id"]
     assert (retire["target_state"], retire["evidence"]["trailing_sessions"]) == ("RETIRED", "10")
+    # The sink projects the record (a hypertable where TimescaleDB is installed) and the command line reads it.
+    start_worker()
+    rows = eventually(
+        lambda: r if len(r := fetch(isolated.postgres_dsn, "SELECT * FROM strategy_performance")) == 30 else None,
+        timeout=120,
+        what="the sessions projected",
+    )
+    assert sorted(row["period_return"] for row in rows) == sorted(returns[live])
+    shown = json.loads(run_cli("lifecycle", "performance", SID, "--limit", "5", "--json").stdout)
+    assert [(s["state"], s["sessions"]) for s in shown] == [("LIVE", n) for n in range(6, 11)]
+    assert shown[-1]["positions"] == {"DTREND": positions[HISTORY + 29]}
     transitions = {e["causation_id"]: e for kind, e in lifecycle(isolated) if kind == "StrategyTransitioned"}
     assert transitions[promote["event_id"]]["to_state"] == "LIVE"
     assert json.loads(transitions[retire["event_id"]]["evidence"]["rule"])["name"] == AUTOMATIC_RETIREMENT
