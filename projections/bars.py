@@ -1,18 +1,44 @@
-"""Bars projection: md.bars.* into the ``bars`` table (bulk COPY) and the latest bar per symbol into Redis."""
+"""Bars projection: md.bars.* into the ``bars`` table (bulk COPY), and into Redis the latest bar per symbol and a
+sliding window of each symbol's recent intraday bars.
+
+The window (``tm:window:INTERVAL:SYMBOL``, a sorted set scored by bar start; ``projections.redis_store.recent_bars``
+reads it) is what the strategy runner and dashboards read recent bars from. It holds the bars starting less than
+``TIDEMARK_BAR_WINDOW_S`` before the symbol's newest bar: with the default hour, the 60 one-minute bars (3600 one-second
+bars) of the hour that ends when the newest bar closes. It is trimmed by bar time, not by the wall clock, so a replay
+of history leaves the same window as the live run did; the key expires twice the window after its last write, so a
+symbol that stops printing does not keep its window for ever. Re-applying bars (a retried batch, a replay, a
+republished bar) never duplicates one: a window holds one member per bar start, the one written last in log order.
+
+Only intraday intervals (``WINDOWED_INTERVALS``) have a window: an hour of daily bars is at most one bar, which the
+latest-bar hash already holds, and longer daily histories are a PostgreSQL query (``projections.read.bars``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import asyncpg
 import numpy as np
 
 from core.consumed import Consumed
+from core.settings import get_settings
+from core.units import NS_PER_SECOND
 from projections.offsets import add_counter, apply_exactly_once
-from projections.redis_store import LatestValue, RedisProjection, key, position
+from projections.redis_store import (
+    BarWindowUpdate,
+    LatestValue,
+    RedisProjection,
+    key,
+    pack_window_bars,
+    position,
+    window_key,
+)
 from schemas.bars import ASSET_CLASSES, BAR_KINDS, BarBatch
 
 CONSUMER = "projection.bars"
+# The intervals the sink keeps a Redis window of (see the module's docstring for why not daily bars).
+WINDOWED_INTERVALS = ("1s", "1m")
 _STAGE_COLUMNS = (
     "symbol",
     "interval",
@@ -85,9 +111,11 @@ def _stage_records(bars: BarBatch, offsets: np.ndarray) -> list[tuple[object, ..
 class BarsProjection:
     """Applies decoded bar batches exactly once; duplicates of a (symbol, interval, start) are counted, not stored."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: RedisProjection) -> None:
+    def __init__(self, pool: asyncpg.Pool, redis: RedisProjection, window_s: int | None = None) -> None:
+        """``window_s``: the Redis window of recent bars (default ``TIDEMARK_BAR_WINDOW_S``)."""
         self._pool = pool
         self._redis = redis
+        self._window_s = get_settings().processing.bar_window_s if window_s is None else window_s
 
     async def apply(self, records: Sequence[Consumed], bars: BarBatch) -> tuple[int, int]:
         """``bars`` row i was decoded from ``records[i]``. Returns (rows inserted, duplicates ignored)."""
@@ -110,7 +138,8 @@ class BarsProjection:
         if records:
             # The whole batch, also what PostgreSQL had applied: the retry of a batch that met a Redis outage after
             # its PostgreSQL commit must write what that attempt could not (an older position is a no-op).
-            await self._redis.set_latest(_latest_per_symbol(records, bars))
+            # Windows likewise: re-adding a bar the window holds replaces it with itself. One round trip for both.
+            await self._redis.write(_latest_per_symbol(records, bars), _window_updates(bars, self._window_s))
         return inserted, len(fresh) - inserted
 
 
@@ -138,3 +167,45 @@ def _latest_per_symbol(records: Sequence[Consumed], bars: BarBatch) -> list[Late
             )
         )
     return values
+
+
+def _window_updates(bars: BarBatch, window_s: int) -> list[BarWindowUpdate]:
+    """Each symbol's bars of the batch for its window, packed, in one vectorised pass: one update per symbol.
+
+    Of several bars of one start, only the last in log order goes (it would replace the others). Bars starting
+    ``window_s`` or more before the symbol's newest bar of the batch are left out: the window's newest bar is at least
+    that one, so they would be trimmed at once (a replay's batch sends an hour per symbol, not the whole batch)."""
+    if bars.interval not in WINDOWED_INTERVALS or not len(bars):
+        return []
+    window_ns = window_s * NS_PER_SECOND
+    symbols = bars.symbol.astype(str)
+    # By symbol, then start, then latest in the log first (records arrive in log order within a partition).
+    order = np.lexsort((-np.arange(len(bars)), bars.start_ns, symbols))
+    symbols, starts = symbols[order], bars.start_ns[order]
+    new_symbol = np.r_[True, symbols[1:] != symbols[:-1]]
+    first = np.flatnonzero(new_symbol)
+    sizes = np.diff(np.r_[first, len(order)])
+    newest = np.repeat(np.maximum.reduceat(starts, first), sizes)
+    kept = (new_symbol | np.r_[True, starts[1:] != starts[:-1]]) & (starts > newest - window_ns)
+    rows = order[kept]
+    packed = pack_window_bars(
+        bars.start_ns[rows],
+        bars.open[rows],
+        bars.high[rows],
+        bars.low[rows],
+        bars.close[rows],
+        bars.volume[rows],
+        bars.kind[rows],
+    )
+    # Every symbol keeps its newest bar, so each one's rows are a non-empty run of ``packed``.
+    bounds = np.r_[0, np.cumsum(np.add.reduceat(kept, first))].tolist()
+    ttl_s = 2 * window_s
+    return [
+        BarWindowUpdate(
+            key=window_key(bars.interval, str(symbols[at])),
+            bars=packed[lo:hi].tobytes(),
+            window_ns=window_ns,
+            ttl_s=ttl_s,
+        )
+        for at, (lo, hi) in zip(first.tolist(), pairwise(bounds), strict=True)
+    ]
