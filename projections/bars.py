@@ -22,7 +22,6 @@ import asyncpg
 import numpy as np
 
 from core.consumed import Consumed
-from core.settings import get_settings
 from core.units import NS_PER_SECOND
 from projections.offsets import add_counter, apply_exactly_once
 from projections.redis_store import (
@@ -111,11 +110,11 @@ def _stage_records(bars: BarBatch, offsets: np.ndarray) -> list[tuple[object, ..
 class BarsProjection:
     """Applies decoded bar batches exactly once; duplicates of a (symbol, interval, start) are counted, not stored."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: RedisProjection, window_s: int | None = None) -> None:
-        """``window_s``: the Redis window of recent bars (default ``TIDEMARK_BAR_WINDOW_S``)."""
+    def __init__(self, pool: asyncpg.Pool, redis: RedisProjection, window_s: int) -> None:
+        """``window_s``: the Redis window of recent bars (``TIDEMARK_BAR_WINDOW_S``)."""
         self._pool = pool
         self._redis = redis
-        self._window_s = get_settings().processing.bar_window_s if window_s is None else window_s
+        self._window_s = window_s
 
     async def apply(self, records: Sequence[Consumed], bars: BarBatch) -> tuple[int, int]:
         """``bars`` row i was decoded from ``records[i]``. Returns (rows inserted, duplicates ignored)."""

@@ -164,7 +164,7 @@ class ProjectionSink:
         asyncio.run(self._run())
 
     def _routes(self, pool: asyncpg.Pool, redis: RedisProjection) -> dict[str, Route]:
-        bars = BarsProjection(pool, redis)
+        bars = BarsProjection(pool, redis, self.settings.processing.bar_window_s)
         stats = stats_projection(pool, redis)
         correlations = correlation_projection(pool, redis)
         alerts = AlertsProjection(pool, redis)

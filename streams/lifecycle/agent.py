@@ -42,6 +42,7 @@ COMMAND_SCHEMA = "tidemark.strategies.TransitionStrategy"
 TRANSITIONED_SCHEMA = "tidemark.strategies.StrategyTransitioned"
 REJECTED_SCHEMA = "tidemark.strategies.TransitionRejected"
 CANDIDATE_SCHEMA = "tidemark.strategies.StrategyCandidateDiscovered"
+ALERT_SCHEMA = "tidemark.risk.AlertRaised"
 SOURCE = "lifecycle-agent"
 RECENT = 256
 """Answers remembered per strategy: more than a redelivery can span (commands since the last committed offset)."""
@@ -137,6 +138,33 @@ def record_of(outcome: StrategyTransitioned | TransitionRejected) -> tuple[str, 
     }
 
 
+def transition_alert(transition: Mapping[str, Any]) -> dict[str, Any]:
+    """The announcement of a transition for people (alerts topic, then Redis pub/sub by the sink): its id derives
+    from the transition's, so an answer sent again announces nothing new."""
+    sid, source, target = transition["strategy_id"], transition["from_state"], transition["to_state"]
+    return {
+        **common_fields(
+            SOURCE,
+            transition["ts_event"],
+            transition["event_id"],
+            deterministic_event_id("lifecycle-alert", transition["event_id"]),
+        ),
+        "kind": "lifecycle.transition",
+        "severity": "WARNING" if target == State.RETIRED.value else "INFO",
+        "subject": sid,
+        "message": f"{sid}: {source or '-'} -> {target} (version {transition['version']}): {transition['reason']}",
+        "from_value": None,
+        "to_value": None,
+        "since_ns": None,
+        "details": {
+            "from_state": source or "",
+            "to_state": target,
+            "version": str(transition["version"]),
+            "requested_by": transition["requested_by"],
+        },
+    }
+
+
 def strategy_of(entry: Mapping[str, Any] | None, strategy_id: str) -> Strategy | None:
     if not entry or entry.get("state") is None:
         return None
@@ -173,6 +201,7 @@ def install(app: faust.App, settings: Settings) -> None:
     candidates = app.topic(settings.topic("strategies.candidates"), **raw)
     commands = app.topic(settings.topic("strategies.commands"), **raw)
     lifecycle = app.topic(settings.topic("strategies.lifecycle"), **raw)
+    alerts = app.topic(settings.topic("alerts"), **raw)
     dlq = app.topic(settings.topic("dlq"), **raw)
     table = app.Table(
         "lifecycle-state",
@@ -215,6 +244,11 @@ def install(app: faust.App, settings: Settings) -> None:
             else:
                 table[sid] = entry
             await lifecycle.send(key=sid.encode(), value=value)
+            decided = registry.decode(value)
+            if decided.schema == TRANSITIONED_SCHEMA:
+                await alerts.send(
+                    key=sid.encode(), value=registry.encode(ALERT_SCHEMA, transition_alert(decided.record))
+                )
             answered += 1
             if pause_after and answered >= pause_after:
                 await app.producer.flush()  # the table's changelog is written: the kill lands after it

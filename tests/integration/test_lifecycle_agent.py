@@ -81,6 +81,11 @@ def lifecycle(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def published_alerts(settings: Settings) -> list[dict[str, Any]]:
+    registry = get_registry()
+    return [registry.decode(v).record for _, _, _, v in read_all(settings.kafka.bootstrap, settings.topic("alerts"))]
+
+
 def states(events: list[tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, int]]:
     """Each strategy's (state, version) by its latest transition."""
     latest: dict[str, tuple[str, int]] = {}
@@ -137,6 +142,12 @@ def test_candidates_enter_validation_and_paper_or_are_refused_with_the_reason_an
     ]
     refused = run_cli("lifecycle", "retire", "momentum-S0", "--reason", "again", check=False)
     assert refused.returncode == 1 and "refused: no transition from RETIRED to RETIRED" in refused.stderr
+    # Every transition is announced once for people: 5 x 3, 2 for the refused one, the retirement.
+    announced = [a for a in published_alerts(isolated) if a["kind"] == "lifecycle.transition"]
+    assert len(announced) == len({a["event_id"] for a in announced}) == 18
+    retirement = next(a for a in announced if a["details"]["to_state"] == "RETIRED")
+    assert (retirement["subject"], retirement["severity"]) == ("momentum-S0", "WARNING")
+    assert "PAPER -> RETIRED (version 4): mandate ended" in retirement["message"]
     dead = [get_registry().decode(v).record for _, _, _, v in read_all(isolated.kafka.bootstrap, isolated.topic("dlq"))]
     # The sink projects candidates too, and dead-letters the same record on its own account.
     assert ("lifecycle.candidates", "DecodeError") in {(d["processor"], d["error_type"]) for d in dead}
@@ -174,4 +185,7 @@ def test_an_agent_killed_between_answers_loses_no_transition_and_applies_none_tw
     assert sorted(by_version) == sorted((f"momentum-S{n}", v) for n in range(6) for v in (1, 2, 3))
     assert all(len(ids) == 1 for ids in by_version.values())  # no version applied twice
     assert not any(kind == "TransitionRejected" for kind, _ in events)  # a redelivered command was not re-decided
+    announced = {a["event_id"]: a["causation_id"] for a in published_alerts(isolated)}
+    transitioned = {e["event_id"] for k, e in events if k == "StrategyTransitioned"}
+    assert len(announced) == 18 and set(announced.values()) == transitioned  # one announcement per transition
     assert "answered again, as recorded" in (tmp_path / "worker-1.log").read_text()  # the redelivery happened
