@@ -260,10 +260,11 @@ def recall(seeds: list[int], days: int) -> None:
 
 
 def recall_daily(seeds: range) -> None:
-    """The daily synthetic market of the demo (``connectors.synthetic.daily``): its trend and its pair, per seed."""
+    """The daily synthetic market of the demo (``connectors.synthetic.daily``): its trends and its pairs, per seed."""
     from connectors.synthetic.daily import daily_market
 
     found = {"momentum": 0, "pairs": 0}
+    tried = {"momentum": 0, "pairs": 0}
     for seed in seeds:
         frame, regimes = daily_market(seed)
         days = frame["date"].to_numpy().astype("datetime64[ns]").astype(np.int64)
@@ -282,11 +283,13 @@ def recall_daily(seeds: range) -> None:
                 optuna.storages.InMemoryStorage(),
             )
             found[name] += evidence.passed
+            tried[name] += 1
             if not evidence.passed:
-                print(f"  seed {seed}: {name} missed: {'; '.join(evidence.failed)}")
+                print(f"  seed {seed}: {name} on {'/'.join(regime.symbols)} missed: {'; '.join(evidence.failed)}")
     print(
-        f"recall on the daily synthetic market, seeds {seeds.start}-{seeds.stop - 1}: trend (t = 10) "
-        f"{found['momentum']}/{len(seeds)}, cointegrated pair (half-life 5 sessions) {found['pairs']}/{len(seeds)}"
+        f"recall on the daily synthetic market, seeds {seeds.start}-{seeds.stop - 1}: trends (|t| = 10) "
+        f"{found['momentum']}/{tried['momentum']}, cointegrated pairs (half-life 5 sessions) "
+        f"{found['pairs']}/{tried['pairs']}"
     )
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors.synthetic.daily import DailyRegime, write_daily_market
+from connectors.synthetic.daily import DailyRegime, daily_market
 from connectors.synthetic.market import Regime, build_universe
 from core.kafka import consumer_lag, message_count
 from core.settings import DEFAULT_UNIVERSE, DEMO_DATABASE, Context, Settings, get_settings
@@ -30,10 +30,18 @@ from tidemark.topics import delete_prefixed_topics
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
+PAPER_SESSIONS = 10
+"""The demo's paper period (20 sessions by default): a strategy may go live after 10 paper sessions."""
+LIVE_SESSIONS = 60
+"""Sessions at the end of the daily file replayed after discovery, as the bars that arrive while strategies trade."""
+
+
 def demo_settings(base: Settings, universe: list[str]) -> Settings:
     """The demo's own topics, consumer group and database (its context), so it can be rerun and never touches
-    other data; ``--context demo`` finds them afterwards."""
-    return base.changed(correlation__universe=universe, context=Context.demo)
+    other data; ``--context demo`` finds them afterwards. Its paper period is short."""
+    return base.changed(
+        correlation__universe=universe, context=Context.demo, lifecycle__min_paper_sessions=PAPER_SESSIONS
+    )
 
 
 async def _fresh_database(server_dsn: str, dsn: str) -> None:
@@ -189,6 +197,12 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
     _cli(settings, "query", "strategies", "--limit", "12")
     console.print(_daily_table(daily_regimes))
     _cli(settings, "lifecycle", "history", "momentum-DTREND")
+    console.rule("[bold]Live strategies and the portfolio")
+    _cli(settings, "query", "strategies", "--state", "live")
+    _cli(settings, "lifecycle", "performance", "momentum-DTREND", "--limit", "5")
+    _cli(settings, "portfolio", "show")
+    frontier = settings.state_dir / "demo-frontier.png"
+    _cli(settings, "portfolio", "frontier", "--plot", str(frontier))
     heat_map = settings.state_dir / "demo-correlations.png"
     _cli(settings, "plot", "correlations", "-o", str(heat_map))
     console.print(f"Heat map of the latest correlations: {heat_map}")
@@ -196,11 +210,11 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         f"The demo's data stays in topics prefixed '{settings.topic_prefix}' and database {DEMO_DATABASE} until the "
         "next demo run starts over. Look at it with `--context demo` (or export TIDEMARK_CONTEXT=demo):"
     )
-    for command in next_commands(settings.state_dir / "demo-strategy.png"):
+    for command in next_commands(settings.state_dir / "demo-strategy.png", frontier):
         print(f"  {command}")
 
 
-def next_commands(plot: Path) -> list[str]:
+def next_commands(plot: Path, frontier: Path) -> list[str]:
     """What to type next, as the user can type it: `tidemark` when it is on PATH, else the path to ours."""
     ours = Path(sys.prefix) / "bin" / "tidemark"
     on_path = shutil.which("tidemark")
@@ -219,7 +233,11 @@ def next_commands(plot: Path) -> list[str]:
             "query strategies --state passed",
             "query strategies --state paper",
             f"strategy show momentum-DTREND --plot {plot}",
+            "query strategies --state live",
             "lifecycle history momentum-DTREND",
+            "lifecycle performance momentum-DTREND",
+            "portfolio show",
+            f"portfolio frontier --plot {frontier}",
             "discover status",
             "status",
         )
@@ -243,14 +261,17 @@ def _discover(
     """Daily history replayed from a file, the planner on the signals, two discovery workers, and two searches
     asked for from the command line, as a user would."""
     console.rule("[bold]Discovery: the planner and two workers")
-    csv = settings.state_dir / "demo-daily.csv"
-    regimes = write_daily_market(csv, seed)
-    _cli(settings, "ingest", "replay", str(csv), "--interval", "1d", "--layout", "wide", "--asset-class", "EQUITY")
+    csv, live_csv = settings.state_dir / "demo-daily.csv", settings.state_dir / "demo-daily-live.csv"
+    frame, regimes = daily_market(seed)
+    frame.iloc[:-LIVE_SESSIONS].to_csv(csv, index=False)
+    frame.iloc[-LIVE_SESSIONS:].to_csv(live_csv, index=False)
+    replay = ("--interval", "1d", "--layout", "wide", "--asset-class", "EQUITY")
+    _cli(settings, "ingest", "replay", str(csv), *replay)
     daily_bars = message_count(settings.kafka.bootstrap, settings.topic("md.bars.1d"))
     _wait_for_worker(settings, minute_bars + daily_bars, worker, timeout)
     logs = settings.state_dir / "logs"
     helpers = []
-    processes = [("planner", ["discover", "planner"]), ("agents", ["agents"])]
+    processes = [("planner", ["discover", "planner"]), ("agents", ["agents"]), ("runner", ["strategy", "run"])]
     processes += [(f"worker-{i}", ["discover", "worker"]) for i in range(DISCOVERY_WORKERS)]
     for name, args in processes:
         log = open(logs / f"demo-discovery-{name}.log", "wb")  # noqa: SIM115 - owned by the process
@@ -266,11 +287,21 @@ def _discover(
         singles = settings.state_dir / "demo-daily-singles.txt"
         singles.write_text("\n".join(s for r in regimes if r.kind != "mean_reverting_pair" for s in r.symbols) + "\n")
         _cli(settings, "discover", "--family", "momentum", "--universe", str(singles), "--interval", "1d")
-        pair = next(r for r in regimes if r.kind == "mean_reverting_pair")
-        _cli(settings, "discover", "--family", "pairs", "--symbols", ",".join(pair.symbols), "--interval", "1d")
+        for pair in (r for r in regimes if r.kind == "mean_reverting_pair"):
+            _cli(settings, "discover", "--family", "pairs", "--symbols", ",".join(pair.symbols), "--interval", "1d")
         _wait_for_tasks(settings, timeout)
         _cli(settings, "discover", "status")
         _wait_for_lifecycle(settings, timeout)
+        console.rule("[bold]Paper trading, promotion and the portfolio")
+        console.print(
+            f"The strategy runner books every Paper strategy on the daily bars that arrive after its backtest's data, "
+            f"with the backtest's own signal function; the last {LIVE_SESSIONS} sessions of the file arrive now. "
+            f"After {PAPER_SESSIONS} paper sessions (the demo's paper period) it asks the lifecycle for Live with the "
+            "paper record as evidence; each promotion re-optimises the portfolio of live strategies.",
+            soft_wrap=True,
+        )
+        _cli(settings, "ingest", "replay", str(live_csv), *replay)
+        _wait_for_paper(settings, LIVE_SESSIONS, timeout)
     finally:
         for helper in helpers:
             helper.terminate()
@@ -309,6 +340,38 @@ def _wait_for_lifecycle(settings: Settings, timeout: float) -> None:
             return
         time.sleep(1.0)
     raise typer.Exit(f"the lifecycle had not answered every candidate after {timeout:.0f}s")
+
+
+def _wait_for_paper(settings: Settings, sessions: int, timeout: float) -> None:
+    """Until every daily Paper or Live strategy has booked the live sessions, and the sink has projected the
+    portfolio's answer to the last promotion (targets, or the alert that there are too few strategies)."""
+
+    async def done() -> bool:
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            waiting = await conn.fetchval(
+                """
+                SELECT count(*) FROM strategy_states s JOIN strategy_candidates c USING (strategy_id)
+                WHERE s.state IN ('PAPER', 'LIVE') AND c.timeframe = '1d' AND (
+                    SELECT count(*) FROM strategy_performance p WHERE p.strategy_id = s.strategy_id) < $1
+                """,
+                sessions,
+            )
+            promoted = await conn.fetchval(
+                "SELECT count(*) FROM strategy_transitions WHERE to_state = 'LIVE' AND accepted"
+            )
+            # The portfolio agent answers each promotion with targets and their alert, or an alert saying why not.
+            answered = await conn.fetchval("SELECT count(*) FROM alerts WHERE kind LIKE 'portfolio.%'")
+            return bool(waiting == 0 and answered >= promoted)
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(done()):
+            return
+        time.sleep(1.0)
+    raise typer.Exit(f"the strategy runner had not booked the live sessions after {timeout:.0f}s")
 
 
 def _daily_table(regimes: list[DailyRegime]) -> Table:
