@@ -133,15 +133,18 @@ def worker(
 @app.command()
 def agents(loglevel: str = typer.Option("info", help="log level: critical, error, warning, info, debug")) -> None:
     """Run the domain agents (Faust): the strategy lifecycle, answering candidates and lifecycle commands with
-    transitions or rejections on strategies.lifecycle. SIGTERM stops it; its state returns from the changelog."""
+    transitions or rejections on strategies.lifecycle; and the portfolio, re-optimising the live strategies' weights
+    on every rotation (portfolio.targets). SIGTERM stops it; its state returns from the changelog."""
     import faust
 
     from streams.agents import create_app
-    from streams.lifecycle.agent import install
+    from streams.lifecycle.agent import install as install_lifecycle
+    from streams.portfolio.agent import install as install_portfolio
 
     settings = get_settings()
     agents_app = create_app(settings)
-    install(agents_app, settings)
+    install_lifecycle(agents_app, settings)
+    install_portfolio(agents_app, settings)
     faust.Worker(agents_app, loglevel=loglevel.upper()).execute_from_commandline()
 
 
