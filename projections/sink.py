@@ -53,6 +53,8 @@ from projections.discovery import (
 from projections.lifecycle import LIFECYCLE, LifecycleProjection
 from projections.lifecycle import SCHEMAS as LIFECYCLE_SCHEMAS
 from projections.offsets import applied_offsets
+from projections.portfolio import PORTFOLIO, PortfolioProjection
+from projections.portfolio import SCHEMA as PORTFOLIO_SCHEMA
 from projections.redis_store import RedisProjection
 from projections.rotation import (
     ROTATION_PROJECTION,
@@ -82,6 +84,7 @@ PROJECTED_TOPICS = (
     "strategies.candidates",
     "discovery.progress",
     "strategies.lifecycle",
+    "portfolio.targets",
 )
 
 
@@ -168,6 +171,7 @@ class ProjectionSink:
         candidates = candidates_projection(pool, redis)
         progress = progress_projection(pool, redis)
         lifecycle = LifecycleProjection(pool, redis)
+        portfolio = PortfolioProjection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -178,7 +182,11 @@ class ProjectionSink:
         def project_events(
             name: str,
             schema: str | tuple[str, ...],
-            projection: EventProjection | CorrelationProjection | AlertsProjection | LifecycleProjection,
+            projection: EventProjection
+            | CorrelationProjection
+            | AlertsProjection
+            | LifecycleProjection
+            | PortfolioProjection,
         ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
@@ -213,6 +221,7 @@ class ProjectionSink:
             "strategies.candidates": Route(CANDIDATES, project_events(CANDIDATES, CANDIDATE_SCHEMA, candidates)),
             "discovery.progress": Route(PROGRESS, project_events(PROGRESS, PROGRESS_SCHEMA, progress)),
             "strategies.lifecycle": Route(LIFECYCLE, project_events(LIFECYCLE, LIFECYCLE_SCHEMAS, lifecycle)),
+            "portfolio.targets": Route(PORTFOLIO, project_events(PORTFOLIO, PORTFOLIO_SCHEMA, portfolio)),
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

@@ -22,6 +22,7 @@ from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.discover_cli import discover_app, query_strategies, strategy_app
 from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.lifecycle_cli import lifecycle_app
+from tidemark.portfolio_cli import portfolio_app
 from tidemark.stack import stack_app
 from tidemark.status import status_command
 from tidemark.topics import topics_app
@@ -40,6 +41,7 @@ app.add_typer(query_app, name="query")
 plot_app = typer.Typer(help="Pictures of the projections.", no_args_is_help=True)
 app.add_typer(discover_app, name="discover")
 app.add_typer(lifecycle_app, name="lifecycle")
+app.add_typer(portfolio_app, name="portfolio")
 app.add_typer(strategy_app, name="strategy")
 query_app.command("strategies")(query_strategies)
 app.add_typer(plot_app, name="plot")
