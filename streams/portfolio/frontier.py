@@ -22,7 +22,7 @@ class Frontier:
 def highest_return(mu: pd.Series, bounds: list[tuple[float, float]]) -> float:
     """The largest expected return weights within ``bounds`` summing to 1 can reach: every lower bound, then the
     rest to the best strategies first, each up to its upper bound."""
-    weights = np.array([low for low, _ in bounds])
+    weights = np.array([low for low, _ in bounds], dtype=np.float64)
     room = 1.0 - weights.sum()
     for i in np.argsort(-mu.to_numpy(), kind="stable"):
         add = min(bounds[i][1] - weights[i], room)
