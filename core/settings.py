@@ -358,6 +358,44 @@ class LifecycleSettings(Section):
     )
 
 
+class PortfolioSettings(Section):
+    """How the portfolio agent weighs the live strategies of its account and when it proposes a rebalance."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_PORTFOLIO_")
+
+    account: str = Field(
+        "paper", description="account the portfolio is built for (broker.account reports of others are ignored)"
+    )
+    objective: Literal["max_sharpe", "min_volatility", "efficient_risk", "efficient_return", "min_cvar", "hrp"] = Field(
+        "max_sharpe", description="what the optimiser maximises or minimises"
+    )
+    max_weight: float = Field(0.5, gt=0, le=1, description="largest weight of one strategy")
+    min_strategies: int = Field(5, ge=1, description="fewest strategies held; with fewer the targets stay as they were")
+    bounds: CommaList = Field(
+        default_factory=list, description="user bounds per strategy as ID=LOW:HIGH, comma separated (inside 0..max)"
+    )
+    capital: float = Field(
+        100_000.0, gt=0, description="capital of the simulated account, used while no broker.account report is known"
+    )
+    lookback_sessions: int = Field(252, ge=2, description="latest sessions of realised returns the optimiser sees")
+    min_sessions: int = Field(20, ge=2, description="sessions of realised returns a live strategy needs to be weighted")
+    refresh_every_s: float = Field(
+        900.0, gt=0, description="seconds between refreshes of the strategy correlations and the weights"
+    )
+    market_hours_only: bool = Field(True, description="refresh only while the NYSE session is open")
+    rebalance_band: float = Field(
+        0.05, ge=0, description="a refresh proposes new targets only when a weight moved by more than this"
+    )
+    correlation_threshold: float = Field(
+        0.8, gt=-1, le=1, description="correlation between two held strategies above which an alert is raised"
+    )
+    pause_after_targets: int = Field(
+        0, ge=0, description="fault drills only: the portfolio agent stops after publishing this many targets"
+    )
+
+    _lists = field_validator("bounds", mode="before")(_split)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "kafka": KafkaSettings,
     "processing": ProcessingSettings,
@@ -369,6 +407,7 @@ SECTIONS: dict[str, type[Section]] = {
     "costs": CostSettings,
     "discovery": DiscoverySettings,
     "lifecycle": LifecycleSettings,
+    "portfolio": PortfolioSettings,
 }
 
 
@@ -402,6 +441,7 @@ class Settings(BaseSettings):
     costs: CostSettings = Field(default_factory=CostSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:

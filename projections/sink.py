@@ -59,6 +59,8 @@ from projections.lifecycle import (
 )
 from projections.lifecycle import SCHEMAS as LIFECYCLE_SCHEMAS
 from projections.offsets import applied_offsets
+from projections.portfolio import PORTFOLIO, PortfolioProjection
+from projections.portfolio import SCHEMA as PORTFOLIO_SCHEMA
 from projections.redis_store import RedisProjection
 from projections.rotation import (
     ROTATION_PROJECTION,
@@ -89,6 +91,7 @@ PROJECTED_TOPICS = (
     "discovery.progress",
     "strategies.lifecycle",
     "strategies.performance",
+    "portfolio.targets",
 )
 
 
@@ -176,6 +179,7 @@ class ProjectionSink:
         progress = progress_projection(pool, redis)
         lifecycle = LifecycleProjection(pool, redis)
         performance = performance_projection(pool, redis)
+        portfolio = PortfolioProjection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -186,7 +190,11 @@ class ProjectionSink:
         def project_events(
             name: str,
             schema: str | tuple[str, ...],
-            projection: EventProjection | CorrelationProjection | AlertsProjection | LifecycleProjection,
+            projection: EventProjection
+            | CorrelationProjection
+            | AlertsProjection
+            | LifecycleProjection
+            | PortfolioProjection,
         ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
@@ -222,6 +230,7 @@ class ProjectionSink:
             "discovery.progress": Route(PROGRESS, project_events(PROGRESS, PROGRESS_SCHEMA, progress)),
             "strategies.lifecycle": Route(LIFECYCLE, project_events(LIFECYCLE, LIFECYCLE_SCHEMAS, lifecycle)),
             "strategies.performance": Route(PERFORMANCE, project_events(PERFORMANCE, PERFORMANCE_SCHEMA, performance)),
+            "portfolio.targets": Route(PORTFOLIO, project_events(PORTFOLIO, PORTFOLIO_SCHEMA, portfolio)),
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

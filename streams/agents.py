@@ -1,4 +1,4 @@
-"""The Faust app of the domain agents (lifecycle now; portfolio, rebalancer and risk to come): low-rate streams
+"""The Faust app of the domain agents (lifecycle and portfolio now; rebalancer and risk to come): low-rate streams
 with state in Faust tables.
 
 Faust runs with ``processing_guarantee="at_least_once"`` (its exactly-once mode has open defects): a message may
@@ -9,10 +9,19 @@ bytes, decoded by the project's registry: Faust's serializers see raw bytes only
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
+from core.consumed import Consumed
+from core.deadletter import dead_letter_messages
 from core.settings import Settings
 from schemas.catalogue import KEYED_PARTITIONS
+from schemas.codec import get_registry
+
+log = logging.getLogger("tidemark.agents")
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+"""Topic options of every agent's topics: bytes in and out, the registry encodes and decodes."""
 
 
 def agents_app_id(settings: Settings) -> str:
@@ -42,3 +51,12 @@ def create_app(settings: Settings, store: str = "memory://") -> faust.App:
         web_enabled=False,
         datadir=str(datadir),
     )
+
+
+async def dead_letter(dlq: faust.TopicT, event: faust.types.EventT, processor: str, exc: Exception) -> None:
+    """An input an agent cannot decode, to ``dlq`` with its bytes, coordinates and the reason."""
+    message = event.message
+    record = Consumed(message.topic, message.partition, message.offset, message.key, message.value)
+    log.warning("%s: %s[%d]@%d dead-lettered: %s", processor, record.topic, record.partition, record.offset, exc)
+    for key, value in dead_letter_messages(get_registry(), [record], [(0, str(exc))], processor, "DecodeError"):
+        await dlq.send(key=key, value=value)

@@ -22,6 +22,7 @@ from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.discover_cli import discover_app, query_strategies, strategy_app
 from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.lifecycle_cli import lifecycle_app
+from tidemark.portfolio_cli import portfolio_app
 from tidemark.stack import stack_app
 from tidemark.status import status_command
 from tidemark.topics import topics_app
@@ -40,6 +41,7 @@ app.add_typer(query_app, name="query")
 plot_app = typer.Typer(help="Pictures of the projections.", no_args_is_help=True)
 app.add_typer(discover_app, name="discover")
 app.add_typer(lifecycle_app, name="lifecycle")
+app.add_typer(portfolio_app, name="portfolio")
 app.add_typer(strategy_app, name="strategy")
 query_app.command("strategies")(query_strategies)
 app.add_typer(plot_app, name="plot")
@@ -133,15 +135,18 @@ def worker(
 @app.command()
 def agents(loglevel: str = typer.Option("info", help="log level: critical, error, warning, info, debug")) -> None:
     """Run the domain agents (Faust): the strategy lifecycle, answering candidates and lifecycle commands with
-    transitions or rejections on strategies.lifecycle. SIGTERM stops it; its state returns from the changelog."""
+    transitions or rejections on strategies.lifecycle; and the portfolio, re-optimising the live strategies' weights
+    on every rotation (portfolio.targets). SIGTERM stops it; its state returns from the changelog."""
     import faust
 
     from streams.agents import create_app
-    from streams.lifecycle.agent import install
+    from streams.lifecycle.agent import install as install_lifecycle
+    from streams.portfolio.agent import install as install_portfolio
 
     settings = get_settings()
     agents_app = create_app(settings)
-    install(agents_app, settings)
+    install_lifecycle(agents_app, settings)
+    install_portfolio(agents_app, settings)
     faust.Worker(agents_app, loglevel=loglevel.upper()).execute_from_commandline()
 
 

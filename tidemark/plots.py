@@ -1,4 +1,5 @@
-"""Pictures for people who would rather look than read: the correlation matrix as a clustered heat map."""
+"""Pictures for people who would rather look than read: the correlation matrix as a clustered heat map, a strategy's
+complexity curve, the portfolio's efficient frontier."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from projections.correlations import leaf_order
 from projections.read import CorrelationView
+from streams.portfolio.frontier import Frontier
 
 # Up to this many symbols every row and column is labelled; beyond, the map is left to speak through its blocks.
 _LABELLED = 80
@@ -80,6 +82,27 @@ def strategy_plot(candidate: dict[str, Any], equity: np.ndarray, path: Path) -> 
         fontsize=9,
     )
     right.set_xlabel(f"{candidate['timeframe']} bars")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def frontier_plot(found: Frontier, chosen: tuple[float, float] | None, title: str, path: Path) -> None:
+    """The efficient frontier (annual volatility against expected return), each strategy alone as a labelled point,
+    and the portfolio the optimiser chose as a star."""
+    figure, axes = plt.subplots(figsize=(8, 6), dpi=110)
+    if found.points:
+        axes.plot(*zip(*found.points, strict=True), "-", linewidth=1.5, label="efficient frontier")
+    vols, rets = zip(*found.assets.values(), strict=True)
+    axes.scatter(vols, rets, s=22, color="grey", label="strategies")
+    for name, (vol, ret) in found.assets.items():
+        axes.annotate(name, (vol, ret), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if chosen is not None:
+        axes.plot(chosen[0], chosen[1], "r*", markersize=16, label="chosen portfolio")
+    axes.set_xlabel("annual volatility")
+    axes.set_ylabel("annual expected return (net)")
+    axes.set_title(title, fontsize=10)
+    axes.legend()
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

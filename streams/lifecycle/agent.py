@@ -19,12 +19,11 @@ from typing import Any
 
 import faust
 
-from core.consumed import Consumed
-from core.deadletter import dead_letter_messages
 from core.events import common_fields, deterministic_event_id
 from core.settings import Settings
 from schemas.catalogue import KEYED_PARTITIONS
 from schemas.codec import DecodeError, get_registry
+from streams.agents import RAW, dead_letter
 from streams.lifecycle.machine import (
     Rules,
     State,
@@ -197,12 +196,11 @@ def install(app: faust.App, settings: Settings) -> None:
     registry = get_registry()
     rules = rules_of(settings)
     pause_after = settings.lifecycle.pause_after_commands
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    candidates = app.topic(settings.topic("strategies.candidates"), **raw)
-    commands = app.topic(settings.topic("strategies.commands"), **raw)
-    lifecycle = app.topic(settings.topic("strategies.lifecycle"), **raw)
-    alerts = app.topic(settings.topic("alerts"), **raw)
-    dlq = app.topic(settings.topic("dlq"), **raw)
+    candidates = app.topic(settings.topic("strategies.candidates"), **RAW)
+    commands = app.topic(settings.topic("strategies.commands"), **RAW)
+    lifecycle = app.topic(settings.topic("strategies.lifecycle"), **RAW)
+    alerts = app.topic(settings.topic("alerts"), **RAW)
+    dlq = app.topic(settings.topic("dlq"), **RAW)
     table = app.Table(
         "lifecycle-state",
         partitions=KEYED_PARTITIONS,
@@ -210,20 +208,13 @@ def install(app: faust.App, settings: Settings) -> None:
     )
     answered = 0
 
-    async def dead_letter(event: faust.types.EventT, processor: str, exc: Exception) -> None:
-        message = event.message
-        record = Consumed(message.topic, message.partition, message.offset, message.key, message.value)
-        log.warning("%s: %s[%d]@%d dead-lettered: %s", processor, record.topic, record.partition, record.offset, exc)
-        for key, value in dead_letter_messages(registry, [record], [(0, str(exc))], processor, "DecodeError"):
-            await dlq.send(key=key, value=value)
-
     @app.agent(candidates, name="lifecycle-candidates")
     async def from_candidates(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:
                 candidate = registry.decode_as(CANDIDATE_SCHEMA, event.value)
             except DecodeError as exc:
-                await dead_letter(event, "lifecycle.candidates", exc)
+                await dead_letter(dlq, event, "lifecycle.candidates", exc)
                 continue
             for command in candidate_commands(candidate, candidate["ts_event"]):
                 await commands.send(key=command["strategy_id"].encode(), value=registry.encode(COMMAND_SCHEMA, command))
@@ -235,7 +226,7 @@ def install(app: faust.App, settings: Settings) -> None:
             try:
                 record = registry.decode_as(COMMAND_SCHEMA, event.value)
             except DecodeError as exc:
-                await dead_letter(event, "lifecycle.commands", exc)
+                await dead_letter(dlq, event, "lifecycle.commands", exc)
                 continue
             sid = record["strategy_id"]
             entry, value, again = answer(table.get(sid), record, rules)
