@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 
 import asyncpg
+import numpy as np
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,6 +27,7 @@ from projections import read
 from projections.migrations import apply_migrations
 from projections.sink import PROJECTED_TOPICS
 from streams.agents import agents_app_id
+from streams.lifecycle.performance import due
 from tidemark.topics import delete_prefixed_topics
 
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -32,8 +35,9 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 
 PAPER_SESSIONS = 10
 """The demo's paper period (20 sessions by default): a strategy may go live after 10 paper sessions."""
-LIVE_SESSIONS = 60
-"""Sessions at the end of the daily file replayed after discovery, as the bars that arrive while strategies trade."""
+LIVE_SESSIONS = 80
+"""Sessions at the end of the daily file replayed after discovery, as the bars that arrive while strategies trade
+(16 weeks: a weekly strategy books 14 whole ones, enough for its 10-period paper period)."""
 
 
 def demo_settings(base: Settings, universe: list[str]) -> Settings:
@@ -196,10 +200,10 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
     )
     _cli(settings, "query", "strategies", "--limit", "12")
     console.print(_daily_table(daily_regimes))
-    _cli(settings, "lifecycle", "history", "momentum-DTREND")
+    _cli(settings, "lifecycle", "history", "momentum-DTREND-")
     console.rule("[bold]Live strategies and the portfolio")
     _cli(settings, "query", "strategies", "--state", "live")
-    _cli(settings, "lifecycle", "performance", "momentum-DTREND", "--limit", "5")
+    _cli(settings, "lifecycle", "performance", "momentum-DTREND-", "--limit", "5")
     _cli(settings, "portfolio", "show")
     frontier = settings.state_dir / "demo-frontier.png"
     _cli(settings, "portfolio", "frontier", "--plot", str(frontier))
@@ -232,10 +236,10 @@ def next_commands(plot: Path, frontier: Path) -> list[str]:
             "query stats SPY EURUSD --json",
             "query strategies --state passed",
             "query strategies --state paper",
-            f"strategy show momentum-DTREND --plot {plot}",
+            f"strategy show momentum-DTREND- --plot {plot}",
             "query strategies --state live",
-            "lifecycle history momentum-DTREND",
-            "lifecycle performance momentum-DTREND",
+            "lifecycle history momentum-DTREND-",
+            "lifecycle performance momentum-DTREND-",
             "portfolio show",
             f"portfolio frontier --plot {frontier}",
             "discover status",
@@ -301,7 +305,8 @@ def _discover(
             soft_wrap=True,
         )
         _cli(settings, "ingest", "replay", str(live_csv), *replay)
-        _wait_for_paper(settings, LIVE_SESSIONS, timeout)
+        live_starts = [pd.Timestamp(day, tz="America/New_York").value for day in frame["date"].iloc[-LIVE_SESSIONS:]]
+        _wait_for_paper(settings, live_starts, timeout)
     finally:
         for helper in helpers:
             helper.terminate()
@@ -342,29 +347,35 @@ def _wait_for_lifecycle(settings: Settings, timeout: float) -> None:
     raise typer.Exit(f"the lifecycle had not answered every candidate after {timeout:.0f}s")
 
 
-def _wait_for_paper(settings: Settings, sessions: int, timeout: float) -> None:
-    """Until every daily Paper or Live strategy has booked the live sessions, and the sink has projected the
-    portfolio's answer to the last promotion (targets, or the alert that there are too few strategies)."""
+def _wait_for_paper(settings: Settings, live_starts: list[int], timeout: float) -> None:
+    """Until every Paper or Live strategy has booked the periods the live bars complete (``due``, as the runner
+    counts them), and the sink has projected the portfolio's answer to each promotion (targets and their alert, or
+    an alert saying why there are none)."""
 
     async def done() -> bool:
         conn = await asyncpg.connect(settings.postgres_dsn)
         try:
-            waiting = await conn.fetchval(
+            booked = await conn.fetch(
                 """
-                SELECT count(*) FROM strategy_states s JOIN strategy_candidates c USING (strategy_id)
-                WHERE s.state IN ('PAPER', 'LIVE') AND c.timeframe = '1d' AND (
-                    SELECT count(*) FROM strategy_performance p WHERE p.strategy_id = s.strategy_id) < $1
-                """,
-                sessions,
+                SELECT c.timeframe, c.data_end,
+                       (SELECT count(*) FROM strategy_performance p WHERE p.strategy_id = s.strategy_id) AS periods
+                FROM strategy_states s JOIN strategy_candidates c USING (strategy_id)
+                WHERE s.state IN ('PAPER', 'LIVE') AND c.timeframe IN ('1d', '1w')
+                """
             )
             promoted = await conn.fetchval(
                 "SELECT count(*) FROM strategy_transitions WHERE to_state = 'LIVE' AND accepted"
             )
-            # The portfolio agent answers each promotion with targets and their alert, or an alert saying why not.
             answered = await conn.fetchval("SELECT count(*) FROM alerts WHERE kind LIKE 'portfolio.%'")
-            return bool(waiting == 0 and answered >= promoted)
         finally:
             await conn.close()
+        for row in booked:
+            end = int(row["data_end"].timestamp() * 1e9)
+            after = [s for s in live_starts if s > end]
+            expected = len(due(row["timeframe"], after, np.zeros((len(after), 1)), live_starts[-1], end)[0])
+            if row["periods"] < expected:
+                return False
+        return bool(answered >= promoted)
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

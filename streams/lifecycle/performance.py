@@ -34,9 +34,11 @@ from streams.strategies import FAMILIES, Bars, Family
 
 Float64 = npt.NDArray[np.float64]
 
-BOOKED_TIMEFRAMES = frozenset({"1d"})
-"""Timeframes the runner books: daily strategies on daily bars. Intraday and weekly candidates stay in Paper
-unbooked (the runner says so once per strategy)."""
+BOOKED_TIMEFRAMES = frozenset({"1d", "1w"})
+"""Timeframes the runner books, from daily bars. Intraday candidates stay in Paper unbooked (the runner says so
+once per strategy)."""
+BARS_PER_WEEK = 5
+NS_PER_DAY = 86_400_000_000_000
 MIN_SHARPE_SESSIONS = 10
 """Sessions before a rolling Sharpe ratio is reported: fewer give a standard error above one a year."""
 
@@ -51,6 +53,7 @@ class Recipe:
 
     strategy_id: str
     candidate_id: str
+    timeframe: str
     family: Family
     params: Mapping[str, float]
     symbols: tuple[str, ...]
@@ -69,6 +72,8 @@ def recipe_of(candidate: Mapping[str, Any]) -> Recipe:
     if family is None:
         raise Unbookable(f"unknown family {candidate['family']!r}")
     bars_per_year = SESSIONS_PER_YEAR[market_of(candidate["asset_class"])]
+    if candidate["timeframe"] == "1w":
+        bars_per_year /= BARS_PER_WEEK
     sharpe = float(candidate["sharpe_out_of_sample"])
     se = candidate.get("sharpe_out_of_sample_se")
     if se is None:  # an older candidate: Lo's standard error over the span of its history
@@ -77,6 +82,7 @@ def recipe_of(candidate: Mapping[str, Any]) -> Recipe:
     return Recipe(
         candidate["strategy_id"],
         candidate["event_id"],
+        candidate["timeframe"],
         family,
         {name: float(value) for name, value in candidate["params"].items()},
         tuple(candidate["symbols"]),
@@ -87,6 +93,51 @@ def recipe_of(candidate: Mapping[str, Any]) -> Recipe:
         sharpe,
         float(se),
     )
+
+
+def week_of(start_ns: int) -> int:
+    """The week a daily bar falls in, Monday first (1970-01-01 was a Thursday), as the backtest's history labels it."""
+    return (start_ns // NS_PER_DAY + 3) // 7
+
+
+def last_per_week(starts: Sequence[int], closes: Float64) -> tuple[list[int], Float64]:
+    """Daily rows (closes carried forward) as weekly ones: each week's last row, as the backtest's history has it."""
+    keep = [i for i, start in enumerate(starts) if i + 1 == len(starts) or week_of(starts[i + 1]) != week_of(start)]
+    return [starts[i] for i in keep], closes[keep]
+
+
+@dataclass(frozen=True)
+class Due:
+    """A period ready to book: its first and last daily bar starts and the legs' closes at its end."""
+
+    first_ns: int
+    last_ns: int
+    closes: Float64
+
+
+def due(
+    timeframe: str, starts: Sequence[int], closes: Float64, through_ns: int, history_end_ns: int
+) -> tuple[list[Due], int | None]:
+    """The periods among the daily rows (after the last one consumed) that can be booked, and the start of the last
+    row they consume. A daily row is a period. A week is booked once every leg has printed in a later week
+    (``through_ns`` is the latest start all legs reached); the rest of the week the backtest's data ended in is
+    consumed unbooked, since the backtest saw that week's close as of its last day."""
+    if timeframe == "1d":
+        return [Due(s, s, closes[i]) for i, s in enumerate(starts)], (starts[-1] if starts else None)
+    complete, cut = week_of(through_ns), week_of(history_end_ns)
+    out: list[Due] = []
+    consumed: int | None = None
+    first = 0
+    for i, start in enumerate(starts):
+        week = week_of(start)
+        if week >= complete:
+            break
+        if i + 1 < len(starts) and week_of(starts[i + 1]) == week:
+            continue
+        if week != cut:
+            out.append(Due(starts[first], start, closes[i]))
+        consumed, first = start, i + 1
+    return out, consumed
 
 
 def sharpe_se(per_bar_sharpe: float, count: float, bars_per_year: float) -> float:
@@ -158,17 +209,19 @@ class StrategyRun:
         r = self.recipe
         self._book = PaperBook(r.family, r.params, r.cost_per_unit, r.bars_per_year)
 
-    @property
-    def last_start_ns(self) -> int | None:
-        """The last row the run has taken (warm-up or booked)."""
-        return self._rows[-1] if self._rows else None
+    consumed_ns: int | None = None
+    """The start of the last daily row the run has taken (warm-up, booked, or passed over)."""
 
     def warm(self, starts: Sequence[int], closes: Float64) -> None:
-        """The backtest's history, rows up to and including ``data_end_ns``, at once."""
+        """The backtest's history at once: daily rows up to and including ``data_end_ns``, on the strategy's
+        timeframe."""
+        if self.recipe.timeframe == "1w":
+            starts, closes = last_per_week(starts, closes)
         self._rows.extend(starts)
         self._closes.extend(closes)
         self._book.warm(closes, np.zeros(len(starts), dtype=np.bool_))
         self._warm = True
+        self.consumed_ns = self.recipe.data_end_ns
 
     def book(self, start_ns: int, closes: Float64) -> Period:
         """Book the session that starts at ``start_ns`` (carried-forward closes of the legs)."""
@@ -178,6 +231,7 @@ class StrategyRun:
             raise ValueError(f"{self.recipe.strategy_id}: booked while waiting for the answer to {self.awaiting}")
         booked = self._book.on_bar(closes)
         self._rows.append(start_ns)
+        self.consumed_ns = max(self.consumed_ns or start_ns, start_ns)
         self._closes.append(np.asarray(closes, dtype=np.float64))
         self._returns.append(booked.net_return)
         self._state_returns.append(booked.net_return)

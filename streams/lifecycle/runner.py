@@ -36,7 +36,7 @@ from streams.lifecycle.agent import (
     rules_of,
 )
 from streams.lifecycle.machine import State
-from streams.lifecycle.performance import Ask, Period, Recipe, StrategyRun, Unbookable, recipe_of
+from streams.lifecycle.performance import NS_PER_DAY, Ask, Period, Recipe, StrategyRun, Unbookable, due, recipe_of
 
 log = logging.getLogger("tidemark.strategy_runner")
 
@@ -45,7 +45,6 @@ BAR_SCHEMA = "tidemark.marketdata.BarClosed"
 PERFORMANCE_SCHEMA = "tidemark.strategies.StrategyPerformanceRecorded"
 BOOKED = frozenset({State.PAPER, State.LIVE})
 PROGRESS_EVERY_S = 30.0
-NS_PER_DAY = 86_400_000_000_000
 
 
 def runner_id(settings: Settings) -> str:
@@ -100,7 +99,7 @@ class StrategyRunner:
         self._states: dict[str, tuple[State, int, str]] = {}  # strategy -> (state, version, candidate id)
         self._runs: dict[str, StrategyRun] = {}
         self._unbookable: set[str] = set()
-        self._published_through: dict[str, int] = {}  # strategy -> last period start already on the topic
+        self._published_through: dict[str, int] = {}  # strategy -> last period end already on the topic
         self._commands_sent: set[str] = set()
         self._answers: dict[str, tuple[State | None, int | None, str]] = {}  # answers read before their session
         self._outbox: list[tuple[str, str, bytes]] = []
@@ -175,7 +174,7 @@ class StrategyRunner:
             for message in read_range(reader, self.settings.topic("strategies.performance")):
                 event = self._registry.decode_as(PERFORMANCE_SCHEMA, message.value())
                 sid = event["strategy_id"]
-                self._published_through[sid] = max(self._published_through.get(sid, 0), event["period_start_ns"])
+                self._published_through[sid] = max(self._published_through.get(sid, 0), event["period_end_ns"])
             for message in read_range(reader, self.settings.topic("strategies.commands")):
                 event = self._registry.decode_as(COMMAND_SCHEMA, message.value())
                 if event["source"] == SOURCE:
@@ -267,37 +266,42 @@ class StrategyRunner:
             if any(start is None for start in latest):
                 continue
             through = min(start for start in latest if start is not None)
-            if run.last_start_ns is not None and through <= run.last_start_ns:
-                continue
-            if run.last_start_ns is None:
+            if run.consumed_ns is None:
                 if through <= recipe.data_end_ns:
                     continue
                 starts, closes = self._closes.rows(recipe.symbols, recipe.data_start_ns - 1, recipe.data_end_ns)
                 run.warm(starts, closes)
-            starts, closes = self._closes.rows(recipe.symbols, run.last_start_ns, through)
-            for start, row in zip(starts, closes, strict=True):
+            if run.consumed_ns is not None and through <= run.consumed_ns:
+                continue
+            starts, closes = self._closes.rows(recipe.symbols, run.consumed_ns, through)
+            periods, consumed = due(recipe.timeframe, starts, closes, through, recipe.data_end_ns)
+            for period_due in periods:
                 if run.awaiting is not None or sid not in self._runs:
                     break
-                period = run.book(start, row)
+                period = run.book(period_due.last_ns, period_due.closes)
                 self.booked += 1
-                self._record(recipe, period)
+                self._record(recipe, period, period_due.first_ns)
                 ask = run.ask()
                 if ask is not None:
                     run.awaiting = self._command(recipe, ask)
                     if run.awaiting in self._answers:
                         self._answer(sid, run.awaiting, *self._answers.pop(run.awaiting))
+            else:
+                if consumed is not None:  # every due period booked: the rows passed over are consumed too
+                    run.consumed_ns = max(run.consumed_ns or consumed, consumed)
 
-    def _record(self, recipe: Recipe, period: Period) -> None:
-        if period.start_ns <= self._published_through.get(recipe.strategy_id, -1):
-            return
+    def _record(self, recipe: Recipe, period: Period, first_ns: int) -> None:
+        """``period.start_ns`` is its last daily bar's start (its id); ``first_ns`` its first's."""
         end_ns = period.start_ns + NS_PER_DAY
+        if end_ns <= self._published_through.get(recipe.strategy_id, -1):
+            return
         event = {
             **common_fields(
                 SOURCE, end_ns, recipe.candidate_id, deterministic_event_id(SOURCE, recipe.strategy_id, period.start_ns)
             ),
             "strategy_id": recipe.strategy_id,
             "state": period.state.value,
-            "period_start_ns": period.start_ns,
+            "period_start_ns": first_ns,
             "period_end_ns": end_ns,
             "period_return": period.net_return,
             "cumulative_return": period.cumulative_return,
@@ -307,7 +311,7 @@ class StrategyRunner:
             "benchmark_return": None,
             "days_underperforming": period.days_underperforming,
             "trades": period.trades,
-            "interval": "1d",
+            "interval": recipe.timeframe,
             "sessions": period.sessions,
             "cost": period.cost,
             "rolling_sharpe_se": period.rolling_sharpe_se,

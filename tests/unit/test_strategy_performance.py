@@ -9,16 +9,20 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streams.discovery.backtest import net_returns
 from streams.lifecycle.machine import AUTOMATIC_RETIREMENT, Rules, State
 from streams.lifecycle.performance import (
+    NS_PER_DAY,
     Recipe,
     StrategyRun,
     Unbookable,
     annualised_sharpe,
+    due,
+    last_per_week,
     recipe_of,
     sharpe_se,
 )
-from streams.strategies import MOMENTUM
+from streams.strategies import MOMENTUM, Bars
 
 RULES = Rules(
     min_dsr=0.95,
@@ -53,7 +57,7 @@ def candidate(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"timeframe": "1w"}, "not 1w"),
+        ({"timeframe": "1h"}, "not 1h"),
         ({"timeframe": "15m"}, "not 15m"),
         ({"family": "astrology"}, "unknown family 'astrology'"),
     ],
@@ -96,7 +100,7 @@ def test_an_annualised_sharpe_ratio_needs_two_returns_and_some_variation() -> No
 
 
 def a_run(state: State = State.PAPER, rules: Rules = RULES) -> tuple[StrategyRun, np.ndarray]:
-    recipe = Recipe("s", "c", MOMENTUM, {"lookback": 5.0, "entry": 0.25}, ("X",), 2e-4, 252.0, 0, 0, 1.5, 0.6)
+    recipe = Recipe("s", "c", "1d", MOMENTUM, {"lookback": 5.0, "entry": 0.25}, ("X",), 2e-4, 252.0, 0, 0, 1.5, 0.6)
     closes = 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(5e-3, 1e-2, (80, 1)), axis=0))
     run = StrategyRun(recipe, rules, state, 3)
     run.warm(list(range(20)), closes[:20])
@@ -151,3 +155,55 @@ def test_a_new_state_counts_its_sessions_afresh_and_an_old_version_changes_nothi
     )
     run.moved(State.PAPER, 4)  # a redelivered older transition
     assert run.state is State.LIVE
+
+
+MONDAY = 4 * NS_PER_DAY  # 1970-01-05
+
+
+def weekdays(count: int) -> list[int]:
+    """Starts of ``count`` weekdays from a Monday."""
+    return [MONDAY + (week * 7 + day) * NS_PER_DAY for week in range(count // 5 + 1) for day in range(5)][:count]
+
+
+@pytest.mark.parametrize(
+    ("timeframe", "through_day", "history_end_day", "booked", "consumed_day"),
+    [
+        ("1d", 9, 0, [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8), (9, 9)], 9),
+        ("1w", 9, -10, [(0, 4)], 4),  # the second week is booked once a leg prints in the third
+        ("1w", 10, -10, [(0, 4), (5, 9)], 9),
+        ("1w", 10, 2, [(5, 9)], 9),  # the rest of the week the backtest ended in is passed over
+        ("1w", 3, -10, [], None),
+    ],
+)
+def test_periods_are_due_when_every_leg_has_printed_past_them(
+    timeframe: str, through_day: int, history_end_day: int, booked: list[tuple[int, int]], consumed_day: int | None
+) -> None:
+    starts = weekdays(15)
+    rows = [s for s in starts if s <= starts[through_day]]
+    closes = np.arange(len(rows), dtype=np.float64)[:, None]
+    history_end = MONDAY + history_end_day * NS_PER_DAY
+    periods, consumed = due(timeframe, rows, closes, starts[through_day], history_end)
+    day = {s: i for i, s in enumerate(starts)}
+    assert [(day[p.first_ns], day[p.last_ns]) for p in periods] == booked
+    assert [float(p.closes[0]) for p in periods] == [float(last) for _, last in booked]
+    assert (day[consumed] if consumed is not None else None) == consumed_day
+
+
+def test_a_weekly_strategy_booked_week_by_week_equals_the_backtest_on_weekly_closes() -> None:
+    starts = weekdays(400)
+    closes = 100 * np.exp(np.cumsum(np.random.default_rng(3).normal(1e-3, 1e-2, (400, 1)), axis=0))
+    weekly_starts, weekly = last_per_week(starts, closes)
+    assert len(weekly_starts) == 80 and weekly_starts[0] == starts[4]
+    params = {"lookback": 5.0, "entry": 0.25}
+    positions = MOMENTUM.positions(Bars(weekly, np.zeros(80, dtype=np.bool_), 50.4), params)
+    expected, _ = net_returns(positions, weekly, 2e-4)
+
+    history_end = starts[199]  # a Friday: the backtest saw 40 whole weeks
+    recipe = Recipe("s", "c", "1w", MOMENTUM, params, ("X",), 2e-4, 50.4, starts[0], history_end, 1.5, 0.6)
+    run = StrategyRun(recipe, RULES, State.LIVE, 4)
+    run.warm(starts[:200], closes[:200])
+    periods, _ = due("1w", starts[200:], closes[200:], starts[-1], history_end)
+    booked = [run.book(p.last_ns, p.closes) for p in periods]
+    assert len(booked) == 39  # the last week is not complete until a later one starts
+    np.testing.assert_array_equal([b.positions["X"] for b in booked], positions[40:79, 0])
+    np.testing.assert_allclose([b.net_return for b in booked], expected[40:79], rtol=0, atol=1e-15)
