@@ -36,6 +36,13 @@ class PaperBook:
     _session_ends: list[bool] = field(default_factory=list)
     _position: Float64 | None = None
 
+    @property
+    def position(self) -> Float64:
+        """The position held now (flat before the first bar)."""
+        if self._position is None:
+            return np.zeros(self._closes[-1].shape[0] if self._closes else 0)
+        return self._position
+
     def warm(self, closes: Float64, session_ends: npt.NDArray[np.bool_]) -> None:
         """Take the history before the first booked bar at once: the position at its last close is the one the
         signal function gives over it, so the next ``on_bar`` books what the backtest would (one vectorised call

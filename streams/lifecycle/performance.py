@@ -29,7 +29,7 @@ from core.costs import BP
 from core.sessions import SESSIONS_PER_YEAR, market_of
 from streams.discovery.backtest import net_returns
 from streams.lifecycle.machine import AUTOMATIC_RETIREMENT, Rules, State
-from streams.lifecycle.paper import PaperBook
+from streams.lifecycle.paper import Booked, PaperBook
 from streams.strategies import FAMILIES, Bars, Family
 
 Float64 = npt.NDArray[np.float64]
@@ -59,6 +59,8 @@ class Recipe:
     symbols: tuple[str, ...]
     cost_per_unit: float
     bars_per_year: float
+    """Of the strategy's timeframe (its book's bars); its record is per session, annualised by sessions_per_year."""
+    sessions_per_year: float
     data_start_ns: int
     data_end_ns: int
     backtest_sharpe: float
@@ -71,9 +73,8 @@ def recipe_of(candidate: Mapping[str, Any]) -> Recipe:
     family = FAMILIES.get(candidate["family"])
     if family is None:
         raise Unbookable(f"unknown family {candidate['family']!r}")
-    bars_per_year = SESSIONS_PER_YEAR[market_of(candidate["asset_class"])]
-    if candidate["timeframe"] == "1w":
-        bars_per_year /= BARS_PER_WEEK
+    sessions_per_year = SESSIONS_PER_YEAR[market_of(candidate["asset_class"])]
+    bars_per_year = sessions_per_year / (BARS_PER_WEEK if candidate["timeframe"] == "1w" else 1)
     sharpe = float(candidate["sharpe_out_of_sample"])
     se = candidate.get("sharpe_out_of_sample_se")
     if se is None:  # an older candidate: Lo's standard error over the span of its history
@@ -88,6 +89,7 @@ def recipe_of(candidate: Mapping[str, Any]) -> Recipe:
         tuple(candidate["symbols"]),
         float(candidate["cost_bp"]) * BP,
         bars_per_year,
+        sessions_per_year,
         int(candidate["data_start_ns"]),
         int(candidate["data_end_ns"]),
         sharpe,
@@ -108,10 +110,10 @@ def last_per_week(starts: Sequence[int], closes: Float64) -> tuple[list[int], Fl
 
 @dataclass(frozen=True)
 class Due:
-    """A period ready to book: its first and last daily bar starts and the legs' closes at its end."""
+    """A bar of the strategy's timeframe ready to book: the starts and the legs' closes of its sessions (daily rows,
+    closes carried forward); the bar closes at the last."""
 
-    first_ns: int
-    last_ns: int
+    starts: Sequence[int]
     closes: Float64
 
 
@@ -123,7 +125,7 @@ def due(
     (``through_ns`` is the latest start all legs reached); the rest of the week the backtest's data ended in is
     consumed unbooked, since the backtest saw that week's close as of its last day."""
     if timeframe == "1d":
-        return [Due(s, s, closes[i]) for i, s in enumerate(starts)], (starts[-1] if starts else None)
+        return [Due([s], closes[i : i + 1]) for i, s in enumerate(starts)], (starts[-1] if starts else None)
     complete, cut = week_of(through_ns), week_of(history_end_ns)
     out: list[Due] = []
     consumed: int | None = None
@@ -135,7 +137,7 @@ def due(
         if i + 1 < len(starts) and week_of(starts[i + 1]) == week:
             continue
         if week != cut:
-            out.append(Due(starts[first], start, closes[i]))
+            out.append(Due(starts[first : i + 1], closes[first : i + 1]))
         consumed, first = start, i + 1
     return out, consumed
 
@@ -198,8 +200,11 @@ class StrategyRun:
     _book: PaperBook = field(init=False)
     _rows: list[int] = field(default_factory=list)
     _closes: list[Float64] = field(default_factory=list)
-    _returns: list[float] = field(default_factory=list)
+    _bar_returns: list[float] = field(default_factory=list)
+    """Net return of each bar booked in the current state: what the backtest's kernel is compared with."""
     _state_returns: list[float] = field(default_factory=list)
+    """Net return of each session booked in the current state: the record, its Sharpe ratio and drawdown."""
+    _next_ask: int = 0
     _equity: float = 1.0
     _peak: float = 1.0
     _underperforming: int = 0
@@ -223,22 +228,40 @@ class StrategyRun:
         self._warm = True
         self.consumed_ns = self.recipe.data_end_ns
 
-    def book(self, start_ns: int, closes: Float64) -> Period:
-        """Book the session that starts at ``start_ns`` (carried-forward closes of the legs)."""
+    def book(self, bar: Due) -> list[Period]:
+        """Book one bar of the strategy's timeframe, and mark each of its sessions to market: the position held
+        through the bar is fixed in units at its start, so the sessions' returns compound to the bar's gross
+        return exactly; the trade at the bar's close, and its cost, fall in its last session."""
         if not self._warm:
             raise ValueError(f"{self.recipe.strategy_id}: booked before its history was taken")
         if self.awaiting is not None:
             raise ValueError(f"{self.recipe.strategy_id}: booked while waiting for the answer to {self.awaiting}")
-        booked = self._book.on_bar(closes)
-        self._rows.append(start_ns)
-        self.consumed_ns = max(self.consumed_ns or start_ns, start_ns)
-        self._closes.append(np.asarray(closes, dtype=np.float64))
-        self._returns.append(booked.net_return)
-        self._state_returns.append(booked.net_return)
-        self._equity *= 1.0 + booked.net_return
+        held = self._book.position
+        opening = self._closes[-1]
+        booked = self._book.on_bar(bar.closes[-1])
+        self._rows.append(bar.starts[-1])
+        self._closes.append(np.asarray(bar.closes[-1], dtype=np.float64))
+        self._bar_returns.append(booked.net_return)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            moves = np.nan_to_num(bar.closes / opening - 1.0, nan=0.0, posinf=0.0, neginf=0.0)
+        values = 1.0 + moves @ held
+        values[-1] -= booked.cost
+        marks = values / np.concatenate([[1.0], values[:-1]]) - 1.0
+        periods = []
+        for session, (start_ns, mark) in enumerate(zip(bar.starts, marks, strict=True)):
+            last = session == len(bar.starts) - 1
+            position = booked.position if last else held
+            periods.append(self._mark(start_ns, float(mark), booked.cost if last else 0.0, position, booked, last))
+        self.consumed_ns = max(self.consumed_ns or bar.starts[-1], bar.starts[-1])
+        return periods
+
+    def _mark(self, start_ns: int, mark: float, cost: float, position: Float64, booked: Booked, last: bool) -> Period:
+        self._state_returns.append(mark)
+        self._equity *= 1.0 + mark
         self._peak = max(self._peak, self._equity)
         window = np.array(self._state_returns[-self.rules.retire_window_sessions :])
-        rolling = annualised_sharpe(window, self.recipe.bars_per_year) if window.size >= MIN_SHARPE_SESSIONS else None
+        per_year = self.recipe.sessions_per_year
+        rolling = annualised_sharpe(window, per_year) if window.size >= MIN_SHARPE_SESSIONS else None
         if rolling is not None and rolling[0] < self.rules.retire_below_sharpe:
             self._underperforming += 1
         else:
@@ -247,29 +270,30 @@ class StrategyRun:
             self.recipe.strategy_id,
             self.state,
             start_ns,
-            booked.net_return,
-            booked.cost,
+            mark,
+            cost,
             self._equity - 1.0,
             1.0 - self._equity / self._peak,
             rolling[0] if rolling else None,
             rolling[1] if rolling else None,
             len(self._state_returns),
             self._underperforming,
-            int(np.count_nonzero(booked.traded)),
-            dict(zip(self.recipe.symbols, (float(p) for p in booked.position), strict=True)),
+            int(np.count_nonzero(booked.traded)) if last else 0,
+            dict(zip(self.recipe.symbols, (float(p) for p in position), strict=True)),
         )
 
     def ask(self) -> Ask | None:
         """The command the record now calls for, if any (after the session just booked)."""
         sessions = len(self._state_returns)
         last = self._rows[-1]
-        if self.state is State.PAPER and sessions >= self.rules.min_paper_sessions:
-            if sessions % self.rules.min_paper_sessions:
+        if self.state is State.PAPER:
+            if sessions < max(self._next_ask, self.rules.min_paper_sessions):
                 return None
+            self._next_ask = sessions + self.rules.min_paper_sessions  # refused: asked again a paper period later
             return Ask("promote", State.LIVE, self.version, "paper period complete", self._paper_evidence(), last)
         if self.state is State.LIVE and sessions >= self.rules.retire_window_sessions:
             window = np.array(self._state_returns[-self.rules.retire_window_sessions :])
-            measured = annualised_sharpe(window, self.recipe.bars_per_year)
+            measured = annualised_sharpe(window, self.recipe.sessions_per_year)
             trailing = measured[0] if measured else 0.0
             if trailing >= self.rules.retire_below_sharpe:
                 return None
@@ -286,16 +310,18 @@ class StrategyRun:
         """The paper record beside the backtest's: Sharpe ratios with a band that counts both estimates' errors,
         and the tracking error between the book and the backtest's kernel over the same sessions."""
         paper = np.array(self._state_returns)
-        measured = annualised_sharpe(paper, self.recipe.bars_per_year)
+        per_year = self.recipe.sessions_per_year
+        measured = annualised_sharpe(paper, per_year)
         # A flat book has a Sharpe ratio of 0, known to the standard error of as many sessions.
-        paper_sharpe, paper_se = measured or (0.0, sharpe_se(0.0, paper.size, self.recipe.bars_per_year))
+        paper_sharpe, paper_se = measured or (0.0, sharpe_se(0.0, paper.size, per_year))
+        bar_returns = np.array(self._bar_returns)
         closes = np.vstack(self._closes)
         bars = Bars(closes, np.zeros(closes.shape[0], dtype=np.bool_), self.recipe.bars_per_year)
         backtest, _ = net_returns(
             self.recipe.family.positions(bars, self.recipe.params), closes, self.recipe.cost_per_unit
         )
-        gap = paper - backtest[-paper.size :]
-        tracking = float(gap.std(ddof=1) * math.sqrt(self.recipe.bars_per_year)) if paper.size > 1 else 0.0
+        gap = bar_returns - backtest[-bar_returns.size :]
+        tracking = float(gap.std(ddof=1) * math.sqrt(self.recipe.bars_per_year)) if bar_returns.size > 1 else 0.0
         return {
             "paper_sessions": str(paper.size),
             "paper_sharpe": repr(paper_sharpe),
@@ -316,7 +342,7 @@ class StrategyRun:
         if version <= self.version:
             return
         if to_state is not self.state:
-            self._state_returns = []
+            self._state_returns, self._bar_returns, self._next_ask = [], [], 0
             self._equity = self._peak = 1.0
             self._underperforming = 0
         self.state, self.version = to_state, version

@@ -275,12 +275,12 @@ class StrategyRunner:
                 continue
             starts, closes = self._closes.rows(recipe.symbols, run.consumed_ns, through)
             periods, consumed = due(recipe.timeframe, starts, closes, through, recipe.data_end_ns)
-            for period_due in periods:
+            for bar in periods:
                 if run.awaiting is not None or sid not in self._runs:
                     break
-                period = run.book(period_due.last_ns, period_due.closes)
-                self.booked += 1
-                self._record(recipe, period, period_due.first_ns)
+                for period in run.book(bar):
+                    self.booked += 1
+                    self._record(recipe, period)
                 ask = run.ask()
                 if ask is not None:
                     run.awaiting = self._command(recipe, ask)
@@ -290,8 +290,8 @@ class StrategyRunner:
                 if consumed is not None:  # every due period booked: the rows passed over are consumed too
                     run.consumed_ns = max(run.consumed_ns or consumed, consumed)
 
-    def _record(self, recipe: Recipe, period: Period, first_ns: int) -> None:
-        """``period.start_ns`` is its last daily bar's start (its id); ``first_ns`` its first's."""
+    def _record(self, recipe: Recipe, period: Period) -> None:
+        """One session, marked to market (a weekly strategy's sessions are published when its week is booked)."""
         end_ns = period.start_ns + NS_PER_DAY
         if end_ns <= self._published_through.get(recipe.strategy_id, -1):
             return
@@ -301,7 +301,7 @@ class StrategyRunner:
             ),
             "strategy_id": recipe.strategy_id,
             "state": period.state.value,
-            "period_start_ns": first_ns,
+            "period_start_ns": period.start_ns,
             "period_end_ns": end_ns,
             "period_return": period.net_return,
             "cumulative_return": period.cumulative_return,
@@ -311,7 +311,7 @@ class StrategyRunner:
             "benchmark_return": None,
             "days_underperforming": period.days_underperforming,
             "trades": period.trades,
-            "interval": recipe.timeframe,
+            "interval": "1d",
             "sessions": period.sessions,
             "cost": period.cost,
             "rolling_sharpe_se": period.rolling_sharpe_se,

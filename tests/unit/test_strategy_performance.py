@@ -13,6 +13,7 @@ from streams.discovery.backtest import net_returns
 from streams.lifecycle.machine import AUTOMATIC_RETIREMENT, Rules, State
 from streams.lifecycle.performance import (
     NS_PER_DAY,
+    Due,
     Recipe,
     StrategyRun,
     Unbookable,
@@ -100,7 +101,8 @@ def test_an_annualised_sharpe_ratio_needs_two_returns_and_some_variation() -> No
 
 
 def a_run(state: State = State.PAPER, rules: Rules = RULES) -> tuple[StrategyRun, np.ndarray]:
-    recipe = Recipe("s", "c", "1d", MOMENTUM, {"lookback": 5.0, "entry": 0.25}, ("X",), 2e-4, 252.0, 0, 0, 1.5, 0.6)
+    params = {"lookback": 5.0, "entry": 0.25}
+    recipe = Recipe("s", "c", "1d", MOMENTUM, params, ("X",), 2e-4, 252.0, 252.0, 0, 0, 1.5, 0.6)
     closes = 100 * np.exp(np.cumsum(np.random.default_rng(1).normal(5e-3, 1e-2, (80, 1)), axis=0))
     run = StrategyRun(recipe, rules, state, 3)
     run.warm(list(range(20)), closes[:20])
@@ -111,7 +113,7 @@ def test_paper_asks_for_live_after_each_full_paper_period_with_its_record() -> N
     run, closes = a_run()
     asks = []
     for t in range(20, 31):
-        period = run.book(t, closes[t])
+        (period,) = run.book(Due([t], closes[t : t + 1]))
         asks.append((period.sessions, run.ask()))
     promotions = [(sessions, ask) for sessions, ask in asks if ask is not None]
     assert [sessions for sessions, _ in promotions] == [5, 10]
@@ -126,7 +128,7 @@ def test_paper_asks_for_live_after_each_full_paper_period_with_its_record() -> N
 def test_live_asks_to_retire_when_the_trailing_window_is_below_the_rule(threshold: float, retires: bool) -> None:
     rules = Rules(**{**RULES.__dict__, "retire_below_sharpe": threshold})
     run, closes = a_run(State.LIVE, rules)
-    asks = [(run.book(t, closes[t]), run.ask()) for t in range(20, 28)]
+    asks = [(run.book(Due([t], closes[t : t + 1]))[0], run.ask()) for t in range(20, 28)]
     assert all(ask is None for _, ask in asks[:-1])  # the window is not full before 8 live sessions
     ask = asks[-1][1]
     assert (ask is not None) == retires
@@ -141,13 +143,13 @@ def test_live_asks_to_retire_when_the_trailing_window_is_below_the_rule(threshol
 def test_a_new_state_counts_its_sessions_afresh_and_an_old_version_changes_nothing() -> None:
     run, closes = a_run()
     for t in range(20, 25):
-        run.book(t, closes[t])
+        run.book(Due([t], closes[t : t + 1]))
     run.awaiting = "cmd"
     with pytest.raises(ValueError, match="waiting for the answer"):
-        run.book(25, closes[25])
+        run.book(Due([25], closes[25:26]))
     run.answered(State.LIVE, 4)
     assert (run.state, run.version, run.awaiting) == (State.LIVE, 4, None)
-    period = run.book(25, closes[25])
+    (period,) = run.book(Due([25], closes[25:26]))
     assert (period.state, period.sessions, period.cumulative_return) == (
         State.LIVE,
         1,
@@ -184,8 +186,8 @@ def test_periods_are_due_when_every_leg_has_printed_past_them(
     history_end = MONDAY + history_end_day * NS_PER_DAY
     periods, consumed = due(timeframe, rows, closes, starts[through_day], history_end)
     day = {s: i for i, s in enumerate(starts)}
-    assert [(day[p.first_ns], day[p.last_ns]) for p in periods] == booked
-    assert [float(p.closes[0]) for p in periods] == [float(last) for _, last in booked]
+    assert [(day[p.starts[0]], day[p.starts[-1]]) for p in periods] == booked
+    assert [float(p.closes[-1, 0]) for p in periods] == [float(last) for _, last in booked]
     assert (day[consumed] if consumed is not None else None) == consumed_day
 
 
@@ -199,11 +201,15 @@ def test_a_weekly_strategy_booked_week_by_week_equals_the_backtest_on_weekly_clo
     expected, _ = net_returns(positions, weekly, 2e-4)
 
     history_end = starts[199]  # a Friday: the backtest saw 40 whole weeks
-    recipe = Recipe("s", "c", "1w", MOMENTUM, params, ("X",), 2e-4, 50.4, starts[0], history_end, 1.5, 0.6)
+    recipe = Recipe("s", "c", "1w", MOMENTUM, params, ("X",), 2e-4, 50.4, 252.0, starts[0], history_end, 1.5, 0.6)
     run = StrategyRun(recipe, RULES, State.LIVE, 4)
     run.warm(starts[:200], closes[:200])
-    periods, _ = due("1w", starts[200:], closes[200:], starts[-1], history_end)
-    booked = [run.book(p.last_ns, p.closes) for p in periods]
-    assert len(booked) == 39  # the last week is not complete until a later one starts
-    np.testing.assert_array_equal([b.positions["X"] for b in booked], positions[40:79, 0])
-    np.testing.assert_allclose([b.net_return for b in booked], expected[40:79], rtol=0, atol=1e-15)
+    weeks, _ = due("1w", starts[200:], closes[200:], starts[-1], history_end)
+    assert len(weeks) == 39  # the last week is not complete until a later one starts
+    sessions = [run.book(week) for week in weeks]
+    assert [len(week) for week in sessions] == [5] * 39  # each session marked to market
+    np.testing.assert_array_equal([week[-1].positions["X"] for week in sessions], positions[40:79, 0])
+    np.testing.assert_array_equal([week[0].positions["X"] for week in sessions], positions[39:78, 0])  # held
+    compounded = [np.prod([1 + s.net_return for s in week]) - 1 for week in sessions]
+    np.testing.assert_allclose(compounded, expected[40:79], rtol=0, atol=1e-14)
+    assert all(s.cost == 0 for week in sessions for s in week[:-1])  # the trade is at the week's close
