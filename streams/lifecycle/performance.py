@@ -30,6 +30,7 @@ from core.sessions import SESSIONS_PER_YEAR, market_of
 from streams.discovery.backtest import net_returns
 from streams.lifecycle.machine import AUTOMATIC_RETIREMENT, Rules, State
 from streams.lifecycle.paper import Booked, PaperBook
+from streams.patterns.stats import sharpe_moments, sharpe_standard_error
 from streams.strategies import FAMILIES, Bars, Family
 
 Float64 = npt.NDArray[np.float64]
@@ -79,7 +80,7 @@ def recipe_of(candidate: Mapping[str, Any]) -> Recipe:
     se = candidate.get("sharpe_out_of_sample_se")
     if se is None:  # an older candidate: Lo's standard error over the span of its history
         years = (candidate["data_end_ns"] - candidate["data_start_ns"]) / (365.25 * 86_400e9)
-        se = sharpe_se(sharpe / math.sqrt(bars_per_year), max(years * bars_per_year, 2.0), bars_per_year)
+        se = normal_sharpe_se(sharpe / math.sqrt(bars_per_year), max(years * bars_per_year, 2.0), bars_per_year)
     return Recipe(
         candidate["strategy_id"],
         candidate["event_id"],
@@ -142,20 +143,22 @@ def due(
     return out, consumed
 
 
-def sharpe_se(per_bar_sharpe: float, count: float, bars_per_year: float) -> float:
-    """Lo (2002), IID returns: the annualised standard error of a Sharpe ratio estimated over ``count`` bars."""
-    return math.sqrt((1.0 + 0.5 * per_bar_sharpe**2) / count) * math.sqrt(bars_per_year)
+def normal_sharpe_se(per_bar_sharpe: float, count: float, bars_per_year: float) -> float:
+    """The annualised standard error of a Sharpe ratio over ``count`` bars of normal returns (Lo 2002): where
+    there are no returns to measure skew and kurtosis on."""
+    return float(sharpe_standard_error(np.array([1.0 + 0.5 * per_bar_sharpe**2]), count, bars_per_year)[0])
 
 
 def annualised_sharpe(returns: Float64, bars_per_year: float) -> tuple[float, float] | None:
-    """Sharpe ratio and its standard error, annualised; None when too short or flat."""
-    if returns.size < 2:
+    """Sharpe ratio and its standard error (Mertens 2002, as the candidates' out-of-sample figures), annualised;
+    None when too short or flat."""
+    if returns.size < 2 or not float(returns.std(ddof=1)) > 0:
         return None
-    sd = float(returns.std(ddof=1))
-    if not sd > 0:
-        return None
-    per_bar = float(returns.mean()) / sd
-    return per_bar * math.sqrt(bars_per_year), sharpe_se(per_bar, returns.size, bars_per_year)
+    sr, factor = sharpe_moments(returns[:, None])
+    se = float(sharpe_standard_error(factor, returns.size, bars_per_year)[0])
+    if not math.isfinite(se):
+        se = normal_sharpe_se(float(sr[0]), returns.size, bars_per_year)
+    return float(sr[0]) * math.sqrt(bars_per_year), se
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,7 @@ class StrategyRun:
         per_year = self.recipe.sessions_per_year
         measured = annualised_sharpe(paper, per_year)
         # A flat book has a Sharpe ratio of 0, known to the standard error of as many sessions.
-        paper_sharpe, paper_se = measured or (0.0, sharpe_se(0.0, paper.size, per_year))
+        paper_sharpe, paper_se = measured or (0.0, normal_sharpe_se(0.0, max(paper.size, 2), per_year))
         bar_returns = np.array(self._bar_returns)
         closes = np.vstack(self._closes)
         bars = Bars(closes, np.zeros(closes.shape[0], dtype=np.bool_), self.recipe.bars_per_year)

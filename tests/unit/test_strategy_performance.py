@@ -20,8 +20,8 @@ from streams.lifecycle.performance import (
     annualised_sharpe,
     due,
     last_per_week,
+    normal_sharpe_se,
     recipe_of,
-    sharpe_se,
 )
 from streams.strategies import MOMENTUM, Bars
 
@@ -80,24 +80,30 @@ def test_a_recipe_takes_the_candidates_signal_costs_and_calendar(asset_class: st
 def test_a_candidate_without_a_standard_error_gets_los_over_its_history() -> None:
     recipe = recipe_of(candidate(sharpe_out_of_sample_se=None))
     count = 365 / 365.25 * 252
-    assert recipe.backtest_sharpe_se == pytest.approx(sharpe_se(1.5 / math.sqrt(252), count, 252))
+    assert recipe.backtest_sharpe_se == pytest.approx(normal_sharpe_se(1.5 / math.sqrt(252), count, 252))
 
 
 @pytest.mark.parametrize(
     ("per_bar", "count", "expected"),
-    [(0.0, 252, 1.0), (0.1, 252, math.sqrt(1.005)), (0.0, 63, 2.0)],
+    [(0.0, 253, 1.0), (0.1, 253, math.sqrt(1.005)), (0.0, 64, 2.0)],
 )
-def test_sharpe_standard_error_is_los(per_bar: float, count: int, expected: float) -> None:
-    assert sharpe_se(per_bar, count, 252) == pytest.approx(expected)
+def test_a_normal_sharpe_standard_error_is_los(per_bar: float, count: int, expected: float) -> None:
+    assert normal_sharpe_se(per_bar, count, 252) == pytest.approx(expected)
 
 
-def test_an_annualised_sharpe_ratio_needs_two_returns_and_some_variation() -> None:
+def test_an_annualised_sharpe_ratio_needs_two_returns_and_some_variation_and_has_mertens_error() -> None:
     assert annualised_sharpe(np.array([0.01]), 252) is None
     assert annualised_sharpe(np.zeros(5), 252) is None
-    returns = np.array([0.01, -0.005, 0.02, 0.0])
+    returns = np.random.default_rng(5).standard_t(3, 500) * 0.01 + 0.001
     sharpe, se = annualised_sharpe(returns, 252) or (0.0, 0.0)
-    assert sharpe == pytest.approx(returns.mean() / returns.std(ddof=1) * math.sqrt(252))
-    assert se == pytest.approx(sharpe_se(returns.mean() / returns.std(ddof=1), 4, 252))
+    per_bar = returns.mean() / returns.std(ddof=1)
+    assert sharpe == pytest.approx(per_bar * math.sqrt(252))
+    centred = returns - returns.mean()
+    skew = (centred**3).mean() / (centred**2).mean() ** 1.5
+    kurt = (centred**4).mean() / (centred**2).mean() ** 2
+    mertens = math.sqrt((1 - skew * per_bar + (kurt - 1) / 4 * per_bar**2) / (returns.size - 1) * 252)
+    assert se == pytest.approx(mertens)
+    assert se > normal_sharpe_se(per_bar, returns.size, 252)  # fat tails widen it
 
 
 def a_run(state: State = State.PAPER, rules: Rules = RULES) -> tuple[StrategyRun, np.ndarray]:
