@@ -197,3 +197,11 @@ def _floors(
     rest = [str(n) for n in ratio.sort_values(ascending=False).index if str(n) not in held]
     chosen = held + rest[: constraints.min_strategies - len(held)]
     return dict.fromkeys(chosen, constraints.floor)
+
+
+def warm_up(objective: Objective) -> Allocation:
+    """Import cvxpy and PyPortfolioOpt and solve a small problem once: about 5 s here the first time, so that a
+    long-running agent pays it at start-up rather than in the first rotation after a promotion."""
+    rng = np.random.default_rng(0)
+    returns = pd.DataFrame(rng.normal(5e-4, 1e-2, (60, 5)), columns=[f"s{i}" for i in range(5)])
+    return optimise(returns, returns.mean() * 252, objective)

@@ -15,6 +15,7 @@ from streams.portfolio.optimiser import (
     capped,
     optimise,
     shrunk_covariance,
+    warm_up,
 )
 
 
@@ -100,3 +101,10 @@ def test_capped_moves_the_excess_to_the_others_in_proportion(
     raw: list[float], cap: float, expected: list[float]
 ) -> None:
     np.testing.assert_allclose(capped(pd.Series(raw), cap).to_numpy(), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("objective", [Objective.MAX_SHARPE, Objective.MIN_VOLATILITY, Objective.HRP])
+def test_the_warm_up_solves_a_small_problem_within_the_constraints(objective: Objective) -> None:
+    allocation = warm_up(objective)
+    assert allocation.held == 5 and sum(allocation.weights.values()) == pytest.approx(1.0, abs=1e-4)  # 5 decimals
+    assert max(allocation.weights.values()) <= 0.5 + 1e-9
