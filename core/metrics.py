@@ -171,7 +171,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 def process_port(base: int, offset: int) -> int:
-    """Runner ``base``, sink ``base + 1``, live connector ``base + 2``; a base of 0 (any free port) stays 0."""
+    """Runner ``base``, sink ``base + 1``, live connector ``base + 2``, strategy runner ``base + 3``; a base of 0 (any
+    free port) stays 0."""
     return base + offset if base else 0
 
 

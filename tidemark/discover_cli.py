@@ -262,12 +262,16 @@ def query_strategies(
 def strategy_run(loglevel: str = typer.Option("info", help="log level")) -> None:
     """Book every Paper and Live strategy on the daily bars as they arrive (strategies.performance), and ask the
     lifecycle for promotions and retirements when the record calls for them. One per context; SIGTERM stops it."""
+    from core.metrics import process_port, serve
     from core.supervision import start_process
     from streams.lifecycle.runner import StrategyRunner
 
     settings = get_settings()
-    watchdog = start_process("strategy-runner", loglevel.upper(), settings.operations.stop_within_s)
-    StrategyRunner(settings, watchdog).run()
+    ops = settings.operations
+    watchdog = start_process("strategy-runner", loglevel.upper(), ops.stop_within_s)
+    runner = StrategyRunner(settings, watchdog)
+    serve(runner.metrics, ops.metrics_host, process_port(ops.metrics_port, 3))
+    runner.run()
 
 
 @strategy_app.command("show")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -25,6 +25,7 @@ from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.events import common_fields, deterministic_event_id
 from core.kafka import producer_config, range_reader, read_range
+from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics
 from core.settings import Settings
 from core.supervision import Watchdog
 from schemas.codec import DecodeError, get_registry
@@ -109,6 +110,7 @@ class StrategyRunner:
         self._producer = Producer(
             producer_config(settings.kafka.bootstrap, **{"transactional.id": group, "linger.ms": 5})
         )
+        self.metrics = ProcessMetrics("strategy-runner", settings.operations.liveness_after_s)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap,
@@ -116,6 +118,8 @@ class StrategyRunner:
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
+                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+                "stats_cb": self.metrics.on_statistics,
             }
         )
 
@@ -139,6 +143,8 @@ class StrategyRunner:
                 messages = self._consumer.consume(2000, 0.5)
                 for message in messages:
                     self._dispatch(message)
+                for topic, count in Counter(m.topic() for m in messages if m.error() is None).items():
+                    self.metrics.consumed(topic, count)
                 self._advance()
                 self._publish()
                 if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
@@ -356,6 +362,8 @@ class StrategyRunner:
                 self._producer.produce(self.settings.topic(topic), value, key)
             self._producer.commit_transaction(timeout)
         self.published += len(self._outbox)
+        self.metrics.produced(Counter(topic for topic, _, _ in self._outbox).items())
+        self.metrics.committed()
         self._outbox = []
 
     def _dead_letter(self, message: Message, reason: str) -> None:
