@@ -235,7 +235,6 @@ def next_commands(plot: Path, frontier: Path) -> list[str]:
             "query sectors",
             "query stats SPY EURUSD --json",
             "query strategies --state passed",
-            "query strategies --state paper",
             f"strategy show momentum-DTREND- --plot {plot}",
             "query strategies --state live",
             "lifecycle history momentum-DTREND-",
