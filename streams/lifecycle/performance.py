@@ -201,7 +201,6 @@ class StrategyRun:
     awaiting: str | None = None
     """The command id whose answer the run waits for before booking on."""
     _book: PaperBook = field(init=False)
-    _rows: list[int] = field(default_factory=list)
     _closes: list[Float64] = field(default_factory=list)
     _bar_returns: list[float] = field(default_factory=list)
     """Net return of each bar booked in the current state: what the backtest's kernel is compared with."""
@@ -225,7 +224,6 @@ class StrategyRun:
         timeframe."""
         if self.recipe.timeframe == "1w":
             starts, closes = last_per_week(starts, closes)
-        self._rows.extend(starts)
         self._closes.extend(closes)
         self._book.warm(closes, np.zeros(len(starts), dtype=np.bool_))
         self._warm = True
@@ -242,7 +240,6 @@ class StrategyRun:
         held = self._book.position
         opening = self._closes[-1]
         booked = self._book.on_bar(bar.closes[-1])
-        self._rows.append(bar.starts[-1])
         self._closes.append(np.asarray(bar.closes[-1], dtype=np.float64))
         self._bar_returns.append(booked.net_return)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -288,7 +285,7 @@ class StrategyRun:
     def ask(self) -> Ask | None:
         """The command the record now calls for, if any (after the session just booked)."""
         sessions = len(self._state_returns)
-        last = self._rows[-1]
+        last = self.consumed_ns or self.recipe.data_end_ns
         if self.state is State.PAPER:
             if sessions < max(self._next_ask, self.rules.min_paper_sessions):
                 return None

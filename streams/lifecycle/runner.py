@@ -75,9 +75,12 @@ class Closes:
 
     def rows(self, symbols: tuple[str, ...], after: int | None, through: int) -> tuple[list[int], np.ndarray]:
         """Rows (the union of the legs' starts) in (after, through], each leg's close carried forward."""
-        union = sorted(
-            {s for symbol in symbols for s in self.starts[symbol] if (after is None or s > after) and s <= through}
-        )
+        spans = []
+        for symbol in symbols:
+            starts = self.starts[symbol]
+            low = 0 if after is None else bisect.bisect_right(starts, after)
+            spans.append(starts[low : bisect.bisect_right(starts, through)])
+        union = sorted({s for span in spans for s in span})
         out = np.full((len(union), len(symbols)), np.nan)
         for leg, symbol in enumerate(symbols):
             starts, closes = self.starts[symbol], self.closes[symbol]
@@ -123,8 +126,8 @@ class StrategyRunner:
             }
         )
 
-    def run(self, until_idle: bool = False) -> None:
-        """Until SIGTERM (or, with ``until_idle``, until every input is read and booked: tests and replays)."""
+    def run(self) -> None:
+        """Until SIGTERM."""
         timeout = self.settings.operations.stall_timeout_s
         with self.watchdog.bounded("fencing an older runner; is Kafka reachable?", timeout):
             self._producer.init_transactions(timeout)
@@ -145,24 +148,15 @@ class StrategyRunner:
                     self._dispatch(message)
                 for topic, count in Counter(m.topic() for m in messages if m.error() is None).items():
                     self.metrics.consumed(topic, count)
-                self._advance()
-                self._publish()
+                if messages:  # bars, candidates and answers are all that move a run
+                    self._advance()
+                    self._publish()
                 if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
                     self._log_progress()
                     last_progress = time.monotonic()
-                if until_idle and not messages and self._caught_up(assignment):
-                    break
         finally:
             self._log_progress()
             self._consumer.close()
-
-    def _caught_up(self, assignment: list[TopicPartition]) -> bool:
-        positions = self._consumer.position(assignment)
-        for tp in positions:
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
-            if 0 <= tp.offset < high or (tp.offset < 0 and high > 0):
-                return False
-        return all(run.awaiting is None for run in self._runs.values())
 
     def _log_progress(self) -> None:
         live = sum(run.state is State.LIVE for run in self._runs.values())
