@@ -364,7 +364,8 @@ class PortfolioSettings(Section):
     model_config = SettingsConfigDict(env_prefix="TIDEMARK_PORTFOLIO_")
 
     account: str = Field(
-        "paper", description="account the portfolio is built for (broker.account reports of others are ignored)"
+        "paper",
+        description="account the portfolio is built, rebalanced and tracked for (reports of other accounts are ignored)",
     )
     objective: Literal["max_sharpe", "min_volatility", "efficient_risk", "efficient_return", "min_cvar", "hrp"] = Field(
         "max_sharpe", description="what the optimiser maximises or minimises"
@@ -396,6 +397,49 @@ class PortfolioSettings(Section):
     _lists = field_validator("bounds", mode="before")(_split)
 
 
+class AlpacaSettings(Section):
+    """The Alpaca account the broker connector trades; without a key the simulated broker is used."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_ALPACA_")
+
+    key_id: SecretStr | None = Field(None, description="API key id (a secret: never logged)")
+    secret_key: SecretStr | None = Field(None, description="API secret key (a secret: never logged)")
+    paper: bool = Field(
+        True, description="paper endpoint; false trades real money and also needs `tidemark broker run --live`"
+    )
+    rest_url: str | None = Field(None, description="REST base URL override (default: alpaca-py's paper or live URL)")
+    stream_url: str | None = Field(None, description="trade_updates WebSocket URL override")
+
+
+class BrokerSettings(Section):
+    """How orders are formed, approved, paced and reconciled, whichever broker takes them."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_BROKER_")
+
+    kind: Literal["auto", "simulated", "alpaca"] = Field(
+        "auto", description="broker: auto is alpaca when TIDEMARK_ALPACA_KEY_ID is set, else simulated"
+    )
+    cash: float = Field(100_000.0, gt=0, description="starting cash of the simulated broker")
+    participation: float = Field(
+        0.1, gt=0, le=1, description="simulated broker: largest share of a bar's volume one order fills in that bar"
+    )
+    allow_short: bool = Field(
+        True, description="orders may open short positions (the simulated broker; Alpaca's fractional orders cannot)"
+    )
+    auto_approve: bool = Field(False, description="send a rebalance's orders at once, without `rebalance approve`")
+    min_order_notional: float = Field(1.0, ge=0, description="smallest order, in the account currency")
+    no_trade_band: float = Field(
+        0.005, ge=0, description="a symbol whose change is below this fraction of capital is not traded"
+    )
+    rate_limit_per_min: int = Field(200, ge=1, description="broker requests per minute the connector stays within")
+    reconcile_every_s: float = Field(
+        30.0, gt=0, description="seconds between reconciliations of the broker's positions with the tracker's"
+    )
+    pause_after_orders: int = Field(
+        0, ge=0, description="fault drills only: the broker connector stops after placing this many orders"
+    )
+
+
 SECTIONS: dict[str, type[Section]] = {
     "kafka": KafkaSettings,
     "processing": ProcessingSettings,
@@ -408,6 +452,8 @@ SECTIONS: dict[str, type[Section]] = {
     "discovery": DiscoverySettings,
     "lifecycle": LifecycleSettings,
     "portfolio": PortfolioSettings,
+    "alpaca": AlpacaSettings,
+    "broker": BrokerSettings,
 }
 
 
@@ -442,6 +488,8 @@ class Settings(BaseSettings):
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
+    alpaca: AlpacaSettings = Field(default_factory=AlpacaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:

@@ -38,8 +38,10 @@ def sample(schema: Any, rnd: random.Random, named: dict[str, Any] | None = None)
     if isinstance(schema, list):
         return sample(rnd.choice(schema), rnd, named)
     if isinstance(schema, str):
-        if schema in named:
-            return sample(named[schema], rnd, named)
+        # A reference by full name to a type defined without its (inherited) namespace is found by its short name.
+        for name in (schema, schema.rpartition(".")[2]):
+            if name in named:
+                return sample(named[name], rnd, named)
         schema = {"type": schema}
     kind = schema["type"]
     logical = schema.get("logicalType")

@@ -38,6 +38,8 @@ DESIGN_TOPICS = (
     "strategies.performance",
     "portfolio.targets",
     "orders.intents",
+    "orders.rebalances",  # issue 14: proposals waiting for approval, and the approvals
+    "positions",  # issue 14: the position tracker's per-strategy positions
     "risk.metrics",
     "alerts",
     "dlq",
