@@ -50,6 +50,9 @@ from projections.discovery import (
     candidates_projection,
     progress_projection,
 )
+from projections.execution import EXECUTION, ExecutionProjection
+from projections.execution import SCHEMAS as EXECUTION_SCHEMAS
+from projections.execution import TOPICS as EXECUTION_TOPICS
 from projections.lifecycle import (
     LIFECYCLE,
     PERFORMANCE,
@@ -92,6 +95,7 @@ PROJECTED_TOPICS = (
     "strategies.lifecycle",
     "strategies.performance",
     "portfolio.targets",
+    *EXECUTION_TOPICS,
 )
 
 
@@ -180,6 +184,7 @@ class ProjectionSink:
         lifecycle = LifecycleProjection(pool, redis)
         performance = performance_projection(pool, redis)
         portfolio = PortfolioProjection(pool, redis)
+        execution = ExecutionProjection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -194,7 +199,8 @@ class ProjectionSink:
             | CorrelationProjection
             | AlertsProjection
             | LifecycleProjection
-            | PortfolioProjection,
+            | PortfolioProjection
+            | ExecutionProjection,
         ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
@@ -231,6 +237,10 @@ class ProjectionSink:
             "strategies.lifecycle": Route(LIFECYCLE, project_events(LIFECYCLE, LIFECYCLE_SCHEMAS, lifecycle)),
             "strategies.performance": Route(PERFORMANCE, project_events(PERFORMANCE, PERFORMANCE_SCHEMA, performance)),
             "portfolio.targets": Route(PORTFOLIO, project_events(PORTFOLIO, PORTFOLIO_SCHEMA, portfolio)),
+            **{
+                name: Route(EXECUTION, project_events(EXECUTION, EXECUTION_SCHEMAS, execution))
+                for name in EXECUTION_TOPICS
+            },
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

@@ -9,7 +9,11 @@ bytes, decoded by the project's registry: Faust's serializers see raw bytes only
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import faust
 
@@ -17,7 +21,7 @@ from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.settings import Settings
 from schemas.catalogue import KEYED_PARTITIONS
-from schemas.codec import get_registry
+from schemas.codec import DecodeError, get_registry
 
 log = logging.getLogger("tidemark.agents")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -60,3 +64,80 @@ async def dead_letter(dlq: faust.TopicT, event: faust.types.EventT, processor: s
     log.warning("%s: %s[%d]@%d dead-lettered: %s", processor, record.topic, record.partition, record.offset, exc)
     for key, value in dead_letter_messages(get_registry(), [record], [(0, str(exc))], processor, "DecodeError"):
         await dlq.send(key=key, value=value)
+
+
+Event = tuple[str, str, str, dict[str, Any]]
+"""(catalogue topic, key, schema, record) of an agent's output."""
+Encoded = tuple[str, str, bytes]
+"""(catalogue topic, key, value) of an encoded output."""
+
+
+def answer_once(
+    entry: Mapping[str, Any] | None,
+    record: Mapping[str, Any],
+    decide: Callable[[Any, Mapping[str, Any]], tuple[Any, list[Event]]],
+    recent_kept: int,
+    state_key: str = "state",
+) -> tuple[dict[str, Any], list[Encoded], bool]:
+    """The table entry after ``record``, its encoded outputs, and whether it was answered before.
+
+    An input that produced outputs is remembered (by event id) with their bytes: delivered again after a crash, it
+    gets the same bytes and is not decided again. ``decide(state, record)`` returns the new state and the outputs;
+    the state is whatever JSON the agent keeps under ``state_key``."""
+    entry = dict(entry or {state_key: None, "recent": {}})
+    recent: dict[str, list[list[str]]] = dict(entry["recent"])
+    if record["event_id"] in recent:
+        return entry, [(t, k, base64.b64decode(v)) for t, k, v in recent[record["event_id"]]], True
+    registry = get_registry()
+    state, events = decide(entry[state_key], record)
+    encoded = [(topic, key, registry.encode(schema, event)) for topic, key, schema, event in events]
+    if encoded:
+        recent[record["event_id"]] = [[t, k, base64.b64encode(v).decode()] for t, k, v in encoded]
+        entry["recent"] = dict(list(recent.items())[-recent_kept:])
+    entry[state_key] = state
+    return entry, encoded, False
+
+
+def install_forwarders(
+    app: faust.App,
+    settings: Settings,
+    inputs: faust.TopicT,
+    sources: Mapping[str, Mapping[str, str | None]],
+    area: str,
+    account: str,
+    compact: Callable[[str, Mapping[str, Any]], dict[str, Any] | None],
+) -> None:
+    """One agent per source topic that sends a compact JSON record of each input event to ``inputs`` (one partition,
+    keyed by ``account``), so one agent sees an account's inputs from topics keyed by symbol, strategy or account in
+    one order. ``sources``: per topic, its event types and the kind each is forwarded as (None: ignored);
+    ``compact(kind, record)`` returns None for a record the area ignores. Undecodable inputs go to ``dlq``."""
+    registry = get_registry()
+    dlq = app.topic(settings.topic("dlq"), **RAW)
+
+    def forwarder(name: str, kinds: Mapping[str, str | None]) -> None:
+        processor = f"{area}.{name.split('.')[-1]}"
+
+        async def forward(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                try:
+                    decoded = registry.decode(event.value)
+                    if decoded.schema not in kinds:
+                        raise DecodeError(f"expected {' or '.join(kinds)}, got {decoded.schema}")
+                except DecodeError as exc:
+                    await dead_letter(dlq, event, processor, exc)
+                    continue
+                kind = kinds[decoded.schema]
+                if kind is None:
+                    continue
+                if decoded.record.get("account_id", account) != account:
+                    continue
+                value = compact(kind, decoded.record)
+                if value is not None:
+                    await inputs.send(key=account.encode(), value=json.dumps(value).encode())
+
+        app.agent(app.topic(settings.topic(name), **RAW), name=f"{area}-{name.split('.')[-1].replace('_', '-')}")(
+            forward
+        )
+
+    for name, kinds in sources.items():
+        forwarder(name, kinds)

@@ -136,10 +136,13 @@ def worker(
 def agents(loglevel: str = typer.Option("info", help="log level: critical, error, warning, info, debug")) -> None:
     """Run the domain agents (Faust): the strategy lifecycle, answering candidates and lifecycle commands with
     transitions or rejections on strategies.lifecycle; and the portfolio, re-optimising the live strategies' weights
-    on every rotation (portfolio.targets). SIGTERM stops it; its state returns from the changelog."""
+    on every rotation (portfolio.targets); and execution, turning targets into rebalance proposals and approved
+    rebalances into orders (orders.intents), and fills into positions per strategy (positions). SIGTERM stops it;
+    its state returns from the changelog."""
     import faust
 
     from streams.agents import create_app
+    from streams.execution.agent import install as install_execution
     from streams.lifecycle.agent import install as install_lifecycle
     from streams.portfolio.agent import install as install_portfolio
 
@@ -147,6 +150,7 @@ def agents(loglevel: str = typer.Option("info", help="log level: critical, error
     agents_app = create_app(settings)
     install_lifecycle(agents_app, settings)
     install_portfolio(agents_app, settings)
+    install_execution(agents_app, settings)
     faust.Worker(agents_app, loglevel=loglevel.upper()).execute_from_commandline()
 
 

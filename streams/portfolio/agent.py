@@ -26,7 +26,6 @@ input's id and the account.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Mapping
@@ -40,8 +39,7 @@ import numpy as np
 from core.events import common_fields, deterministic_event_id, now_ns
 from core.sessions import Market, is_open
 from core.settings import Settings
-from schemas.codec import DecodeError, get_registry
-from streams.agents import RAW, agents_app_id, dead_letter
+from streams.agents import RAW, Event, agents_app_id, answer_once, install_forwarders
 from streams.portfolio.book import (
     Book,
     Targets,
@@ -90,9 +88,6 @@ _METHOD = {
     Objective.HRP: "HRP",
 }
 _NUMERICAL = (ValueError, ArithmeticError, np.linalg.LinAlgError)
-
-Event = tuple[str, str, str, dict[str, Any]]
-"""(catalogue topic, key, schema, record) of an output."""
 
 
 @dataclass(frozen=True)
@@ -315,20 +310,13 @@ def answer(
 ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]], bool]:
     """The table entry after ``record``, the encoded events it causes (catalogue topic, key, value), and whether it
     was answered before (its recorded events, then, and the entry unchanged)."""
-    entry = dict(entry or {"book": None, "recent": {}})
-    recent: dict[str, list[list[str]]] = dict(entry["recent"])
-    if record["event_id"] in recent:
-        return entry, [(t, k, base64.b64decode(v)) for t, k, v in recent[record["event_id"]]], True
-    book = Book.from_json(entry["book"])
-    registry = get_registry()
-    encoded = [
-        (topic, key, registry.encode(schema, event)) for topic, key, schema, event in decide(book, record, policy)
-    ]
-    if encoded:
-        recent[record["event_id"]] = [[t, k, base64.b64encode(v).decode()] for t, k, v in encoded]
-        entry["recent"] = dict(list(recent.items())[-RECENT:])
-    entry["book"] = book.to_json()
-    return entry, encoded, False
+
+    def step(state: Any, record: Mapping[str, Any]) -> tuple[Any, list[Event]]:
+        book = Book.from_json(state)
+        events = decide(book, record, policy)
+        return book.to_json(), events
+
+    return answer_once(entry, record, step, RECENT, state_key="book")
 
 
 def inputs_topic_name(settings: Settings) -> str:
@@ -338,7 +326,6 @@ def inputs_topic_name(settings: Settings) -> str:
 
 def install(app: faust.App, settings: Settings) -> None:
     """The portfolio agents, their table and the refresh timer on ``app``."""
-    registry = get_registry()
     policy = policy_of(settings)
     account = policy.account
     every_s = settings.portfolio.refresh_every_s
@@ -351,7 +338,6 @@ def install(app: faust.App, settings: Settings) -> None:
         """A rotation's re-optimisation then takes milliseconds: without it the first one took 5.7 s in the demo."""
         warm_up(policy.objective)
 
-    dlq = app.topic(settings.topic("dlq"), **RAW)
     outputs = {name: app.topic(settings.topic(name), **RAW) for name in ("portfolio.targets", "alerts")}
     outputs["analytics.correlations"] = app.topic(settings.topic("analytics.correlations"), **RAW)
     table = app.Table(
@@ -359,28 +345,10 @@ def install(app: faust.App, settings: Settings) -> None:
     )
     published = 0
 
-    def forwarder(name: str, kinds: Mapping[str, str | None]) -> None:
-        processor = f"portfolio.{name.split('.')[-1]}"
+    def compact_input(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        return compact(kind, record)
 
-        async def forward(stream: faust.StreamT[bytes]) -> None:
-            async for event in stream.events():
-                try:
-                    decoded = registry.decode(event.value)
-                    if decoded.schema not in kinds:
-                        raise DecodeError(f"expected {' or '.join(kinds)}, got {decoded.schema}")
-                except DecodeError as exc:
-                    await dead_letter(dlq, event, processor, exc)
-                    continue
-                kind = kinds[decoded.schema]
-                if kind is None or (kind == "account" and decoded.record["account_id"] != account):
-                    continue
-                value = json.dumps(compact(kind, decoded.record)).encode()
-                await inputs.send(key=account.encode(), value=value)
-
-        app.agent(app.topic(settings.topic(name), **RAW), name=f"portfolio-{name.split('.')[-1]}")(forward)
-
-    for name, kinds in INPUTS.items():
-        forwarder(name, kinds)
+    install_forwarders(app, settings, inputs, INPUTS, "portfolio", account, compact_input)
 
     @app.agent(inputs, name="portfolio-book")
     async def keep_book(stream: faust.StreamT[bytes]) -> None:

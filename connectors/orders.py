@@ -1,0 +1,619 @@
+"""The broker connector: ``PlaceOrder`` commands from ``orders.intents`` to the broker, and the broker's answers
+(``OrderUpdated``, ``PositionReported``, ``AccountReported``) back to Kafka; the same code for Alpaca and for the
+simulated broker (``connectors.broker`` is the contract both implement).
+
+- **Never twice.** An order's ``client_order_id`` is the command's (deterministic from the rebalance and the
+  symbol). The intents offset is committed only after the broker's answer is published, so a kill before that
+  sends the command again; the broker refuses the repeated id, and the connector looks the order up and publishes its
+  state instead. The simulated broker rebuilds itself from its own ``OrderUpdated`` events on start, so it refuses a
+  repeat across restarts too.
+- **Never lost.** Trade updates are published as they arrive; every ``reconcile_every_s`` the connector also asks
+  the broker for each order it has not seen finished, which covers updates the stream dropped (Alpaca's stream does
+  not replay them). Every ``OrderUpdated`` carries the order's cumulative state, so the tracker applies each fill
+  once whatever the order or repetition of the updates.
+- **Paced.** Broker calls stay within ``rate_limit_per_min`` (a token bucket); a 429 waits the broker's
+  ``Retry-After``. The time spent waiting for the limit is counted and logged, so a slow rebalance says whether the
+  limit or Tidemark took the time.
+- **Checked before sending.** A command with a bad quantity, an unknown symbol or one the broker does not trade is
+  refused with an ``OrderRejected`` event naming the reason; nothing reaches the broker.
+- **Reconciled.** Each cycle publishes the broker's account and positions and compares the positions with the
+  tracker's (folded from the ``positions`` topic). A difference that persists over two cycles with no fill in
+  between is an ``AlertRaised`` (``reconciliation.mismatch``, both sides) and a ``PositionCorrected``: the broker is
+  the source of truth for holdings, and the difference is booked to "unattributed".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from connectors.broker import (
+    TERMINAL,
+    Broker,
+    BrokerAccount,
+    BrokerError,
+    BrokerOrder,
+    BrokerPosition,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    OrderRefused,
+    OrderRequest,
+    RateLimited,
+    TradeUpdate,
+)
+from core.consumed import Consumed
+from core.deadletter import dead_letter_messages
+from core.events import common_fields, deterministic_event_id, now_ns
+from core.kafka import ReliableProducer, producer_config, range_reader, read_range
+from core.metrics import ProcessMetrics
+from core.settings import Settings
+from core.supervision import Watchdog
+from schemas.codec import DecodeError, get_registry
+
+log = logging.getLogger("tidemark.broker")
+
+PLACE_SCHEMA = "tidemark.orders.PlaceOrder"
+REJECTED_SCHEMA = "tidemark.orders.OrderRejected"
+UPDATED_SCHEMA = "tidemark.broker.OrderUpdated"
+POSITION_SCHEMA = "tidemark.broker.PositionReported"
+CORRECTED_SCHEMA = "tidemark.broker.PositionCorrected"
+ACCOUNT_SCHEMA = "tidemark.broker.AccountReported"
+ALERT_SCHEMA = "tidemark.risk.AlertRaised"
+CHANGED_SCHEMA = "tidemark.orders.PositionChanged"
+BAR_SCHEMA = "tidemark.marketdata.BarClosed"
+TOLERANCE = Decimal("1e-9")
+_STATUS_EVENT = {"FILLED": "FILL", "PARTIALLY_FILLED": "PARTIAL_FILL", "NEW": "NEW", "ACCEPTED": "ACCEPTED"}
+
+
+class InvalidOrder(ValueError):
+    """A command that cannot become an order; the message says why."""
+
+
+def _decimal(value: str | None, what: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise InvalidOrder(f"{what} {value!r} is not a decimal number") from None
+    if not number.is_finite() or number <= 0:
+        raise InvalidOrder(f"{what} {value} must be a positive finite number")
+    return number
+
+
+def order_request(record: Mapping[str, Any]) -> OrderRequest:
+    """The broker request a ``PlaceOrder`` command stands for; ``InvalidOrder`` says what is wrong with it."""
+    qty = _decimal(record.get("qty"), "quantity")
+    notional = _decimal(record.get("notional"), "notional")
+    if (qty is None) == (notional is None):
+        raise InvalidOrder("exactly one of qty and notional must be set")
+    if record["side"] not in ("BUY", "SELL"):
+        raise InvalidOrder(f"side {record['side']} is neither BUY nor SELL")
+    if record["order_type"] != "MARKET":
+        raise InvalidOrder(f"order type {record['order_type']}: only market orders are sent")
+    return OrderRequest(
+        record["client_order_id"], record["symbol"], record["side"], qty, notional, "MARKET", record["time_in_force"]
+    )
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def order_updated(account: str, source: str, update: TradeUpdate, causation: str = "") -> dict[str, Any]:
+    """An ``OrderUpdated`` record. Its id comes from the order's state after the update, so the stream's copy and a
+    poll's copy of one state (and every repetition of either) share it."""
+    order = update.order
+    event_id = deterministic_event_id(
+        "order-updated", account, order.order_id, update.event, str(order.filled_qty), update.execution_id or ""
+    )
+    return {
+        **common_fields(source, update.timestamp_ns, causation, event_id),
+        "account_id": account,
+        "order_id": order.order_id,
+        "client_order_id": order.client_order_id,
+        "symbol": order.symbol,
+        "side": order.side,
+        "order_type": order.order_type,
+        "time_in_force": order.time_in_force,
+        "update_event": update.event,
+        "status": order.status,
+        "qty": _text(order.qty),
+        "notional": _text(order.notional),
+        "filled_qty": str(order.filled_qty),
+        "filled_avg_price": _text(order.filled_avg_price),
+        "limit_price": None,
+        "stop_price": None,
+        "price": _text(update.price),
+        "fill_qty": _text(update.qty),
+        "position_qty": _text(update.position_qty),
+        "execution_id": update.execution_id,
+        "reject_reason": order.reject_reason,
+        "created_at_ns": order.created_at_ns,
+        "submitted_at_ns": order.submitted_at_ns,
+        "updated_at_ns": order.updated_at_ns,
+        "filled_at_ns": order.filled_at_ns,
+    }
+
+
+def order_from_record(record: Mapping[str, Any]) -> BrokerOrder:
+    """The order state an ``OrderUpdated`` carries (the simulated broker's restore reads them back)."""
+
+    def number(name: str) -> Decimal | None:
+        return None if record.get(name) is None else Decimal(record[name])
+
+    return BrokerOrder(
+        record["order_id"],
+        record["client_order_id"],
+        record["symbol"],
+        record["side"],
+        number("qty"),
+        number("notional"),
+        record["order_type"],
+        record["time_in_force"],
+        record["status"],
+        Decimal(record["filled_qty"]),
+        number("filled_avg_price"),
+        record["created_at_ns"] or record["ts_event"],
+        record["updated_at_ns"],
+        record["submitted_at_ns"],
+        record["filled_at_ns"],
+        record["reject_reason"],
+    )
+
+
+def update_from_record(record: Mapping[str, Any]) -> TradeUpdate:
+    def number(name: str) -> Decimal | None:
+        return None if record.get(name) is None else Decimal(record[name])
+
+    return TradeUpdate(
+        record["update_event"],
+        order_from_record(record),
+        record["ts_event"],
+        number("price"),
+        number("fill_qty"),
+        number("position_qty"),
+        record["execution_id"],
+    )
+
+
+def account_reported(account: str, source: str, found: BrokerAccount, ts: int) -> dict[str, Any]:
+    return {
+        **common_fields(source, ts, "", deterministic_event_id("account-reported", account, ts)),
+        "account_id": account,
+        "currency": found.currency,
+        "cash": str(found.cash),
+        "buying_power": str(found.buying_power),
+        "equity": str(found.equity),
+        "last_equity": _text(found.last_equity),
+        "long_market_value": _text(found.long_market_value),
+        "short_market_value": _text(found.short_market_value),
+        "initial_margin": None,
+        "maintenance_margin": None,
+        "daytrade_count": None,
+        "pattern_day_trader": False,
+        "trading_blocked": found.trading_blocked,
+        "paper": found.paper,
+    }
+
+
+def position_reported(account: str, source: str, position: BrokerPosition, ts: int) -> dict[str, Any]:
+    return {
+        **common_fields(source, ts, "", deterministic_event_id("position-reported", account, position.symbol, ts)),
+        "account_id": account,
+        "symbol": position.symbol,
+        "asset_class": position.asset_class if position.asset_class in ("EQUITY", "FX", "FUTURE") else "UNKNOWN",
+        "qty": str(position.qty),
+        "avg_entry_price": str(position.avg_entry_price),
+        "cost_basis": _text(position.cost_basis),
+        "market_value": _text(position.market_value),
+        "current_price": _text(position.current_price),
+        "unrealized_pl": _text(position.unrealized_pl),
+        "unrealized_plpc": None,
+        "qty_available": None,
+    }
+
+
+@dataclass
+class Mismatches:
+    """Differences between the broker's positions and the tracker's, confirmed once seen twice in a row unchanged."""
+
+    seen: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+
+    def confirm(
+        self, brokers: Mapping[str, Decimal], ours: Mapping[str, Decimal], moving: set[str]
+    ) -> list[tuple[str, Decimal, Decimal]]:
+        """``moving``: symbols with an open order or a fill since the last look (their difference may be in
+        flight). Returns (symbol, ours, brokers) for each difference seen unchanged at the previous look too."""
+        now: dict[str, tuple[Decimal, Decimal]] = {}
+        for symbol in sorted(set(brokers) | set(ours)):
+            pair = (ours.get(symbol, Decimal(0)), brokers.get(symbol, Decimal(0)))
+            if symbol not in moving and abs(pair[0] - pair[1]) > TOLERANCE:
+                now[symbol] = pair
+        confirmed = [(s, o, b) for s, (o, b) in now.items() if self.seen.get(s) == (o, b)]
+        self.seen = {s: pair for s, pair in now.items() if s not in {c[0] for c in confirmed}}
+        return confirmed
+
+
+class TokenBucket:
+    """At most ``per_minute`` calls in any minute, as a bucket that refills continuously."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.stamp = clock()
+
+    def wait_s(self) -> float:
+        """Seconds to wait before the next call may go; takes its token."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class BrokerConnector:
+    """Runs until SIGTERM: commands in, broker events out, reconciliation every ``reconcile_every_s``."""
+
+    def __init__(
+        self, settings: Settings, broker: Broker, watchdog: Watchdog, metrics: ProcessMetrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.watchdog = watchdog
+        self.account = settings.portfolio.account
+        self.source = f"{broker.name}-broker"
+        self.metrics = metrics or ProcessMetrics("broker-connector", settings.operations.stall_timeout_s)
+        self.registry = get_registry()
+        self.bucket = TokenBucket(settings.broker.rate_limit_per_min)
+        self.group = f"{settings.topic_prefix}{settings.app_id}-broker-{self.account}"
+        bootstrap = settings.kafka.bootstrap
+        self.producer = ReliableProducer(producer_config(bootstrap, **{"linger.ms": 0}), "broker connector")
+        self.commands = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        self.bars: Consumer | None = None
+        self.tracker = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": f"{self.group}-tracker", "enable.auto.commit": False}
+        )
+        self.open: dict[str, tuple[str, Decimal, str]] = {}
+        """client_order_id -> (status, filled qty, symbol) last published, for orders not finished."""
+        self.ours: dict[tuple[str, str], Decimal] = {}
+        """(strategy, symbol) -> quantity, as the tracker's PositionChanged events say."""
+        self.filled_since_look: set[str] = set()
+        self.mismatches = Mismatches()
+        self.placed = 0
+        self.limit_wait_s = 0.0
+        self.broker_s = 0.0
+        self.metrics.count_from(
+            "tidemark_broker_orders",
+            "orders placed, rate-limit wait and broker time",
+            lambda: {"placed": self.placed, "limit_wait_ms": int(self.limit_wait_s * 1000)},
+        )
+
+    # -- start-up ---------------------------------------------------------------------------------------------
+
+    def published_updates(self) -> list[dict[str, Any]]:
+        """Every ``OrderUpdated`` of this account and broker already on the topic, in partition order."""
+        topic = self.settings.topic("broker.order_updates")
+        reader = range_reader(self.settings.kafka.bootstrap, f"{self.group}-restore")
+        found = []
+        try:
+            for message in read_range(reader, topic, timeout=self.settings.operations.stall_timeout_s * 4):
+                try:
+                    record = self.registry.decode_as(UPDATED_SCHEMA, message.value())
+                except DecodeError:
+                    continue
+                if record["account_id"] == self.account and record["source"] == self.source:
+                    found.append(record)
+        finally:
+            reader.close()
+        return found
+
+    def restore(self) -> None:
+        records = self.published_updates()
+        restore = getattr(self.broker, "restore", None)
+        if restore is not None:
+            restore([update_from_record(r) for r in records])
+        for record in records:
+            self._remember(record["client_order_id"], record["status"], Decimal(record["filled_qty"]), record["symbol"])
+        log.info(
+            "broker connector (%s): %d order updates on record, %d orders not finished",
+            self.broker.name,
+            len(records),
+            len(self.open),
+        )
+
+    def _remember(self, client_order_id: str, status: str, filled: Decimal, symbol: str) -> None:
+        if status in TERMINAL:
+            self.open.pop(client_order_id, None)
+        else:
+            self.open[client_order_id] = (status, filled, symbol)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        timeout = self.settings.operations.stall_timeout_s
+        with self.watchdog.bounded("reading the broker's order history; is Kafka reachable?", timeout * 5):
+            self.restore()
+        self.commands.subscribe([self.settings.topic("orders.intents")])
+        positions_topic = self.settings.topic("positions")
+        partitions = self.tracker.list_topics(positions_topic, timeout=timeout).topics[positions_topic].partitions
+        self.tracker.assign([TopicPartition(positions_topic, p, OFFSET_BEGINNING) for p in partitions])
+        if hasattr(self.broker, "on_bar"):
+            self.bars = Consumer(
+                {
+                    "bootstrap.servers": self.settings.kafka.bootstrap,
+                    "group.id": f"{self.group}-bars",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "latest",
+                    "isolation.level": "read_committed",
+                }
+            )
+            self.bars.subscribe([self.settings.topic("md.bars.1d"), self.settings.topic("md.bars.1m")])
+        log.info("broker connector (%s) for account %s: following orders.intents", self.broker.name, self.account)
+        next_look = 0.0
+        try:
+            while not self.watchdog.stopping.is_set():
+                self._follow_tracker()
+                self._take_commands()
+                if self.bars is not None:
+                    self._take_bars()
+                self._publish_updates(self.broker.updates(0.05))
+                if time.monotonic() >= next_look:
+                    self._look()
+                    next_look = time.monotonic() + self.settings.broker.reconcile_every_s
+        finally:
+            self.producer.flush(timeout)
+            self.commands.close()
+            self.tracker.close()
+            if self.bars is not None:
+                self.bars.close()
+            self.broker.close()
+            log.info(
+                "broker connector: %d orders placed; %.1f s waited for the rate limit", self.placed, self.limit_wait_s
+            )
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        """One broker call within the rate limit; transient failures are retried with back-off until SIGTERM."""
+        delay = 0.5
+        while True:
+            wait = self.bucket.wait_s()
+            if wait > 0:
+                self.limit_wait_s += wait
+                self.watchdog.stopping.wait(wait)
+            try:
+                started = time.monotonic()
+                with self.watchdog.bounded(f"broker call: {what}", self.settings.operations.stall_timeout_s * 2):
+                    result = call()
+                self.broker_s += time.monotonic() - started
+                return result
+            except RateLimited as exc:
+                log.warning("broker rate limit on %s: waiting %.1f s as the broker asks", what, exc.retry_after_s)
+                self.limit_wait_s += exc.retry_after_s
+                pause = exc.retry_after_s
+            except BrokerUnavailable as exc:
+                log.warning("broker unavailable on %s (%s): retrying in %.1f s", what, exc, delay)
+                pause, delay = delay, min(delay * 2, 30.0)
+            if self.watchdog.stopping.wait(pause):
+                raise InterruptedError("stopping")
+
+    def _take_commands(self) -> None:
+        messages = self.commands.consume(100, 0.05)
+        if not messages:
+            return
+        for message in messages:
+            if message.error() is not None:
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("orders.intents: %s", message.error())
+                continue
+            self.metrics.consumed(message.topic(), 1)
+            self._command(message)
+        self.producer.flush(self.settings.operations.stall_timeout_s)
+        self.commands.commit(asynchronous=False)
+        self.metrics.committed()
+
+    def _command(self, message: Message) -> None:
+        try:
+            decoded = self.registry.decode(message.value())
+        except DecodeError as exc:
+            self._dead_letter(message, str(exc))
+            return
+        if decoded.schema != PLACE_SCHEMA or decoded.record["account_id"] != self.account:
+            return  # refusals from the rebalancer, or another account's orders
+        record = decoded.record
+        try:
+            request = order_request(record)
+            asset = self._call(f"asset {request.symbol}", lambda: self.broker.asset(request.symbol))
+            if asset is None:
+                raise InvalidOrder(f"{request.symbol}: unknown to the {self.broker.name} broker")
+            if not asset.tradable:
+                raise InvalidOrder(f"{request.symbol}: the {self.broker.name} broker does not trade it")
+        except InvalidOrder as exc:
+            self._refuse(record, str(exc))
+            return
+        try:
+            order = self._call(f"place {request.client_order_id}", lambda: self.broker.submit(request))
+            self.placed += 1
+            log.info(
+                "placed %s %s %s (%s)", request.side, request.qty or request.notional, request.symbol, order.status
+            )
+        except DuplicateClientOrderId:
+            order = self._call(
+                f"look up {request.client_order_id}", lambda: self.broker.order_by_client_id(request.client_order_id)
+            )
+            log.info("order %s was placed before (%s): not sent again", request.client_order_id, order.status)
+        except OrderRefused as exc:
+            self._refuse(record, f"refused by the broker: {exc}")
+            return
+        update = TradeUpdate(_STATUS_EVENT.get(order.status, order.status), order, order.updated_at_ns or now_ns())
+        self._publish_updates([update], causation=record["event_id"])
+        pause = self.settings.broker.pause_after_orders
+        if pause and self.placed >= pause:
+            log.warning("broker connector: paused after %d orders (fault drill)", self.placed)
+            self.watchdog.stopping.wait(3600 * 24)
+
+    def _refuse(self, record: Mapping[str, Any], reason: str) -> None:
+        log.warning("order %s for %s refused: %s", record["client_order_id"], record["symbol"], reason)
+        event_id = deterministic_event_id("order-rejected", record["event_id"])
+        strategy = record.get("strategy_id")
+        self._produce(
+            "orders.intents",
+            REJECTED_SCHEMA,
+            {
+                **common_fields(self.source.replace("-broker", "-connector"), now_ns(), record["event_id"], event_id),
+                "account_id": self.account,
+                "symbol": record["symbol"],
+                "client_order_id": record["client_order_id"],
+                "rebalance_id": record["causation_id"],
+                "strategy_ids": [strategy] if strategy else [],
+                "reason": reason,
+                "refused_by": "broker-connector",
+            },
+        )
+
+    def _take_bars(self) -> None:
+        assert self.bars is not None
+        messages = self.bars.consume(2000, 0.05)
+        if not messages:
+            return
+        for message in messages:
+            if message.error() is not None:
+                continue
+            try:
+                bar = self.registry.decode_as(BAR_SCHEMA, message.value())
+            except DecodeError:
+                continue  # the analytics runner dead-letters bad bars; the broker only prices with good ones
+            self.broker.on_bar(  # type: ignore[attr-defined]
+                bar["symbol"],
+                bar["start_ns"],
+                Decimal(repr(bar["open"])),
+                Decimal(repr(bar["high"])),
+                Decimal(repr(bar["low"])),
+                Decimal(repr(bar["close"])),
+                Decimal(repr(bar["volume"])),
+            )
+        self._publish_updates(self.broker.updates(0.0))
+        self.producer.flush(self.settings.operations.stall_timeout_s)
+        self.bars.commit(asynchronous=False)
+
+    def _publish_updates(self, updates: Iterable[TradeUpdate], causation: str = "") -> None:
+        for update in updates:
+            record = order_updated(self.account, self.source, update, causation)
+            self._produce("broker.order_updates", UPDATED_SCHEMA, record)
+            order = update.order
+            self._remember(order.client_order_id, order.status, order.filled_qty, order.symbol)
+            if update.event in ("FILL", "PARTIAL_FILL"):
+                self.filled_since_look.add(update.order.symbol)
+
+    def _produce(self, name: str, schema: str, record: Mapping[str, Any]) -> None:
+        self.producer.produce(self.settings.topic(name), self.registry.encode(schema, record), self.account)
+        self.metrics.produced([(self.settings.topic(name), 1)])
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        consumed = Consumed(message.topic(), message.partition(), message.offset(), message.key(), message.value())
+        for key, value in dead_letter_messages(
+            self.registry, [consumed], [(0, reason)], "broker-connector", "DecodeError"
+        ):
+            self.producer.produce(self.settings.topic("dlq"), value, key)
+        self.metrics.dead_lettered(1)
+
+    def _follow_tracker(self) -> None:
+        for message in self.tracker.consume(2000, 0.0):
+            if message.error() is not None:
+                continue
+            try:
+                decoded = self.registry.decode(message.value())
+            except DecodeError:
+                continue
+            record = decoded.record
+            if decoded.schema == CHANGED_SCHEMA and record["account_id"] == self.account:
+                self.ours[(record["strategy_id"], record["symbol"])] = Decimal(record["qty"])
+
+    # -- reconciliation ---------------------------------------------------------------------------------------
+
+    def _look(self) -> None:
+        """Ask the broker about unfinished orders, publish its account and positions, and reconcile."""
+        try:
+            for client_order_id, (status, filled, _) in list(self.open.items()):
+                order = self._call(
+                    f"poll {client_order_id}", lambda c=client_order_id: self.broker.order_by_client_id(c)
+                )
+                if order is not None and (order.status, order.filled_qty) != (status, filled):
+                    event = _STATUS_EVENT.get(order.status, order.status)
+                    self._publish_updates([TradeUpdate(event, order, order.updated_at_ns or now_ns())])
+            account = self._call("account", self.broker.account)
+            positions = self._call("positions", self.broker.positions)
+        except (InterruptedError, BrokerError) as exc:
+            log.warning("reconciliation skipped: %s", exc)
+            return
+        ts = now_ns()
+        self._produce("broker.account", ACCOUNT_SCHEMA, account_reported(self.account, self.source, account, ts))
+        for position in positions:
+            self._produce(
+                "broker.positions", POSITION_SCHEMA, position_reported(self.account, self.source, position, ts)
+            )
+        self._follow_tracker()
+        brokers = {p.symbol: p.qty for p in positions}
+        totals: dict[str, Decimal] = {}
+        for (_, symbol), qty in self.ours.items():
+            totals[symbol] = totals.get(symbol, Decimal(0)) + qty
+        moving = self.filled_since_look | {symbol for _, _, symbol in self.open.values()}
+        self.filled_since_look = set()
+        prices = {p.symbol: p.current_price for p in positions}
+        for symbol, ours, theirs in self.mismatches.confirm(brokers, totals, moving):
+            self._correct(symbol, ours, theirs, prices.get(symbol), ts)
+        self.producer.flush(self.settings.operations.stall_timeout_s)
+
+    def _correct(self, symbol: str, ours: Decimal, theirs: Decimal, price: Decimal | None, ts: int) -> None:
+        message = f"{symbol}: the broker holds {theirs}, the tracker {ours}; corrected to the broker's"
+        log.warning("reconciliation: %s", message)
+        event_id = deterministic_event_id("position-corrected", self.account, symbol, str(ours), str(theirs), ts)
+        self._produce(
+            "broker.positions",
+            CORRECTED_SCHEMA,
+            {
+                **common_fields(self.source, ts, "", event_id),
+                "account_id": self.account,
+                "symbol": symbol,
+                "ours": str(ours),
+                "brokers": str(theirs),
+                "qty_change": str(theirs - ours),
+                "price": _text(price),
+                "reason": "reconciliation: the difference persisted over two looks with no fill in between",
+            },
+        )
+        self.producer.produce(
+            self.settings.topic("alerts"),
+            self.registry.encode(
+                ALERT_SCHEMA,
+                {
+                    **common_fields(
+                        self.source, ts, event_id, deterministic_event_id("reconciliation-alert", event_id)
+                    ),
+                    "kind": "reconciliation.mismatch",
+                    "severity": "WARNING",
+                    "subject": self.account,
+                    "message": message,
+                    "from_value": float(ours),
+                    "to_value": float(theirs),
+                    "since_ns": None,
+                    "details": {"symbol": symbol, "tracker": str(ours), "broker": str(theirs)},
+                },
+            ),
+            self.account,
+        )

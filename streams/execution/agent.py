@@ -1,0 +1,116 @@
+"""The execution agent (Faust, in ``tidemark agents``): the rebalancer and the position tracker of one account.
+
+Its inputs are keyed by strategy, symbol or account over many partitions; forwarding agents send a compact record
+of each to one internal topic of one partition keyed by the account (``<app id>-execution-inputs``), whose agent
+keeps the account's ``Desk`` in the ``execution-desk`` table (``streams.execution.desk`` says what each input does).
+Outputs: ``RebalanceProposed`` (orders.rebalances), ``PlaceOrder`` and ``OrderRejected`` (orders.intents),
+``PositionChanged`` (positions), alerts.
+
+Idempotency under at least once, as in the portfolio agent: an input that produced events is remembered with their
+bytes; delivered again, it gets them again and is not decided again. Output ids derive from the input's id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import faust
+
+from core.settings import Settings
+from streams.agents import RAW, Event, agents_app_id, answer_once, dead_letter, install_forwarders
+from streams.execution.desk import Desk, Policy, compact, decide
+from streams.execution.rebalance import Rules
+
+log = logging.getLogger("tidemark.execution")
+
+INPUTS: dict[str, dict[str, str | None]] = {
+    "portfolio.targets": {"tidemark.portfolio.PortfolioTargetsSet": "targets"},
+    "orders.rebalances": {
+        "tidemark.orders.ApproveRebalance": "approve",
+        "tidemark.orders.RebalanceProposed": None,  # our own
+    },
+    "broker.order_updates": {"tidemark.broker.OrderUpdated": "update"},
+    "broker.positions": {
+        "tidemark.broker.PositionCorrected": "correction",
+        "tidemark.broker.PositionReported": None,  # the connector reconciles them
+    },
+    "broker.account": {"tidemark.broker.AccountReported": "account"},
+    "strategies.performance": {"tidemark.strategies.StrategyPerformanceRecorded": "performance"},
+    "md.bars.1d": {"tidemark.marketdata.BarClosed": "price"},
+}
+"""Per input topic: its event types and the kind each is forwarded as (None: ignored)."""
+RECENT = 256
+"""Inputs whose outputs are remembered: more than a redelivery can span (inputs since the last commit)."""
+
+
+def broker_kind(settings: Settings) -> str:
+    """The broker the account trades at: ``alpaca`` when so set, or when ``auto`` and an Alpaca key is set."""
+    kind = settings.broker.kind
+    if kind == "auto":
+        return "alpaca" if settings.alpaca.key_id is not None else "simulated"
+    return kind
+
+
+def policy_of(settings: Settings) -> Policy:
+    broker = settings.broker
+    kind = broker_kind(settings)
+    rules = Rules(
+        min_order_notional=Decimal(repr(broker.min_order_notional)),
+        no_trade_band=Decimal(repr(broker.no_trade_band)),
+        allow_short=broker.allow_short and kind == "simulated",
+    )
+    return Policy(settings.portfolio.account, kind, rules, broker.auto_approve)
+
+
+def answer(
+    entry: Mapping[str, Any] | None, record: Mapping[str, Any], policy: Policy
+) -> tuple[dict[str, Any], list[tuple[str, str, bytes]], bool]:
+    """The table entry after ``record``, its encoded events, and whether it was answered before."""
+
+    def step(state: Any, record: Mapping[str, Any]) -> tuple[Any, list[Event]]:
+        desk = Desk.from_json(state)
+        events = decide(desk, record, policy)
+        return desk.to_json(), events
+
+    return answer_once(entry, record, step, RECENT)
+
+
+def inputs_topic_name(settings: Settings) -> str:
+    """Starts with the app id, so the context's topic prefix covers it."""
+    return f"{agents_app_id(settings)}-execution-inputs"
+
+
+def install(app: faust.App, settings: Settings) -> None:
+    """The execution agents and their table on ``app``."""
+    policy = policy_of(settings)
+    account = policy.account
+    inputs = app.topic(inputs_topic_name(settings), partitions=1, internal=True, **RAW)
+    outputs = {
+        name: app.topic(settings.topic(name), **RAW)
+        for name in ("orders.rebalances", "orders.intents", "positions", "alerts")
+    }
+    table = app.Table(
+        "execution-desk", partitions=1, schema=faust.Schema(key_serializer="json", value_serializer="json")
+    )
+    dlq = app.topic(settings.topic("dlq"), **RAW)
+    install_forwarders(app, settings, inputs, INPUTS, "execution", account, compact)
+
+    @app.agent(inputs, name="execution-desk")
+    async def keep_desk(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            record = json.loads(event.value)
+            try:
+                entry, events, again = answer(table.get(account), record, policy)
+            except ValueError as exc:  # an input the desk cannot apply: dead-lettered, never a crash loop
+                await dead_letter(dlq, event, "execution.desk", exc)
+                continue
+            if again:
+                log.info("execution desk: input %s answered again, as recorded", record["event_id"])
+            else:
+                table[account] = entry
+            for topic, key, value in events:
+                await outputs[topic].send(key=key.encode(), value=value)

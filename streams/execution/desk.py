@@ -1,0 +1,369 @@
+"""The execution desk of one account: the rebalancer and the position tracker over one state, so the allocations an
+order is registered with are in the book before the order can be sent, let alone filled.
+
+Inputs (compact records, in the order of the agent's one-partition inputs topic):
+
+- ``targets`` (a ``PortfolioTargetsSet``): a rebalance is planned against the current holdings
+  (``rebalance.plan``) and proposed as ``RebalanceProposed``; with ``auto_approve`` it is approved at once.
+- ``approve`` (an ``ApproveRebalance``): the proposal's orders become ``PlaceOrder`` commands (their allocations
+  registered in the tracker first) and its refusals ``OrderRejected`` events. Approving a proposal that a newer one
+  superseded, or an unknown one, is refused with a WARNING alert; approving twice sends nothing twice.
+- ``update`` (an ``OrderUpdated``): the tracker folds the order's cumulative state (``positions.apply_update``) and
+  each strategy whose holding moved gets a ``PositionChanged``.
+- ``correction`` (a ``PositionCorrected`` from reconciliation): booked to ``UNATTRIBUTED``, published the same way.
+- ``performance``, ``price``, ``account``: the strategies' latest positions, the latest daily close and asset
+  class per symbol, the buying power.
+
+Pure: no I/O; the state is JSON. Every output's id derives from its input's id, so a replay decides the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from core.events import common_fields, deterministic_event_id
+from streams.execution.positions import (
+    UNATTRIBUTED,
+    Book,
+    Fill,
+    apply_correction,
+    apply_update,
+    quantities,
+    register,
+)
+from streams.execution.rebalance import (
+    Allocation,
+    Plan,
+    PlannedOrder,
+    Rules,
+    StrategyTarget,
+    Venue,
+    plan,
+)
+
+SOURCE = "rebalancer"
+TRACKER = "position-tracker"
+PROPOSED_SCHEMA = "tidemark.orders.RebalanceProposed"
+PLACE_SCHEMA = "tidemark.orders.PlaceOrder"
+REJECTED_SCHEMA = "tidemark.orders.OrderRejected"
+CHANGED_SCHEMA = "tidemark.orders.PositionChanged"
+ALERT_SCHEMA = "tidemark.risk.AlertRaised"
+KEPT_PROPOSALS = 16
+"""Proposals kept for approval; older ones are superseded anyway."""
+BROKER_TRADES = {"alpaca": frozenset({"EQUITY"}), "simulated": frozenset({"EQUITY", "FX", "FUTURE", "UNKNOWN"})}
+"""Asset classes each broker trades: Alpaca no FX and no CME futures; the simulated book everything."""
+
+Event = tuple[str, str, str, dict[str, Any]]
+"""(catalogue topic, key, schema, record) of an output."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    account: str
+    broker: str
+    """alpaca or simulated."""
+    rules: Rules
+    auto_approve: bool
+
+
+@dataclass
+class Desk:
+    tracker: Book = field(default_factory=Book)
+    strategies: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per strategy: its latest positions (signed fractions of its capital)."""
+    positions_end: dict[str, int] = field(default_factory=dict)
+    prices: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Per symbol: (latest daily close, asset class)."""
+    buying_power: str | None = None
+    proposals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per rebalance id: the RebalanceProposed record, newest last."""
+    approved: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tracker": self.tracker.to_json(),
+            "strategies": self.strategies,
+            "positions_end": self.positions_end,
+            "prices": {s: list(p) for s, p in self.prices.items()},
+            "buying_power": self.buying_power,
+            "proposals": self.proposals,
+            "approved": self.approved,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Desk:
+        if not data:
+            return cls()
+        return cls(
+            Book.from_json(data["tracker"]),
+            {sid: dict(p) for sid, p in data["strategies"].items()},
+            dict(data["positions_end"]),
+            {s: (p[0], p[1]) for s, p in data["prices"].items()},
+            data["buying_power"],
+            dict(data["proposals"]),
+            list(data["approved"]),
+        )
+
+
+def compact(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of an input event the desk needs, JSON-ready."""
+    base = {"kind": kind, "event_id": record["event_id"], "ts_event": record["ts_event"]}
+    if kind == "targets":
+        weights = [{"strategy_id": w["strategy_id"], "weight": w["weight"]} for w in record["weights"]]
+        return {**base, "weights": weights, "capital": record["capital"], "buying_power": record["buying_power"]}
+    if kind == "approve":
+        return {**base, "rebalance_id": record["rebalance_id"], "approved_by": record["approved_by"]}
+    if kind == "update":
+        names = ("client_order_id", "order_id", "symbol", "side", "filled_qty", "filled_avg_price", "ts_event")
+        return {**base, **{n: record[n] for n in names}}
+    if kind == "correction":
+        return {**base, "symbol": record["symbol"], "qty_change": record["qty_change"], "price": record["price"]}
+    if kind == "performance":
+        return {**base, "strategy_id": record["strategy_id"], "end": record["period_end_ns"], **_positions(record)}
+    if kind == "price":
+        return {
+            **base,
+            "symbol": record["symbol"],
+            "close": repr(record["close"]),
+            "asset_class": record["asset_class"],
+        }
+    if kind == "account":
+        return {**base, "account_id": record["account_id"], "buying_power": record["buying_power"]}
+    raise ValueError(f"no input kind {kind!r}")
+
+
+def _positions(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {"positions": {str(k): float(v) for k, v in record["positions"].items()}}
+
+
+def decide(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
+    """Apply one input to ``desk``; the events it causes."""
+    kind = record["kind"]
+    if kind == "performance":
+        sid = record["strategy_id"]
+        if record["end"] >= desk.positions_end.get(sid, -1):
+            desk.strategies[sid] = dict(record["positions"])
+            desk.positions_end[sid] = record["end"]
+        return []
+    if kind == "price":
+        desk.prices[record["symbol"]] = (record["close"], record["asset_class"])
+        return []
+    if kind == "account":
+        desk.buying_power = record["buying_power"]
+        return []
+    if kind == "targets":
+        return _propose(desk, record, policy)
+    if kind == "approve":
+        return _approve(desk, record, policy)
+    if kind == "update":
+        fills = apply_update(
+            desk.tracker,
+            record["client_order_id"],
+            record["symbol"],
+            record["side"],
+            Decimal(record["filled_qty"]),
+            None if record["filled_avg_price"] is None else Decimal(record["filled_avg_price"]),
+            record["order_id"],
+        )
+        return _changes(desk, record, policy, fills, "fill")
+    if kind == "correction":
+        price = Decimal(record["price"]) if record["price"] is not None else Decimal(0)
+        fill = apply_correction(desk.tracker, record["symbol"], UNATTRIBUTED, Decimal(record["qty_change"]), price)
+        return _changes(desk, record, policy, [fill], "correction")
+    raise ValueError(f"no input kind {kind!r}")
+
+
+def venue_of(desk: Desk, broker: str) -> dict[str, Venue]:
+    """What the broker trades, by the asset class of each priced symbol."""
+    trades = BROKER_TRADES[broker]
+    return {
+        symbol: Venue(asset_class in trades, True, "EQUITY" if asset_class == "UNKNOWN" else asset_class)
+        for symbol, (_, asset_class) in desk.prices.items()
+    }
+
+
+def rebalance_id_of(account: str, targets_id: str) -> str:
+    return deterministic_event_id("rebalance", account, targets_id)
+
+
+def _propose(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
+    targets = [
+        StrategyTarget(w["strategy_id"], Decimal(w["weight"]), desk.strategies.get(w["strategy_id"], {}))
+        for w in record["weights"]
+    ]
+    power = record["buying_power"] or desk.buying_power
+    rebalance_id = rebalance_id_of(policy.account, record["event_id"])
+    found = plan(
+        rebalance_id,
+        targets,
+        Decimal(record["capital"]),
+        {s: Decimal(p) for s, (p, _) in desk.prices.items()},
+        quantities(desk.tracker),
+        venue_of(desk, policy.broker),
+        policy.rules,
+        None if power is None else Decimal(power),
+    )
+    proposal = _proposal(found, record, policy, power)
+    desk.proposals[rebalance_id] = proposal
+    desk.proposals = dict(list(desk.proposals.items())[-KEPT_PROPOSALS:])
+    events: list[Event] = [("orders.rebalances", policy.account, PROPOSED_SCHEMA, proposal)]
+    if policy.auto_approve:
+        events += _send(desk, proposal, policy, record, "auto")
+    return events
+
+
+def _proposal(found: Plan, record: Mapping[str, Any], policy: Policy, power: str | None) -> dict[str, Any]:
+    return {
+        **common_fields(SOURCE, record["ts_event"], record["event_id"], found.rebalance_id),
+        "account_id": policy.account,
+        "rebalance_id": found.rebalance_id,
+        "targets_id": record["event_id"],
+        "capital": record["capital"],
+        "buying_power": power,
+        "orders": [_planned(o) for o in found.orders],
+        "refused": [
+            {"symbol": r.symbol, "strategy_ids": list(r.strategy_ids), "reason": r.reason} for r in found.refusals
+        ],
+        "skipped": [
+            {"symbol": s.symbol, "strategy_ids": list(s.strategy_ids), "reason": s.reason} for s in found.skipped
+        ],
+        "auto_approved": policy.auto_approve,
+        "broker": policy.broker,
+    }
+
+
+def _planned(order: PlannedOrder) -> dict[str, Any]:
+    return {
+        "event_id": order.event_id,
+        "client_order_id": order.client_order_id,
+        "symbol": order.symbol,
+        "side": order.side,
+        "qty": str(order.qty),
+        "price": str(order.price),
+        "notional": str(order.notional.quantize(Decimal("0.01"))),
+        "allocations": [{"strategy_id": a.strategy_id, "qty": str(a.qty)} for a in order.allocations],
+    }
+
+
+def _approve(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
+    rebalance_id = record["rebalance_id"]
+    proposal = desk.proposals.get(rebalance_id)
+    if proposal is None or rebalance_id != next(reversed(desk.proposals)):
+        why = "is not known" if proposal is None else "was superseded by a newer proposal"
+        return [_alert(policy, record, "rebalance.refused", "WARNING", f"rebalance {rebalance_id} {why}: nothing sent")]
+    if rebalance_id in desk.approved:
+        return [_alert(policy, record, "rebalance.approved_again", "INFO", f"rebalance {rebalance_id} was sent before")]
+    return _send(desk, proposal, policy, record, record["approved_by"])
+
+
+def _send(
+    desk: Desk, proposal: Mapping[str, Any], policy: Policy, trigger: Mapping[str, Any], approved_by: str
+) -> list[Event]:
+    """The proposal's orders as commands, registered in the tracker first; its refusals as ``OrderRejected``."""
+    rebalance_id = proposal["rebalance_id"]
+    desk.approved = [*desk.approved, rebalance_id][-KEPT_PROPOSALS:]
+    events: list[Event] = []
+    for order in proposal["orders"]:
+        allocations = [Allocation(a["strategy_id"], Decimal(a["qty"])) for a in order["allocations"]]
+        register(
+            desk.tracker, order["client_order_id"], order["symbol"], order["side"], Decimal(order["qty"]), allocations
+        )
+        strategies = sorted(a.strategy_id for a in allocations)
+        events.append(
+            (
+                "orders.intents",
+                policy.account,
+                PLACE_SCHEMA,
+                {
+                    **common_fields(SOURCE, trigger["ts_event"], rebalance_id, order["event_id"]),
+                    "account_id": policy.account,
+                    "client_order_id": order["client_order_id"],
+                    "symbol": order["symbol"],
+                    "side": order["side"],
+                    "qty": order["qty"],
+                    "notional": None,
+                    "order_type": "MARKET",
+                    "time_in_force": "DAY",
+                    "limit_price": None,
+                    "stop_price": None,
+                    "extended_hours": False,
+                    "strategy_id": strategies[0] if len(strategies) == 1 else None,
+                    "reason": f"rebalance {rebalance_id} approved by {approved_by}",
+                },
+            )
+        )
+    for refused in proposal["refused"]:
+        event_id = deterministic_event_id("order-rejected", rebalance_id, refused["symbol"])
+        events.append(
+            (
+                "orders.intents",
+                policy.account,
+                REJECTED_SCHEMA,
+                {
+                    **common_fields(SOURCE, trigger["ts_event"], rebalance_id, event_id),
+                    "account_id": policy.account,
+                    "symbol": refused["symbol"],
+                    "client_order_id": "",
+                    "rebalance_id": rebalance_id,
+                    "strategy_ids": refused["strategy_ids"],
+                    "reason": refused["reason"],
+                    "refused_by": "rebalancer",
+                },
+            )
+        )
+    return events
+
+
+def _changes(desk: Desk, record: Mapping[str, Any], policy: Policy, fills: list[Fill], cause: str) -> list[Event]:
+    events: list[Event] = []
+    for fill in fills:
+        holding = desk.tracker.holdings.get((fill.strategy_id, fill.symbol))
+        qty = holding.qty if holding is not None else Decimal(0)
+        avg = holding.avg_price if holding is not None else None
+        event_id = deterministic_event_id("position-changed", record["event_id"], fill.strategy_id, fill.symbol)
+        events.append(
+            (
+                "positions",
+                policy.account,
+                CHANGED_SCHEMA,
+                {
+                    **common_fields(TRACKER, record["ts_event"], record["event_id"], event_id),
+                    "account_id": policy.account,
+                    "strategy_id": fill.strategy_id,
+                    "symbol": fill.symbol,
+                    "qty": str(qty),
+                    "qty_change": str(fill.qty),
+                    "price": None if cause == "correction" and not fill.price else str(fill.price),
+                    "cash_change": str(-fill.cash),
+                    "avg_price": None if avg is None else str(avg),
+                    "realized_pnl": str(holding.realised if holding is not None else Decimal(0)),
+                    "cause": cause,
+                    "client_order_id": record.get("client_order_id", ""),
+                    "order_id": record.get("order_id", ""),
+                },
+            )
+        )
+    return events
+
+
+def _alert(policy: Policy, trigger: Mapping[str, Any], kind: str, severity: str, message: str) -> Event:
+    event_id = deterministic_event_id("execution-alert", kind, trigger["event_id"])
+    return (
+        "alerts",
+        policy.account,
+        ALERT_SCHEMA,
+        {
+            **common_fields(SOURCE, trigger["ts_event"], trigger["event_id"], event_id),
+            "kind": kind,
+            "severity": severity,
+            "subject": policy.account,
+            "message": message,
+            "from_value": None,
+            "to_value": None,
+            "since_ns": None,
+            "details": {"rebalance_id": trigger.get("rebalance_id", "")},
+        },
+    )
