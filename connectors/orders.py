@@ -35,6 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from connectors.broker import (
     TERMINAL,
+    Asset,
     Broker,
     BrokerAccount,
     BrokerError,
@@ -69,6 +70,110 @@ CHANGED_SCHEMA = "tidemark.orders.PositionChanged"
 BAR_SCHEMA = "tidemark.marketdata.BarClosed"
 TOLERANCE = Decimal("1e-9")
 _STATUS_EVENT = {"FILLED": "FILL", "PARTIALLY_FILLED": "PARTIAL_FILL", "NEW": "NEW", "ACCEPTED": "ACCEPTED"}
+
+
+class LiveTradingRefused(RuntimeError):
+    """Live trading was asked for without both switches; the message says which is missing."""
+
+
+def make_broker(settings: Settings, live: bool = False) -> Broker:
+    """The account's broker: Alpaca when so set (or ``auto`` with a key), else the simulated broker.
+
+    Alpaca's live endpoint needs ``TIDEMARK_ALPACA_PAPER=false`` and ``live=True`` (``--live``) together: either
+    alone raises ``LiveTradingRefused``, so no setting on its own can move real money. A missing key raises
+    ``CredentialsRefused`` naming the variable."""
+    from connectors.simulated import SimulatedBroker
+
+    kind = settings.broker.kind
+    alpaca = settings.alpaca
+    if kind == "alpaca" or (kind == "auto" and alpaca.key_id is not None):
+        if live and alpaca.paper:
+            raise LiveTradingRefused("--live needs TIDEMARK_ALPACA_PAPER=false as well; nothing was started")
+        if not alpaca.paper and not live:
+            raise LiveTradingRefused(
+                "TIDEMARK_ALPACA_PAPER=false trades real money: confirm with --live; nothing was started"
+            )
+        from connectors.alpaca import AlpacaBroker
+
+        return AlpacaBroker(
+            alpaca.key_id.get_secret_value() if alpaca.key_id else "",
+            alpaca.secret_key.get_secret_value() if alpaca.secret_key else "",
+            paper=alpaca.paper,
+            rest_url=alpaca.rest_url,
+            stream_url=alpaca.stream_url,
+            account_id=settings.portfolio.account,
+        )
+    if live:
+        raise LiveTradingRefused(
+            "--live needs an Alpaca account (TIDEMARK_ALPACA_KEY_ID); the simulated broker is paper"
+        )
+    costs = {name: settings.costs.model(name) for name in ("EQUITY", "FX", "FUTURE")}
+    return SimulatedBroker(
+        settings.portfolio.account,
+        Decimal(repr(settings.broker.cash)),
+        costs,
+        participation=Decimal(repr(settings.broker.participation)),
+        allow_short=settings.broker.allow_short,
+    )
+
+
+def asset_of_bar(symbol: str, asset_class: str) -> Asset:
+    """What the simulated broker trades: every symbol it has a bar of, fractionally, at its asset class's costs."""
+    return Asset(symbol, asset_class if asset_class in ("EQUITY", "FX", "FUTURE") else "EQUITY", True, True)
+
+
+def read_account_topic(settings: Settings, name: str, schema: str, group: str) -> list[dict[str, Any]]:
+    """Every ``schema`` record of the account on topic ``name``, in partition order (one partition per account)."""
+    registry = get_registry()
+    account = settings.portfolio.account
+    reader = range_reader(settings.kafka.bootstrap, group)
+    found = []
+    try:
+        for message in read_range(reader, settings.topic(name), timeout=settings.operations.stall_timeout_s * 4):
+            try:
+                decoded = registry.decode(message.value())
+            except DecodeError:
+                continue
+            if decoded.schema == schema and decoded.record["account_id"] == account:
+                found.append(decoded.record)
+    finally:
+        reader.close()
+    return found
+
+
+def restore_simulated(settings: Settings, broker: Any, updates: list[dict[str, Any]], group: str) -> None:
+    """Rebuild a fresh simulated broker from its published updates. Its assets come first: each symbol's asset class
+    from the positions it reported (a fill of a symbol never reported is priced as an equity's, and logged)."""
+    for record in read_account_topic(settings, "broker.positions", POSITION_SCHEMA, f"{group}-assets"):
+        broker.add_asset(asset_of_bar(record["symbol"], record["asset_class"]))
+    for record in updates:
+        if broker.asset(record["symbol"]) is None:
+            log.warning("simulated broker: no reported asset class for %s; restored as an equity", record["symbol"])
+            broker.add_asset(asset_of_bar(record["symbol"], "EQUITY"))
+    broker.restore([update_from_record(r) for r in updates])
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    broker: str
+    positions: dict[str, Decimal]
+    open_orders: int
+
+
+def broker_positions(settings: Settings) -> BrokerState:
+    """The broker's positions now: Alpaca's by asking it; the simulated broker's by rebuilding it from its updates."""
+    broker = make_broker(settings)
+    group = f"{settings.topic_prefix}{settings.app_id}-reconcile-{settings.portfolio.account}"
+    try:
+        if hasattr(broker, "restore"):
+            source = f"{broker.name}-broker"
+            records = read_account_topic(settings, "broker.order_updates", UPDATED_SCHEMA, group)
+            restore_simulated(settings, broker, [r for r in records if r["source"] == source], group)
+        positions = {p.symbol: p.qty for p in broker.positions()}
+        open_orders = sum(o.status not in TERMINAL for o in broker.orders())
+        return BrokerState(broker.name, positions, open_orders)
+    finally:
+        broker.close()
 
 
 class InvalidOrder(ValueError):
@@ -307,28 +412,15 @@ class BrokerConnector:
 
     # -- start-up ---------------------------------------------------------------------------------------------
 
-    def published_updates(self) -> list[dict[str, Any]]:
-        """Every ``OrderUpdated`` of this account and broker already on the topic, in partition order."""
-        topic = self.settings.topic("broker.order_updates")
-        reader = range_reader(self.settings.kafka.bootstrap, f"{self.group}-restore")
-        found = []
-        try:
-            for message in read_range(reader, topic, timeout=self.settings.operations.stall_timeout_s * 4):
-                try:
-                    record = self.registry.decode_as(UPDATED_SCHEMA, message.value())
-                except DecodeError:
-                    continue
-                if record["account_id"] == self.account and record["source"] == self.source:
-                    found.append(record)
-        finally:
-            reader.close()
-        return found
-
     def restore(self) -> None:
-        records = self.published_updates()
-        restore = getattr(self.broker, "restore", None)
-        if restore is not None:
-            restore([update_from_record(r) for r in records])
+        """The orders on record (and, for the simulated broker, its whole state) from ``broker.order_updates``."""
+        records = [
+            r
+            for r in read_account_topic(self.settings, "broker.order_updates", UPDATED_SCHEMA, f"{self.group}-restore")
+            if r["source"] == self.source
+        ]
+        if hasattr(self.broker, "restore"):
+            restore_simulated(self.settings, self.broker, records, self.group)
         for record in records:
             self._remember(record["client_order_id"], record["status"], Decimal(record["filled_qty"]), record["symbol"])
         log.info(
@@ -498,6 +590,8 @@ class BrokerConnector:
                 bar = self.registry.decode_as(BAR_SCHEMA, message.value())
             except DecodeError:
                 continue  # the analytics runner dead-letters bad bars; the broker only prices with good ones
+            if self.broker.asset(bar["symbol"]) is None:
+                self.broker.add_asset(asset_of_bar(bar["symbol"], bar["asset_class"]))  # type: ignore[attr-defined]
             self.broker.on_bar(  # type: ignore[attr-defined]
                 bar["symbol"],
                 bar["start_ns"],
@@ -506,6 +600,7 @@ class BrokerConnector:
                 Decimal(repr(bar["low"])),
                 Decimal(repr(bar["close"])),
                 Decimal(repr(bar["volume"])),
+                close_only=bar["kind"] == "CLOSE_ONLY",
             )
         self._publish_updates(self.broker.updates(0.0))
         self.producer.flush(self.settings.operations.stall_timeout_s)

@@ -20,6 +20,7 @@ from core.kafka import KafkaNotReady
 from core.settings import Context, get_settings
 from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.discover_cli import discover_app, query_strategies, strategy_app
+from tidemark.execution_cli import broker_app, orders_command, positions_command, rebalance_app, reconcile_command
 from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.lifecycle_cli import lifecycle_app
 from tidemark.portfolio_cli import portfolio_app
@@ -42,6 +43,11 @@ plot_app = typer.Typer(help="Pictures of the projections.", no_args_is_help=True
 app.add_typer(discover_app, name="discover")
 app.add_typer(lifecycle_app, name="lifecycle")
 app.add_typer(portfolio_app, name="portfolio")
+app.add_typer(broker_app, name="broker")
+app.add_typer(rebalance_app, name="rebalance")
+app.command("orders")(orders_command)
+app.command("positions")(positions_command)
+app.command("reconcile")(reconcile_command)
 app.add_typer(strategy_app, name="strategy")
 query_app.command("strategies")(query_strategies)
 app.add_typer(plot_app, name="plot")

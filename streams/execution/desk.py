@@ -201,7 +201,8 @@ def _propose(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Even
         targets,
         Decimal(record["capital"]),
         {s: Decimal(p) for s, (p, _) in desk.prices.items()},
-        quantities(desk.tracker),
+        # What reconciliation booked to no strategy is the account holder's, not the portfolio's: never traded.
+        {k: q for k, q in quantities(desk.tracker).items() if k[0] != UNATTRIBUTED},
         venue_of(desk, policy.broker),
         policy.rules,
         None if power is None else Decimal(power),
