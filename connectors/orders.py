@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 
 from connectors.broker import (
     TERMINAL,
@@ -452,11 +452,21 @@ class BrokerConnector:
                     "bootstrap.servers": self.settings.kafka.bootstrap,
                     "group.id": f"{self.group}-bars",
                     "enable.auto.commit": False,
-                    "auto.offset.reset": "latest",
                     "isolation.level": "read_committed",
                 }
             )
-            self.bars.subscribe([self.settings.topic("md.bars.1d"), self.settings.topic("md.bars.1m")])
+            daily = self.settings.topic("md.bars.1d")
+
+            def first_run_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+                """Where nothing was committed: the daily bars from their start (each symbol's asset class and last
+                price: what the broker trades), the minute bars from now on (their history is long and old)."""
+                committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout)}
+                for tp in partitions:
+                    if committed.get((tp.topic, tp.partition), -1) < 0:
+                        tp.offset = OFFSET_BEGINNING if tp.topic == daily else OFFSET_END
+                consumer.assign(partitions)
+
+            self.bars.subscribe([daily, self.settings.topic("md.bars.1m")], on_assign=first_run_offsets)
         log.info("broker connector (%s) for account %s: following orders.intents", self.broker.name, self.account)
         next_look = 0.0
         try:

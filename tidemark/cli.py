@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,14 +95,19 @@ def _run_db(query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 
 
 def _jsonable(value: Any) -> Any:
+    """Times as ISO text, exact decimals (money, quantities) as strings so no digit is lost to a float."""
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
     return value
 
 
 def _emit(rows: Sequence[dict[str, Any]], title: str, as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2, default=_jsonable) + "\n"
+        )
         return
     if not rows:
         console.print(f"[yellow]{title}: nothing yet[/yellow]")

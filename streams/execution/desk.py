@@ -4,7 +4,9 @@ order is registered with are in the book before the order can be sent, let alone
 Inputs (compact records, in the order of the agent's one-partition inputs topic):
 
 - ``targets`` (a ``PortfolioTargetsSet``): a rebalance is planned against the current holdings
-  (``rebalance.plan``) and proposed as ``RebalanceProposed``; with ``auto_approve`` it is approved at once.
+  (``rebalance.plan``) and proposed as ``RebalanceProposed``; with ``auto_approve`` it is approved at once. Targets
+  whose strategies' positions or prices the desk has not seen yet (its inputs come from several topics, in no
+  guaranteed order between them) wait, and are planned by the input that completes them.
 - ``approve`` (an ``ApproveRebalance``): the proposal's orders become ``PlaceOrder`` commands (their allocations
   registered in the tracker first) and its refusals ``OrderRejected`` events. Approving a proposal that a newer one
   superseded, or an unknown one, is refused with a WARNING alert; approving twice sends nothing twice.
@@ -81,6 +83,8 @@ class Desk:
     proposals: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per rebalance id: the RebalanceProposed record, newest last."""
     approved: list[str] = field(default_factory=list)
+    pending: dict[str, Any] | None = None
+    """Targets waiting for a weighted strategy's positions or a price: planned as soon as they arrive."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +95,7 @@ class Desk:
             "buying_power": self.buying_power,
             "proposals": self.proposals,
             "approved": self.approved,
+            "pending": self.pending,
         }
 
     @classmethod
@@ -105,6 +110,7 @@ class Desk:
             data["buying_power"],
             dict(data["proposals"]),
             list(data["approved"]),
+            data.get("pending"),
         )
 
 
@@ -142,19 +148,25 @@ def _positions(record: Mapping[str, Any]) -> dict[str, Any]:
 def decide(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
     """Apply one input to ``desk``; the events it causes."""
     kind = record["kind"]
-    if kind == "performance":
-        sid = record["strategy_id"]
-        if record["end"] >= desk.positions_end.get(sid, -1):
-            desk.strategies[sid] = dict(record["positions"])
-            desk.positions_end[sid] = record["end"]
-        return []
-    if kind == "price":
-        desk.prices[record["symbol"]] = (record["close"], record["asset_class"])
-        return []
-    if kind == "account":
-        desk.buying_power = record["buying_power"]
+    if kind in ("performance", "price", "account"):
+        if kind == "performance":
+            sid = record["strategy_id"]
+            if record["end"] >= desk.positions_end.get(sid, -1):
+                desk.strategies[sid] = dict(record["positions"])
+                desk.positions_end[sid] = record["end"]
+        elif kind == "price":
+            desk.prices[record["symbol"]] = (record["close"], record["asset_class"])
+        else:
+            desk.buying_power = record["buying_power"]
+        if desk.pending is not None and not missing(desk, desk.pending):
+            targets, desk.pending = desk.pending, None
+            return _propose(desk, targets, policy)
         return []
     if kind == "targets":
+        if missing(desk, record):
+            desk.pending = record  # newer targets replace older waiting ones
+            return []
+        desk.pending = None
         return _propose(desk, record, policy)
     if kind == "approve":
         return _approve(desk, record, policy)
@@ -174,6 +186,19 @@ def decide(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]
         fill = apply_correction(desk.tracker, record["symbol"], UNATTRIBUTED, Decimal(record["qty_change"]), price)
         return _changes(desk, record, policy, [fill], "correction")
     raise ValueError(f"no input kind {kind!r}")
+
+
+def missing(desk: Desk, targets: Mapping[str, Any]) -> list[str]:
+    """What the desk must know before it can plan ``targets``: each weighted strategy's positions (planning without
+    them would close what the strategy holds) and a price for each symbol they hold."""
+    found = []
+    for weight in targets["weights"]:
+        positions = desk.strategies.get(weight["strategy_id"])
+        if positions is None:
+            found.append(f"positions of {weight['strategy_id']}")
+            continue
+        found += [f"price of {s}" for s in positions if s not in desk.prices]
+    return found
 
 
 def venue_of(desk: Desk, broker: str) -> dict[str, Venue]:
