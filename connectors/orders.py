@@ -51,7 +51,7 @@ from connectors.broker import (
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.events import common_fields, deterministic_event_id, now_ns
-from core.kafka import ReliableProducer, producer_config, range_reader, read_range
+from core.kafka import ReliableProducer, producer_config, range_reader, read_range, watermarks
 from core.metrics import ProcessMetrics
 from core.settings import Settings
 from core.supervision import Watchdog
@@ -141,16 +141,68 @@ def read_account_topic(settings: Settings, name: str, schema: str, group: str) -
     return found
 
 
-def restore_simulated(settings: Settings, broker: Any, updates: list[dict[str, Any]], group: str) -> None:
-    """Rebuild a fresh simulated broker from its published updates. Its assets come first: each symbol's asset class
-    from the positions it reported (a fill of a symbol never reported is priced as an equity's, and logged)."""
-    for record in read_account_topic(settings, "broker.positions", POSITION_SCHEMA, f"{group}-assets"):
-        broker.add_asset(asset_of_bar(record["symbol"], record["asset_class"]))
+def feed_bar(broker: Any, bar: Mapping[str, Any]) -> None:
+    """One decoded ``BarClosed`` to the simulated broker (which learns the symbol's asset class from it)."""
+    if broker.asset(bar["symbol"]) is None:
+        broker.add_asset(asset_of_bar(bar["symbol"], bar["asset_class"]))
+    broker.on_bar(
+        bar["symbol"],
+        bar["start_ns"],
+        Decimal(repr(bar["open"])),
+        Decimal(repr(bar["high"])),
+        Decimal(repr(bar["low"])),
+        Decimal(repr(bar["close"])),
+        Decimal(repr(bar["volume"])),
+        close_only=bar["kind"] == "CLOSE_ONLY",
+    )
+
+
+def restore_simulated(
+    settings: Settings, broker: Any, updates: list[dict[str, Any]], group: str, catch_up: bool = True
+) -> dict[int, int]:
+    """Rebuild a fresh simulated broker from its published updates; returns the daily bars' partition ends it read.
+
+    The daily bars are read from their start first: every symbol's asset class (its costs) and last price. With
+    ``catch_up``, the bars after the oldest unfinished order are then fed again in time order, so an order whose fill
+    a kill kept from being published fills now, at the bar it would have filled at (bars that filled before the kill
+    fill nothing twice: the broker ignores a bar not after a symbol's latest fill)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in updates:
+        latest[record["client_order_id"]] = record
+    waiting = [r["created_at_ns"] or r["ts_event"] for r in latest.values() if r["status"] not in TERMINAL]
+    open_since = min(waiting) if waiting else None
+    registry = get_registry()
+    topic = settings.topic("md.bars.1d")
+    timeout = settings.operations.stall_timeout_s
+    reader = range_reader(settings.kafka.bootstrap, f"{group}-bars-history")
+    classes: dict[str, str] = {}
+    last: dict[str, Decimal] = {}
+    kept: list[dict[str, Any]] = []
+    try:
+        partitions = reader.list_topics(topic, timeout=timeout).topics[topic].partitions
+        ends = {p: watermarks(reader, TopicPartition(topic, p), timeout)[1] for p in partitions}
+        for message in read_range(reader, topic, timeout=timeout * 4):
+            try:
+                bar = registry.decode_as(BAR_SCHEMA, message.value())
+            except DecodeError:
+                continue
+            classes[bar["symbol"]] = bar["asset_class"]
+            last[bar["symbol"]] = Decimal(repr(bar["close"]))
+            if open_since is not None and bar["start_ns"] > open_since:
+                kept.append(bar)
+    finally:
+        reader.close()
+    for symbol, asset_class in classes.items():
+        broker.add_asset(asset_of_bar(symbol, asset_class))
     for record in updates:
         if broker.asset(record["symbol"]) is None:
-            log.warning("simulated broker: no reported asset class for %s; restored as an equity", record["symbol"])
+            log.warning("simulated broker: no daily bar of %s; restored as an equity", record["symbol"])
             broker.add_asset(asset_of_bar(record["symbol"], "EQUITY"))
-    broker.restore([update_from_record(r) for r in updates])
+    broker.restore([update_from_record(r) for r in updates], last_prices=last)
+    if catch_up:
+        for bar in sorted(kept, key=lambda b: b["start_ns"]):
+            feed_bar(broker, bar)
+    return ends
 
 
 @dataclass(frozen=True)
@@ -168,7 +220,7 @@ def broker_positions(settings: Settings) -> BrokerState:
         if hasattr(broker, "restore"):
             source = f"{broker.name}-broker"
             records = read_account_topic(settings, "broker.order_updates", UPDATED_SCHEMA, group)
-            restore_simulated(settings, broker, [r for r in records if r["source"] == source], group)
+            restore_simulated(settings, broker, [r for r in records if r["source"] == source], group, catch_up=False)
         positions = {p.symbol: p.qty for p in broker.positions()}
         open_orders = sum(o.status not in TERMINAL for o in broker.orders())
         return BrokerState(broker.name, positions, open_orders)
@@ -389,9 +441,12 @@ class BrokerConnector:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                # A connector killed with kill -9 is noticed after this, and its successor takes over.
+                "session.timeout.ms": 10_000,
             }
         )
         self.bars: Consumer | None = None
+        self.daily_ends: dict[int, int] = {}
         self.tracker = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": f"{self.group}-tracker", "enable.auto.commit": False}
         )
@@ -420,7 +475,7 @@ class BrokerConnector:
             if r["source"] == self.source
         ]
         if hasattr(self.broker, "restore"):
-            restore_simulated(self.settings, self.broker, records, self.group)
+            self.daily_ends = restore_simulated(self.settings, self.broker, records, self.group)
         for record in records:
             self._remember(record["client_order_id"], record["status"], Decimal(record["filled_qty"]), record["symbol"])
         log.info(
@@ -453,20 +508,24 @@ class BrokerConnector:
                     "group.id": f"{self.group}-bars",
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
+                    "session.timeout.ms": 10_000,
                 }
             )
             daily = self.settings.topic("md.bars.1d")
 
-            def first_run_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-                """Where nothing was committed: the daily bars from their start (each symbol's asset class and last
-                price: what the broker trades), the minute bars from now on (their history is long and old)."""
+            def resume(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+                """The daily bars after those the restore read; the minute bars where the last run committed, or
+                from now on (their history is long, and old bars fill no new order)."""
                 committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout)}
                 for tp in partitions:
-                    if committed.get((tp.topic, tp.partition), -1) < 0:
-                        tp.offset = OFFSET_BEGINNING if tp.topic == daily else OFFSET_END
+                    if tp.topic == daily:
+                        tp.offset = self.daily_ends.get(tp.partition, OFFSET_END)
+                    elif committed.get((tp.topic, tp.partition), -1) < 0:
+                        tp.offset = OFFSET_END
                 consumer.assign(partitions)
+                log.info("simulated broker: following %d bar partitions", len(partitions))
 
-            self.bars.subscribe([daily, self.settings.topic("md.bars.1m")], on_assign=first_run_offsets)
+            self.bars.subscribe([daily, self.settings.topic("md.bars.1m")], on_assign=resume)
         log.info("broker connector (%s) for account %s: following orders.intents", self.broker.name, self.account)
         next_look = 0.0
         try:
@@ -562,7 +621,9 @@ class BrokerConnector:
         except OrderRefused as exc:
             self._refuse(record, f"refused by the broker: {exc}")
             return
-        update = TradeUpdate(_STATUS_EVENT.get(order.status, order.status), order, order.updated_at_ns or now_ns())
+        update = TradeUpdate(
+            _STATUS_EVENT.get(order.status, order.status), order, order.updated_at_ns or order.created_at_ns
+        )
         self._publish_updates([update], causation=record["event_id"])
         pause = self.settings.broker.pause_after_orders
         if pause and self.placed >= pause:
@@ -600,18 +661,7 @@ class BrokerConnector:
                 bar = self.registry.decode_as(BAR_SCHEMA, message.value())
             except DecodeError:
                 continue  # the analytics runner dead-letters bad bars; the broker only prices with good ones
-            if self.broker.asset(bar["symbol"]) is None:
-                self.broker.add_asset(asset_of_bar(bar["symbol"], bar["asset_class"]))  # type: ignore[attr-defined]
-            self.broker.on_bar(  # type: ignore[attr-defined]
-                bar["symbol"],
-                bar["start_ns"],
-                Decimal(repr(bar["open"])),
-                Decimal(repr(bar["high"])),
-                Decimal(repr(bar["low"])),
-                Decimal(repr(bar["close"])),
-                Decimal(repr(bar["volume"])),
-                close_only=bar["kind"] == "CLOSE_ONLY",
-            )
+            feed_bar(self.broker, bar)
         self._publish_updates(self.broker.updates(0.0))
         self.producer.flush(self.settings.operations.stall_timeout_s)
         self.bars.commit(asynchronous=False)
@@ -660,7 +710,7 @@ class BrokerConnector:
                 )
                 if order is not None and (order.status, order.filled_qty) != (status, filled):
                     event = _STATUS_EVENT.get(order.status, order.status)
-                    self._publish_updates([TradeUpdate(event, order, order.updated_at_ns or now_ns())])
+                    self._publish_updates([TradeUpdate(event, order, order.updated_at_ns or order.created_at_ns)])
             account = self._call("account", self.broker.account)
             positions = self._call("positions", self.broker.positions)
         except (InterruptedError, BrokerError) as exc:

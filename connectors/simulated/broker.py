@@ -322,12 +322,12 @@ class SimulatedBroker:
                 raise ValueError(f"two orders with client_order_id {order.client_order_id!r}")
             record = self._orders[order.order_id] = _Order(order)
             self._by_client[order.client_order_id] = order.order_id
-        if update.event in FILL_EVENTS:
+        # A fill without its own price and quantity is a state the connector read by polling, not a fill: the fill
+        # itself is in the log too, with them. It moves the order's state only.
+        if update.event in FILL_EVENTS and update.price is not None and update.qty is not None:
             asset = self._assets.get(order.symbol)
             if asset is None or asset.asset_class not in self._costs:
                 raise ValueError(f"a fill of {order.symbol}, whose asset or cost model this broker lacks")
-            if update.price is None or update.qty is None:
-                raise ValueError(f"{update.event} of order {order.order_id} without price or qty")
             position_qty = self._book(record, self._costs[asset.asset_class], update.price, update.qty)
             if update.position_qty is not None and position_qty != update.position_qty:
                 raise ValueError(
@@ -336,8 +336,11 @@ class SimulatedBroker:
             self._last[order.symbol] = update.price
             # A fill is stamped with its bar's start: that bar must not fill again after the restart.
             self._bar_starts[order.symbol] = max(self._bar_starts.get(order.symbol, -1), update.timestamp_ns)
-        record.state = order
-        if order.status in TERMINAL:
+        known = record.state
+        # The log is at least once, and polled states may come late: an order's state only moves forward.
+        if (order.filled_qty, order.status in TERMINAL) >= (known.filled_qty, known.status in TERMINAL):
+            record.state = order
+        if record.state.status in TERMINAL:
             self._open.pop(order.order_id, None)
         else:
             self._open[order.order_id] = record
