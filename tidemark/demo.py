@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -241,6 +242,10 @@ def next_commands(plot: Path, frontier: Path) -> list[str]:
             "lifecycle performance momentum-DTREND-",
             "portfolio show",
             f"portfolio frontier --plot {frontier}",
+            "rebalance propose",
+            "orders",
+            "positions",
+            "reconcile",
             "discover status",
             "status",
         )
@@ -275,6 +280,7 @@ def _discover(
     logs = settings.state_dir / "logs"
     helpers = []
     processes = [("planner", ["discover", "planner"]), ("agents", ["agents"]), ("runner", ["strategy", "run"])]
+    processes += [("broker", ["broker", "run"])]
     processes += [(f"worker-{i}", ["discover", "worker"]) for i in range(DISCOVERY_WORKERS)]
     for name, args in processes:
         log = open(logs / f"demo-discovery-{name}.log", "wb")  # noqa: SIM115 - owned by the process
@@ -306,12 +312,74 @@ def _discover(
         _cli(settings, "ingest", "replay", str(live_csv), *replay)
         live_starts = [pd.Timestamp(day, tz="America/New_York").value for day in frame["date"].iloc[-LIVE_SESSIONS:]]
         _wait_for_paper(settings, live_starts, timeout)
+        _execute(settings, frame, replay, timeout)
     finally:
         for helper in helpers:
             helper.terminate()
         for helper in helpers:
             helper.wait(timeout=60)
     return regimes
+
+
+def _execute(settings: Settings, frame: pd.DataFrame, replay: tuple[str, ...], timeout: float) -> None:
+    """The portfolio's latest targets as a rebalance, approved from the command line and filled by the simulated
+    broker at the next session's open; then the orders, the positions per strategy and the reconciliation."""
+    console.rule("[bold]Execution: the first rebalance, on the simulated broker")
+    console.print(
+        "The execution agent proposed a rebalance for the portfolio's latest targets: one order per symbol, netting "
+        "the strategies that trade it, each strategy's share kept as an allocation. Nothing is sent until it is "
+        "approved (or TIDEMARK_BROKER_AUTO_APPROVE=true). The simulated broker (no Alpaca key is set) fills at the "
+        "next bar's open, moved by the cost model's spread and slippage.",
+        soft_wrap=True,
+    )
+    rebalance_id, count = _wait_for_rows(
+        settings,
+        """
+        SELECT r.rebalance_id::text, jsonb_array_length(r.orders) FROM portfolio_targets t
+        JOIN rebalances r ON r.targets_id = t.event_id::text ORDER BY t.ts DESC, t.source_offset DESC LIMIT 1
+        """,
+        timeout,
+        "a rebalance of the latest targets",
+    )
+    _cli(settings, "rebalance", "propose")
+    _cli(settings, "rebalance", "approve", rebalance_id[:8], "--wait", "0")
+    _wait_for_rows(
+        settings,
+        f"SELECT count(*) FROM orders WHERE rebalance_id = '{rebalance_id}' AND order_id IS NOT NULL "
+        f"HAVING count(*) >= {count}",
+        timeout,
+        "the orders at the broker",
+    )
+    following = settings.state_dir / "demo-daily-next.csv"
+    session = frame.iloc[[-1]].copy()
+    session["date"] = (pd.Timestamp(session["date"].iloc[0]) + pd.offsets.BDay(1)).date().isoformat()
+    session.to_csv(following, index=False)
+    console.print(f"The next session opens (one more day of the daily file, {session['date'].iloc[0]}):")
+    _cli(settings, "ingest", "replay", str(following), *replay)
+    _cli(settings, "rebalance", "approve", rebalance_id[:8], "--wait", str(int(timeout)))
+    _cli(settings, "orders", "--limit", "12")
+    _cli(settings, "positions")
+    _cli(settings, "reconcile")
+
+
+def _wait_for_rows(settings: Settings, query: str, timeout: float, what: str) -> tuple[Any, ...]:
+    """The first row ``query`` returns, once it returns one."""
+
+    async def first() -> tuple[Any, ...] | None:
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            row = await conn.fetchrow(query)
+        finally:
+            await conn.close()
+        return None if row is None else tuple(row)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = asyncio.run(first())
+        if found is not None:
+            return found
+        time.sleep(0.5)
+    raise typer.Exit(f"no {what} after {timeout:.0f}s")
 
 
 def _wait_for_tasks(settings: Settings, timeout: float) -> None:
