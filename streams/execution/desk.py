@@ -164,7 +164,7 @@ def decide(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]
         return []
     if kind == "targets":
         if missing(desk, record):
-            desk.pending = record  # newer targets replace older waiting ones
+            desk.pending = dict(record)  # newer targets replace older waiting ones
             return []
         desk.pending = None
         return _propose(desk, record, policy)
