@@ -438,6 +438,9 @@ class BrokerSettings(Section):
     pause_after_orders: int = Field(
         0, ge=0, description="fault drills only: the broker connector stops after placing this many orders"
     )
+    pause_after_intents: int = Field(
+        0, ge=0, description="fault drills only: the execution agent stops after sending this many order commands"
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {

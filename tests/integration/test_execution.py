@@ -298,3 +298,52 @@ def test_a_broker_connector_killed_mid_rebalance_places_each_order_exactly_once(
         timeout=60,
         what="the tracker equal to the broker",
     )
+
+
+def test_an_execution_agent_killed_mid_rebalance_sends_each_order_once_to_the_broker(
+    isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The agent stops after the first of the approval's three order commands is out (its desk already saved, the
+    approval's offset not committed) and is killed; its successor gets the approval again and sends the recorded
+    commands again, byte for byte: the broker holds one order per client order id, and the tracker equals it."""
+    run_cli("topics", "create")
+    bars(isolated, 0)
+    performance(isolated)
+    start_worker()
+    drill = start_worker(isolated.changed(broker__pause_after_intents=1), AGENTS)
+    start_worker(command=BROKER)
+    wanted = targets(isolated)
+    proposed = eventually(lambda: proposal(isolated, wanted["event_id"]), timeout=180, interval=1, what="a proposal")
+    run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "0")
+    eventually(
+        lambda: "paused after 1 order commands" in (tmp_path / "worker-1.log").read_text(),
+        timeout=120,
+        what="the agent paused",
+    )
+    os.kill(drill.pid, signal.SIGKILL)
+    drill.wait(timeout=30)
+    assert len([r for s, r in events(isolated, "orders.intents") if s == "tidemark.orders.PlaceOrder"]) == 1
+    start_worker(command=AGENTS)
+    eventually(
+        lambda: len({r["client_order_id"] for s, r in events(isolated, "broker.order_updates")}) == 3,
+        timeout=180,
+        interval=1,
+        what="all three orders at the broker",
+    )
+    commands: dict[str, set[str]] = defaultdict(set)
+    for schema, record in events(isolated, "orders.intents"):
+        if schema == "tidemark.orders.PlaceOrder":
+            commands[record["client_order_id"]].add(record["event_id"])
+    assert len(commands) == 3 and all(len(ids) == 1 for ids in commands.values())  # resent, never re-decided
+    assert "answered again, as recorded" in (tmp_path / "worker-3.log").read_text()
+    bars(isolated, 1)
+    run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "120")
+    orders: dict[str, set[str]] = defaultdict(set)
+    for _, record in events(isolated, "broker.order_updates"):
+        orders[record["client_order_id"]].add(record["order_id"])
+    assert all(len(ids) == 1 for ids in orders.values())
+    eventually(
+        lambda: json.loads(run_cli("reconcile", "--json").stdout)[0]["differences"] == 0,
+        timeout=60,
+        what="the tracker equal to the broker",
+    )
