@@ -50,7 +50,7 @@ from connectors.broker import (
 )
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
-from core.events import common_fields, deterministic_event_id, now_ns
+from core.events import alert_record, common_fields, deterministic_event_id, now_ns
 from core.kafka import ReliableProducer, producer_config, range_reader, read_range, watermarks
 from core.metrics import ProcessMetrics
 from core.settings import Settings
@@ -756,19 +756,18 @@ class BrokerConnector:
             self.settings.topic("alerts"),
             self.registry.encode(
                 ALERT_SCHEMA,
-                {
-                    **common_fields(
-                        self.source, ts, event_id, deterministic_event_id("reconciliation-alert", event_id)
-                    ),
-                    "kind": "reconciliation.mismatch",
-                    "severity": "WARNING",
-                    "subject": self.account,
-                    "message": message,
-                    "from_value": float(ours),
-                    "to_value": float(theirs),
-                    "since_ns": None,
-                    "details": {"symbol": symbol, "tracker": str(ours), "broker": str(theirs)},
-                },
+                alert_record(
+                    self.source,
+                    ts,
+                    event_id,
+                    deterministic_event_id("reconciliation-alert", event_id),
+                    "reconciliation.mismatch",
+                    "WARNING",
+                    self.account,
+                    message,
+                    {"symbol": symbol, "tracker": str(ours), "broker": str(theirs)},
+                    (float(ours), float(theirs)),
+                ),
             ),
             self.account,
         )

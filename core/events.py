@@ -41,6 +41,32 @@ def common_fields(source: str, ts_event: int, causation_id: str = "", event_id: 
     }
 
 
+def alert_record(
+    source: str,
+    ts_event: int,
+    causation_id: str,
+    event_id: str,
+    kind: str,
+    severity: str,
+    subject: str,
+    message: str,
+    details: dict[str, str],
+    values: tuple[float | None, float | None] = (None, None),
+) -> dict[str, Any]:
+    """An ``AlertRaised`` record (``schemas/avro/AlertRaised.avsc``): every producer of alerts builds it here."""
+    return {
+        **common_fields(source, ts_event, causation_id, event_id),
+        "kind": kind,
+        "severity": severity,
+        "subject": subject,
+        "message": message,
+        "from_value": values[0],
+        "to_value": values[1],
+        "since_ns": None,
+        "details": details,
+    }
+
+
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _UUID_HEX_COLUMNS = np.r_[0:8, 9:13, 14:18, 19:23, 24:36]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from core.events import common_fields, deterministic_event_id
+from core.events import alert_record, common_fields, deterministic_event_id
 from streams.execution.positions import (
     UNATTRIBUTED,
     Book,
@@ -377,19 +377,8 @@ def _changes(desk: Desk, record: Mapping[str, Any], policy: Policy, fills: list[
 
 def _alert(policy: Policy, trigger: Mapping[str, Any], kind: str, severity: str, message: str) -> Event:
     event_id = deterministic_event_id("execution-alert", kind, trigger["event_id"])
-    return (
-        "alerts",
-        policy.account,
-        ALERT_SCHEMA,
-        {
-            **common_fields(SOURCE, trigger["ts_event"], trigger["event_id"], event_id),
-            "kind": kind,
-            "severity": severity,
-            "subject": policy.account,
-            "message": message,
-            "from_value": None,
-            "to_value": None,
-            "since_ns": None,
-            "details": {"rebalance_id": trigger.get("rebalance_id", "")},
-        },
+    details = {"rebalance_id": trigger.get("rebalance_id", "")}
+    record = alert_record(
+        SOURCE, trigger["ts_event"], trigger["event_id"], event_id, kind, severity, policy.account, message, details
     )
+    return ("alerts", policy.account, ALERT_SCHEMA, record)

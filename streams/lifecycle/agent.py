@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 
-from core.events import common_fields, deterministic_event_id
+from core.events import alert_record, common_fields, deterministic_event_id
 from core.settings import Settings
 from schemas.catalogue import KEYED_PARTITIONS
 from schemas.codec import DecodeError, get_registry
@@ -141,27 +141,22 @@ def transition_alert(transition: Mapping[str, Any]) -> dict[str, Any]:
     """The announcement of a transition for people (alerts topic, then Redis pub/sub by the sink): its id derives
     from the transition's, so an answer sent again announces nothing new."""
     sid, source, target = transition["strategy_id"], transition["from_state"], transition["to_state"]
-    return {
-        **common_fields(
-            SOURCE,
-            transition["ts_event"],
-            transition["event_id"],
-            deterministic_event_id("lifecycle-alert", transition["event_id"]),
-        ),
-        "kind": "lifecycle.transition",
-        "severity": "WARNING" if target == State.RETIRED.value else "INFO",
-        "subject": sid,
-        "message": f"{sid}: {source or '-'} -> {target} (version {transition['version']}): {transition['reason']}",
-        "from_value": None,
-        "to_value": None,
-        "since_ns": None,
-        "details": {
+    return alert_record(
+        SOURCE,
+        transition["ts_event"],
+        transition["event_id"],
+        deterministic_event_id("lifecycle-alert", transition["event_id"]),
+        "lifecycle.transition",
+        "WARNING" if target == State.RETIRED.value else "INFO",
+        sid,
+        f"{sid}: {source or '-'} -> {target} (version {transition['version']}): {transition['reason']}",
+        {
             "from_state": source or "",
             "to_state": target,
             "version": str(transition["version"]),
             "requested_by": transition["requested_by"],
         },
-    }
+    )
 
 
 def strategy_of(entry: Mapping[str, Any] | None, strategy_id: str) -> Strategy | None:

@@ -36,7 +36,7 @@ from typing import Any
 import faust
 import numpy as np
 
-from core.events import common_fields, deterministic_event_id, now_ns
+from core.events import alert_record, common_fields, deterministic_event_id, now_ns
 from core.sessions import Market, is_open
 from core.settings import Settings
 from streams.agents import RAW, Event, agents_app_id, answer_once, install_forwarders
@@ -136,22 +136,19 @@ def _alert(
     values: tuple[float | None, float | None] = (None, None),
 ) -> Event:
     event_id = deterministic_event_id("portfolio-alert", kind, trigger["event_id"], policy.account, *extra)
-    return (
-        "alerts",
+    record = alert_record(
+        SOURCE,
+        trigger["ts_event"],
+        trigger["event_id"],
+        event_id,
+        kind,
+        severity,
         policy.account,
-        ALERT_SCHEMA,
-        {
-            **common_fields(SOURCE, trigger["ts_event"], trigger["event_id"], event_id),
-            "kind": kind,
-            "severity": severity,
-            "subject": policy.account,
-            "message": message,
-            "from_value": values[0],
-            "to_value": values[1],
-            "since_ns": None,
-            "details": dict(details),
-        },
+        message,
+        dict(details),
+        values,
     )
+    return ("alerts", policy.account, ALERT_SCHEMA, record)
 
 
 def targets_record(

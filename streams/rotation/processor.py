@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.events import common_fields, deterministic_event_id
+from core.events import alert_record, common_fields, deterministic_event_id
 from core.sessions import Market, regular_session_mask
 from core.units import NS_PER_MINUTE
 from streams.correlation.clock import SnapshotClock
@@ -348,23 +348,24 @@ class SectorRotationProcessor:
             values = (float(signal.before), float(signal.after))
             details = {"from_rank": str(signal.before), "to_rank": str(signal.after)}
         event_id = deterministic_event_id(ROTATION_SOURCE, self.universe, signal.kind, symbol, as_of)
-        alert = {
-            **common_fields(ROTATION_SOURCE, as_of, causation_id=cause, event_id=event_id),
-            "kind": f"rotation.{signal.kind}",
-            "severity": "INFO",
-            "subject": symbol,
-            "message": message,
-            "from_value": values[0],
-            "to_value": values[1],
-            "since_ns": None,
-            "details": {
+        alert = alert_record(
+            ROTATION_SOURCE,
+            as_of,
+            cause,
+            event_id,
+            f"rotation.{signal.kind}",
+            "INFO",
+            symbol,
+            message,
+            {
                 "universe": self.universe,
                 "benchmark": self.benchmark,
                 "relative_strength": repr(float(rotation.relative_strength[signal.index])),
                 "momentum": repr(float(rotation.momentum[signal.index])),
                 **details,
             },
-        }
+            values,
+        )
         return Emitted("alerts", symbol.encode(), ALERT_SCHEMA, alert)
 
     def to_bytes(self) -> bytes:
