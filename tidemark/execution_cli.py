@@ -91,7 +91,7 @@ def rebalance_propose(
             "symbol": o["symbol"],
             "side": o["side"],
             "qty": o["qty"],
-            "price": o["price"],
+            "price": f"{Decimal(o['price']):,.4f}",
             "notional": _money(o["notional"]),
             "strategies": " ".join(f"{a['strategy_id'][:28]} {Decimal(a['qty']):+f}" for a in o["allocations"]),
         }
@@ -146,6 +146,7 @@ def rebalance_approve(
     if not wait or not found["orders"]:
         return
     started = time.monotonic()
+    since = "" if found["approved_at"] else " of the approval"
     expected = len(found["orders"])
     done: list[dict[str, Any]] = []
     while time.monotonic() - started < wait:
@@ -157,7 +158,8 @@ def rebalance_approve(
             f"{len(done) - filled} otherwise final"
         )
         if len(done) == expected:
-            typer.echo(f"all {expected} orders final in {time.monotonic() - started:.1f} s: see `tidemark positions`")
+            elapsed = time.monotonic() - started
+            typer.echo(f"all {expected} orders final within {elapsed:.1f} s{since}: see `tidemark positions`")
             return
         time.sleep(1.0)
     typer.echo(
@@ -193,7 +195,7 @@ def orders_command(
                 "qty": r["qty"] or "-",
                 "status": r["status"],
                 "filled": r["filled_qty"],
-                "avg price": r["filled_avg_price"] or "-",
+                "avg price": "-" if r["filled_avg_price"] is None else f"{Decimal(r['filled_avg_price']):,.4f}",
                 "strategy": (r["strategy_id"] or "several")[:32],
                 "updated": f"{r['updated_at']:%Y-%m-%d %H:%M:%S}",
             }
