@@ -69,6 +69,7 @@ ALERT_SCHEMA = "tidemark.risk.AlertRaised"
 CHANGED_SCHEMA = "tidemark.orders.PositionChanged"
 BAR_SCHEMA = "tidemark.marketdata.BarClosed"
 TOLERANCE = Decimal("1e-9")
+ASSET_TTL_S = 3600.0
 _STATUS_EVENT = {"FILLED": "FILL", "PARTIALLY_FILLED": "PARTIAL_FILL", "NEW": "NEW", "ACCEPTED": "ACCEPTED"}
 
 
@@ -455,6 +456,7 @@ class BrokerConnector:
         self.ours: dict[tuple[str, str], Decimal] = {}
         """(strategy, symbol) -> quantity, as the tracker's PositionChanged events say."""
         self.filled_since_look: set[str] = set()
+        self.assets: dict[str, tuple[float, Asset | None]] = {}
         self.mismatches = Mismatches()
         self.placed = 0
         self.limit_wait_s = 0.0
@@ -599,7 +601,7 @@ class BrokerConnector:
         record = decoded.record
         try:
             request = order_request(record)
-            asset = self._call(f"asset {request.symbol}", lambda: self.broker.asset(request.symbol))
+            asset = self._asset(request.symbol)
             if asset is None:
                 raise InvalidOrder(f"{request.symbol}: unknown to the {self.broker.name} broker")
             if not asset.tradable:
@@ -629,6 +631,15 @@ class BrokerConnector:
         if pause and self.placed >= pause:
             log.warning("broker connector: paused after %d orders (fault drill)", self.placed)
             self.watchdog.stopping.wait(3600 * 24)
+
+    def _asset(self, symbol: str) -> Asset | None:
+        """The broker's word on a symbol, asked once an hour at most: a rebalance's orders then cost one request
+        each against the rate limit, not two."""
+        known = self.assets.get(symbol)
+        if known is None or time.monotonic() - known[0] > ASSET_TTL_S:
+            known = (time.monotonic(), self._call(f"asset {symbol}", lambda: self.broker.asset(symbol)))
+            self.assets[symbol] = known
+        return known[1]
 
     def _refuse(self, record: Mapping[str, Any], reason: str) -> None:
         log.warning("order %s for %s refused: %s", record["client_order_id"], record["symbol"], reason)
