@@ -456,7 +456,7 @@ class BrokerConnector:
         self.ours: dict[tuple[str, str], Decimal] = {}
         """(strategy, symbol) -> quantity, as the tracker's PositionChanged events say."""
         self.filled_since_look: set[str] = set()
-        self.assets: dict[str, tuple[float, Asset | None]] = {}
+        self.assets: dict[str, tuple[float, Asset]] = {}
         self.mismatches = Mismatches()
         self.placed = 0
         self.limit_wait_s = 0.0
@@ -636,10 +636,12 @@ class BrokerConnector:
         """The broker's word on a symbol, asked once an hour at most: a rebalance's orders then cost one request
         each against the rate limit, not two."""
         known = self.assets.get(symbol)
-        if known is None or time.monotonic() - known[0] > ASSET_TTL_S:
-            known = (time.monotonic(), self._call(f"asset {symbol}", lambda: self.broker.asset(symbol)))
-            self.assets[symbol] = known
-        return known[1]
+        if known is not None and time.monotonic() - known[0] <= ASSET_TTL_S:
+            return known[1]
+        asset: Asset | None = self._call(f"asset {symbol}", lambda: self.broker.asset(symbol))
+        if asset is not None:  # an unknown symbol may become known (the simulated broker learns from bars)
+            self.assets[symbol] = (time.monotonic(), asset)
+        return asset
 
     def _refuse(self, record: Mapping[str, Any], reason: str) -> None:
         log.warning("order %s for %s refused: %s", record["client_order_id"], record["symbol"], reason)
