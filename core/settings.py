@@ -365,7 +365,7 @@ class PortfolioSettings(Section):
 
     account: str = Field(
         "paper",
-        description="account the portfolio is built, rebalanced and tracked for (reports of other accounts are ignored)",
+        description="account the portfolio is built, rebalanced and tracked for (other accounts' reports are ignored)",
     )
     objective: Literal["max_sharpe", "min_volatility", "efficient_risk", "efficient_return", "min_cvar", "hrp"] = Field(
         "max_sharpe", description="what the optimiser maximises or minimises"
