@@ -579,6 +579,7 @@ class BrokerConnector:
         messages = self.commands.consume(100, 0.05)
         if not messages:
             return
+        started, placed, waited = time.monotonic(), self.placed, self.limit_wait_s
         for message in messages:
             if message.error() is not None:
                 if message.error().code() != KafkaError._PARTITION_EOF:
@@ -589,6 +590,17 @@ class BrokerConnector:
         self.producer.flush(self.settings.operations.stall_timeout_s)
         self.commands.commit(asynchronous=False)
         self.metrics.committed()
+        if self.placed > placed:
+            took, limit = time.monotonic() - started, self.limit_wait_s - waited
+            log.info(
+                "placed %d orders in %.1f s: %.1f s waiting for the broker's rate limit (%d requests/min), %.1f s the "
+                "rest (broker calls and Kafka)",
+                self.placed - placed,
+                took,
+                limit,
+                self.settings.broker.rate_limit_per_min,
+                took - limit,
+            )
 
     def _command(self, message: Message) -> None:
         try:
