@@ -265,8 +265,9 @@ def _text(value: Decimal | None) -> str | None:
 
 
 def order_updated(account: str, source: str, update: TradeUpdate, causation: str = "") -> dict[str, Any]:
-    """An ``OrderUpdated`` record. Its id comes from the order's state after the update, so the stream's copy and a
-    poll's copy of one state (and every repetition of either) share it."""
+    """An ``OrderUpdated`` record. Its id comes from the order's state after the update (and the fill's execution
+    id), so every repetition of one update shares it; a poll's copy of a state has no execution id and an id of its
+    own. The tracker applies cumulative states, so either copy books the fill once."""
     order = update.order
     event_id = deterministic_event_id(
         "order-updated", account, order.order_id, update.event, str(order.filled_qty), update.execution_id or ""
@@ -456,6 +457,12 @@ class BrokerConnector:
         self.ours: dict[tuple[str, str], Decimal] = {}
         """(strategy, symbol) -> quantity, as the tracker's PositionChanged events say."""
         self.filled_since_look: set[str] = set()
+        self.finished: set[str] = set()
+        self.published_fill: dict[str, tuple[str, Decimal]] = {}
+        """Per order (client order id, or ``broker:`` and the broker's id): its symbol and signed cumulative fill."""
+        self.tracked_fill: dict[str, Decimal] = {}
+        """Per order: the fill quantity the tracker's ``PositionChanged`` events applied."""
+        self.tracked_events: set[str] = set()
         self.assets: dict[str, tuple[float, Asset]] = {}
         self.mismatches = Mismatches()
         self.placed = 0
@@ -479,7 +486,7 @@ class BrokerConnector:
         if hasattr(self.broker, "restore"):
             self.daily_ends = restore_simulated(self.settings, self.broker, records, self.group)
         for record in records:
-            self._remember(record["client_order_id"], record["status"], Decimal(record["filled_qty"]), record["symbol"])
+            self._remember(order_from_record(record))
         log.info(
             "broker connector (%s): %d order updates on record, %d orders not finished",
             self.broker.name,
@@ -487,11 +494,21 @@ class BrokerConnector:
             len(self.open),
         )
 
-    def _remember(self, client_order_id: str, status: str, filled: Decimal, symbol: str) -> None:
-        if status in TERMINAL:
-            self.open.pop(client_order_id, None)
-        else:
-            self.open[client_order_id] = (status, filled, symbol)
+    def _remember(self, order: BrokerOrder) -> None:
+        """An order's state as published: unfinished orders are polled, and each order's signed cumulative fill is
+        what the tracker must have applied before reconciliation may trust its totals. A finished order stays
+        finished, whatever stale update follows."""
+        key = order.client_order_id or f"broker:{order.order_id}"
+        if key in self.finished:
+            return
+        signed = order.filled_qty if order.side == "BUY" else -order.filled_qty
+        if abs(signed) >= abs(self.published_fill.get(key, (order.symbol, Decimal(0)))[1]):
+            self.published_fill[key] = (order.symbol, signed)
+        if order.status in TERMINAL:
+            self.open.pop(order.client_order_id, None)
+            self.finished.add(key)
+        elif order.client_order_id:
+            self.open[order.client_order_id] = (order.status, order.filled_qty, order.symbol)
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
@@ -695,8 +712,7 @@ class BrokerConnector:
         for update in updates:
             record = order_updated(self.account, self.source, update, causation)
             self._produce("broker.order_updates", UPDATED_SCHEMA, record)
-            order = update.order
-            self._remember(order.client_order_id, order.status, order.filled_qty, order.symbol)
+            self._remember(update.order)
             if update.event in ("FILL", "PARTIAL_FILL"):
                 self.filled_since_look.add(update.order.symbol)
 
@@ -721,8 +737,13 @@ class BrokerConnector:
             except DecodeError:
                 continue
             record = decoded.record
-            if decoded.schema == CHANGED_SCHEMA and record["account_id"] == self.account:
-                self.ours[(record["strategy_id"], record["symbol"])] = Decimal(record["qty"])
+            if decoded.schema != CHANGED_SCHEMA or record["account_id"] != self.account:
+                continue
+            self.ours[(record["strategy_id"], record["symbol"])] = Decimal(record["qty"])
+            if record["cause"] == "fill" and record["event_id"] not in self.tracked_events:
+                self.tracked_events.add(record["event_id"])  # the desk may publish a change again, same id
+                key = record["client_order_id"] or f"broker:{record['order_id']}"
+                self.tracked_fill[key] = self.tracked_fill.get(key, Decimal(0)) + Decimal(record["qty_change"])
 
     # -- reconciliation ---------------------------------------------------------------------------------------
 
@@ -752,7 +773,9 @@ class BrokerConnector:
         totals: dict[str, Decimal] = {}
         for (_, symbol), qty in self.ours.items():
             totals[symbol] = totals.get(symbol, Decimal(0)) + qty
-        moving = self.filled_since_look | {symbol for _, _, symbol in self.open.values()}
+        # Symbols whose published fills the tracker has not all applied yet: their difference is in flight too.
+        lagging = {s for key, (s, filled) in self.published_fill.items() if self.tracked_fill.get(key, 0) != filled}
+        moving = self.filled_since_look | lagging | {symbol for _, _, symbol in self.open.values()}
         self.filled_since_look = set()
         prices = {p.symbol: p.current_price for p in positions}
         for symbol, ours, theirs in self.mismatches.confirm(brokers, totals, moving):
