@@ -5,6 +5,7 @@ from bench import (
     agents,
     correlation,
     discovery,
+    execution,
     lifecycle,
     patterns,
     pipeline,
@@ -24,3 +25,4 @@ lifecycle.main([])
 polygon_live.main(["--seconds", "60"])
 sessions.main()
 storage.main()
+execution.main([])
