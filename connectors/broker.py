@@ -140,6 +140,8 @@ class Broker(Protocol):
 
     name: str
     """``alpaca`` or ``simulated``: the ``source`` of the events published for it."""
+    rate_limited: bool
+    """Whether calls count against a request rate limit (the connector paces them only then)."""
 
     def account(self) -> BrokerAccount: ...
 

@@ -7,13 +7,13 @@ simulated broker (``connectors.broker`` is the contract both implement).
   sends the command again; the broker refuses the repeated id, and the connector looks the order up and publishes its
   state instead. The simulated broker rebuilds itself from its own ``OrderUpdated`` events on start, so it refuses a
   repeat across restarts too.
-- **Never lost.** Trade updates are published as they arrive; every ``reconcile_every_s`` the connector also asks
-  the broker for each order it has not seen finished, which covers updates the stream dropped (Alpaca's stream does
-  not replay them). Every ``OrderUpdated`` carries the order's cumulative state, so the tracker applies each fill
-  once whatever the order or repetition of the updates.
-- **Paced.** Broker calls stay within ``rate_limit_per_min`` (a token bucket); a 429 waits the broker's
-  ``Retry-After``. The time spent waiting for the limit is counted and logged, so a slow rebalance says whether the
-  limit or Tidemark took the time.
+- **Never lost.** Trade updates are published as they arrive; every ``reconcile_every_s`` the connector also lists
+  the broker's orders from the oldest it has not seen finished on, which covers updates the stream dropped
+  (Alpaca's stream does not replay them). Every ``OrderUpdated`` carries the order's cumulative state, so the
+  tracker applies each fill once whatever the order or repetition of the updates.
+- **Paced.** Calls to a rate-limited broker (Alpaca, not the simulated one) stay within ``rate_limit_per_min`` (a
+  token bucket); a 429 waits the broker's ``Retry-After``. The time spent waiting for the limit is counted and
+  logged, so a slow rebalance says whether the limit or Tidemark took the time.
 - **Checked before sending.** A command with a bad quantity, an unknown symbol or one the broker does not trade is
   refused with an ``OrderRejected`` event naming the reason; nothing reaches the broker.
 - **Reconciled.** Each cycle publishes the broker's account and positions and compares the positions with the
@@ -432,7 +432,7 @@ class BrokerConnector:
         self.source = f"{broker.name}-broker"
         self.metrics = metrics or ProcessMetrics("broker-connector", settings.operations.stall_timeout_s)
         self.registry = get_registry()
-        self.bucket = TokenBucket(settings.broker.rate_limit_per_min)
+        self.bucket = TokenBucket(settings.broker.rate_limit_per_min) if broker.rate_limited else None
         self.group = f"{settings.topic_prefix}{settings.app_id}-broker-{self.account}"
         bootstrap = settings.kafka.bootstrap
         self.producer = ReliableProducer(producer_config(bootstrap, **{"linger.ms": 0}), "broker connector")
@@ -452,8 +452,8 @@ class BrokerConnector:
         self.tracker = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": f"{self.group}-tracker", "enable.auto.commit": False}
         )
-        self.open: dict[str, tuple[str, Decimal, str]] = {}
-        """client_order_id -> (status, filled qty, symbol) last published, for orders not finished."""
+        self.open: dict[str, tuple[str, Decimal, str, int]] = {}
+        """client_order_id -> (status, filled qty, symbol, created) last published, for orders not finished."""
         self.ours: dict[tuple[str, str], Decimal] = {}
         """(strategy, symbol) -> quantity, as the tracker's PositionChanged events say."""
         self.filled_since_look: set[str] = set()
@@ -508,7 +508,7 @@ class BrokerConnector:
             self.open.pop(order.client_order_id, None)
             self.finished.add(key)
         elif order.client_order_id:
-            self.open[order.client_order_id] = (order.status, order.filled_qty, order.symbol)
+            self.open[order.client_order_id] = (order.status, order.filled_qty, order.symbol, order.created_at_ns)
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
@@ -572,7 +572,7 @@ class BrokerConnector:
         """One broker call within the rate limit; transient failures are retried with back-off until SIGTERM."""
         delay = 0.5
         while True:
-            wait = self.bucket.wait_s()
+            wait = 0.0 if self.bucket is None else self.bucket.wait_s()
             if wait > 0:
                 self.limit_wait_s += wait
                 self.watchdog.stopping.wait(wait)
@@ -750,13 +750,16 @@ class BrokerConnector:
     def _look(self) -> None:
         """Ask the broker about unfinished orders, publish its account and positions, and reconcile."""
         try:
-            for client_order_id, (status, filled, _) in list(self.open.items()):
-                order = self._call(
-                    f"poll {client_order_id}", lambda c=client_order_id: self.broker.order_by_client_id(c)
-                )
-                if order is not None and (order.status, order.filled_qty) != (status, filled):
-                    event = _STATUS_EVENT.get(order.status, order.status)
-                    self._publish_updates([TradeUpdate(event, order, order.updated_at_ns or order.created_at_ns)])
+            if self.open:
+                # One listing from the oldest unfinished order on, not one request per order: the listing costs
+                # one request of the rate limit per 500 orders.
+                since = min(created for _, _, _, created in self.open.values()) - 1
+                listed = self._call("list orders", lambda: self.broker.orders(after_ns=since))
+                for order in listed:
+                    known = self.open.get(order.client_order_id)
+                    if known is not None and (order.status, order.filled_qty) != known[:2]:
+                        event = _STATUS_EVENT.get(order.status, order.status)
+                        self._publish_updates([TradeUpdate(event, order, order.updated_at_ns or order.created_at_ns)])
             account = self._call("account", self.broker.account)
             positions = self._call("positions", self.broker.positions)
         except (InterruptedError, BrokerError) as exc:
@@ -775,7 +778,7 @@ class BrokerConnector:
             totals[symbol] = totals.get(symbol, Decimal(0)) + qty
         # Symbols whose published fills the tracker has not all applied yet: their difference is in flight too.
         lagging = {s for key, (s, filled) in self.published_fill.items() if self.tracked_fill.get(key, 0) != filled}
-        moving = self.filled_since_look | lagging | {symbol for _, _, symbol in self.open.values()}
+        moving = self.filled_since_look | lagging | {symbol for _, _, symbol, _ in self.open.values()}
         self.filled_since_look = set()
         prices = {p.symbol: p.current_price for p in positions}
         for symbol, ours, theirs in self.mismatches.confirm(brokers, totals, moving):

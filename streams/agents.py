@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import faust
@@ -78,22 +78,34 @@ def answer_once(
     decide: Callable[[Any, Mapping[str, Any]], tuple[Any, list[Event]]],
     recent_kept: int,
     state_key: str = "state",
+    store: MutableMapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[Encoded], bool]:
     """The table entry after ``record``, its encoded outputs, and whether it was answered before.
 
     An input that produced outputs is remembered (by event id) with their bytes: delivered again after a crash, it
     gets the same bytes and is not decided again. ``decide(state, record)`` returns the new state and the outputs;
-    the state is whatever JSON the agent keeps under ``state_key``."""
+    the state is whatever JSON the agent keeps under ``state_key``. The bytes are kept in the entry itself, or, with
+    ``store`` (a table of its own), one key per input, so the entry written after every input stays small."""
     entry = dict(entry or {state_key: None, "recent": {}})
-    recent: dict[str, list[list[str]]] = dict(entry["recent"])
-    if record["event_id"] in recent:
-        return entry, [(t, k, base64.b64decode(v)) for t, k, v in recent[record["event_id"]]], True
+    recent: dict[str, list[list[str]]] = dict(entry.get("recent", {}))
+    event_id = record["event_id"]
+    known = recent.get(event_id) if store is None else store.get(event_id)
+    if known is not None:
+        return entry, [(t, k, base64.b64decode(v)) for t, k, v in known], True
     registry = get_registry()
     state, events = decide(entry[state_key], record)
     encoded = [(topic, key, registry.encode(schema, event)) for topic, key, schema, event in events]
     if encoded:
-        recent[record["event_id"]] = [[t, k, base64.b64encode(v).decode()] for t, k, v in encoded]
-        entry["recent"] = dict(list(recent.items())[-recent_kept:])
+        remembered = [[t, k, base64.b64encode(v).decode()] for t, k, v in encoded]
+        if store is None:
+            recent[event_id] = remembered
+            entry["recent"] = dict(list(recent.items())[-recent_kept:])
+        else:
+            store[event_id] = remembered
+            ring = [*entry.get("recent_ids", []), event_id]
+            for forgotten in ring[:-recent_kept]:
+                store.pop(forgotten, None)
+            entry["recent_ids"] = ring[-recent_kept:]
     entry[state_key] = state
     return entry, encoded, False
 

@@ -296,6 +296,7 @@ class AlpacaBroker:
     (Alpaca may hold only one trade-updates connection per key)."""
 
     name = "alpaca"
+    rate_limited = True
     page_size = 500
     """Orders per ``GET /v2/orders`` page (Alpaca's maximum)."""
 

@@ -92,6 +92,7 @@ class SimulatedBroker:
     """One simulated cash account; see the module docstring."""
 
     name = "simulated"
+    rate_limited = False
 
     def __init__(
         self,

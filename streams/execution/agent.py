@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from decimal import Decimal
 from typing import Any
 
@@ -67,16 +67,20 @@ def policy_of(settings: Settings) -> Policy:
 
 
 def answer(
-    entry: Mapping[str, Any] | None, record: Mapping[str, Any], policy: Policy
+    entry: Mapping[str, Any] | None,
+    record: Mapping[str, Any],
+    policy: Policy,
+    store: MutableMapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]], bool]:
-    """The table entry after ``record``, its encoded events, and whether it was answered before."""
+    """The table entry after ``record``, its encoded events, and whether it was answered before (``store``: where
+    the outputs are remembered, the ``execution-answers`` table in the agent)."""
 
     def step(state: Any, record: Mapping[str, Any]) -> tuple[Any, list[Event]]:
         desk = Desk.from_json(state)
         events = decide(desk, record, policy)
         return desk.to_json(), events
 
-    return answer_once(entry, record, step, RECENT)
+    return answer_once(entry, record, step, RECENT, store=store)
 
 
 def inputs_topic_name(settings: Settings) -> str:
@@ -96,6 +100,9 @@ def install(app: faust.App, settings: Settings) -> None:
     table = app.Table(
         "execution-desk", partitions=1, schema=faust.Schema(key_serializer="json", value_serializer="json")
     )
+    answers = app.Table(
+        "execution-answers", partitions=1, schema=faust.Schema(key_serializer="json", value_serializer="json")
+    )
     dlq = app.topic(settings.topic("dlq"), **RAW)
     pause_after = settings.broker.pause_after_intents
     sent = 0
@@ -107,7 +114,7 @@ def install(app: faust.App, settings: Settings) -> None:
         async for event in stream.events():
             record = json.loads(event.value)
             try:
-                entry, events, again = answer(table.get(account), record, policy)
+                entry, events, again = answer(table.get(account), record, policy, answers)
             except ValueError as exc:  # an input the desk cannot apply: dead-lettered, never a crash loop
                 await dead_letter(dlq, event, "execution.desk", exc)
                 continue

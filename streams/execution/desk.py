@@ -53,8 +53,8 @@ PLACE_SCHEMA = "tidemark.orders.PlaceOrder"
 REJECTED_SCHEMA = "tidemark.orders.OrderRejected"
 CHANGED_SCHEMA = "tidemark.orders.PositionChanged"
 ALERT_SCHEMA = "tidemark.risk.AlertRaised"
-KEPT_PROPOSALS = 16
-"""Proposals kept for approval; older ones are superseded anyway."""
+KEPT_IDS = 64
+"""Ids of superseded and of approved rebalances remembered, to say which an approval names."""
 BROKER_TRADES = {"alpaca": frozenset({"EQUITY"}), "simulated": frozenset({"EQUITY", "FX", "FUTURE", "UNKNOWN"})}
 """Asset classes each broker trades: Alpaca no FX and no CME futures; the simulated book everything."""
 
@@ -80,8 +80,10 @@ class Desk:
     prices: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Per symbol: (latest daily close, asset class)."""
     buying_power: str | None = None
-    proposals: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per rebalance id: the RebalanceProposed record, newest last."""
+    proposal: dict[str, Any] | None = None
+    """The newest RebalanceProposed record: the only one an approval may send (a state of one account's size, not of
+    every proposal's: the table writes it after every input)."""
+    superseded: list[str] = field(default_factory=list)
     approved: list[str] = field(default_factory=list)
     pending: dict[str, Any] | None = None
     """Targets waiting for a weighted strategy's positions or a price: planned as soon as they arrive."""
@@ -93,7 +95,8 @@ class Desk:
             "positions_end": self.positions_end,
             "prices": {s: list(p) for s, p in self.prices.items()},
             "buying_power": self.buying_power,
-            "proposals": self.proposals,
+            "proposal": self.proposal,
+            "superseded": self.superseded,
             "approved": self.approved,
             "pending": self.pending,
         }
@@ -108,9 +111,10 @@ class Desk:
             dict(data["positions_end"]),
             {s: (p[0], p[1]) for s, p in data["prices"].items()},
             data["buying_power"],
-            dict(data["proposals"]),
+            data["proposal"],
+            list(data["superseded"]),
             list(data["approved"]),
-            data.get("pending"),
+            data["pending"],
         )
 
 
@@ -233,8 +237,9 @@ def _propose(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Even
         None if power is None else Decimal(power),
     )
     proposal = _proposal(found, record, policy, power)
-    desk.proposals[rebalance_id] = proposal
-    desk.proposals = dict(list(desk.proposals.items())[-KEPT_PROPOSALS:])
+    if desk.proposal is not None:
+        desk.superseded = [*desk.superseded, desk.proposal["rebalance_id"]][-KEPT_IDS:]
+    desk.proposal = proposal
     events: list[Event] = [("orders.rebalances", policy.account, PROPOSED_SCHEMA, proposal)]
     if policy.auto_approve:
         events += _send(desk, proposal, policy, record, "auto")
@@ -276,9 +281,9 @@ def _planned(order: PlannedOrder) -> dict[str, Any]:
 
 def _approve(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
     rebalance_id = record["rebalance_id"]
-    proposal = desk.proposals.get(rebalance_id)
-    if proposal is None or rebalance_id != next(reversed(desk.proposals)):
-        why = "is not known" if proposal is None else "was superseded by a newer proposal"
+    proposal = desk.proposal
+    if proposal is None or rebalance_id != proposal["rebalance_id"]:
+        why = "was superseded by a newer proposal" if rebalance_id in desk.superseded else "is not known"
         return [_alert(policy, record, "rebalance.refused", "WARNING", f"rebalance {rebalance_id} {why}: nothing sent")]
     if rebalance_id in desk.approved:
         return [_alert(policy, record, "rebalance.approved_again", "INFO", f"rebalance {rebalance_id} was sent before")]
@@ -290,7 +295,7 @@ def _send(
 ) -> list[Event]:
     """The proposal's orders as commands, registered in the tracker first; its refusals as ``OrderRejected``."""
     rebalance_id = proposal["rebalance_id"]
-    desk.approved = [*desk.approved, rebalance_id][-KEPT_PROPOSALS:]
+    desk.approved = [*desk.approved, rebalance_id][-KEPT_IDS:]
     events: list[Event] = []
     for order in proposal["orders"]:
         allocations = [Allocation(a["strategy_id"], Decimal(a["qty"])) for a in order["allocations"]]
