@@ -41,7 +41,6 @@ orders hold (equal to cash when none is open).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
@@ -50,13 +49,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
+
+from fakes.server import LoopServer
 
 T = TypeVar("T")
 
@@ -181,8 +182,10 @@ def _norm(symbol: str) -> str:
     return symbol.upper().replace("/", "")
 
 
-class FakeAlpaca:
+class FakeAlpaca(LoopServer):
     """Fake Alpaca REST + trade-updates WebSocket server running on its own event loop in a background thread."""
+
+    what = "fake Alpaca server"
 
     def __init__(
         self,
@@ -195,7 +198,7 @@ class FakeAlpaca:
         self.key_id = key_id
         self.secret_key = secret_key
         self.binary_frames = binary_frames
-        self.port = 0
+        super().__init__()
         self.auth_attempts = 0
         self.account_id = str(uuid.uuid5(_NAMESPACE, f"account:{key_id}"))
         self.account_number = "PA" + uuid.uuid5(_NAMESPACE, f"number:{key_id}").hex[:10].upper()
@@ -220,53 +223,14 @@ class FakeAlpaca:
         self._drop = 0
         self._sent: list[dict[str, Any]] = []
         self._lock = threading.RLock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     # lifecycle -------------------------------------------------------------------------------------------------
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def stream_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/stream"
 
-    def start(self) -> FakeAlpaca:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="fake-alpaca", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or not self.port:
-            raise RuntimeError("fake Alpaca server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        self._call(self._shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop = None
-
-    def __enter__(self) -> FakeAlpaca:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(self._open())
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    async def _open(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/account", self._account_handler)
         app.router.add_get("/v2/positions", self._positions_handler)
         app.router.add_get("/v2/positions/{symbol:.+}", self._position_handler)
@@ -277,23 +241,11 @@ class FakeAlpaca:
         app.router.add_delete("/v2/orders/{order_id}", self._cancel_handler)
         app.router.add_get("/v2/assets/{symbol:.+}", self._asset_handler)
         app.router.add_get("/stream", self._ws)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
 
-    async def _shutdown(self) -> None:
+    async def closing(self) -> None:
         for conn in list(self._conns):
             if conn.request.transport is not None:
                 conn.request.transport.abort()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            raise RuntimeError("fake Alpaca server is not running")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
 
     def _now_ns(self) -> int:
         """Strictly increasing at microsecond grain, so every order and update has its own time."""

@@ -30,20 +30,21 @@ Recorded payloads (``tests/fixtures/polygon/``) are served as they are: ``push(m
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import bisect
 import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import WSMsgType, web
+
+from fakes.server import LoopServer
 
 T = TypeVar("T")
 
@@ -130,13 +131,15 @@ def _matches(record: Mapping[str, Any], params: Mapping[str, str]) -> bool:
     return True
 
 
-class FakePolygon:
+class FakePolygon(LoopServer):
     """Fake Polygon REST + WebSocket server running on its own event loop in a background thread."""
+
+    what = "fake Polygon server"
 
     def __init__(self, api_key: str = "fake-polygon-key", *, page_size: int = AGGS_MAX_LIMIT) -> None:
         self.api_key = api_key
         self.page_size = page_size
-        self.port = 0
+        super().__init__()
         self.auth_attempts = 0
         self._bars: dict[tuple[str, str], tuple[list[int], list[dict[str, Any]]]] = {}
         self._splits: list[dict[str, Any]] = []
@@ -145,75 +148,24 @@ class FakePolygon:
         self._requests: list[RestRequest] = []
         self._conns: list[_Connection] = []
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     # lifecycle -------------------------------------------------------------------------------------------------
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws_feed(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> FakePolygon:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="fake-polygon", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or not self.port:
-            raise RuntimeError("fake Polygon server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        self._call(self._shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop = None
-
-    def __enter__(self) -> FakePolygon:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(self._open())
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    async def _open(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{start}/{end}", self._aggs)
         app.router.add_get("/v3/reference/splits", self._splits_handler)
         app.router.add_get("/v3/reference/dividends", self._dividends_handler)
         for market in MARKETS:
             app.router.add_get(f"/{market}", self._ws)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
 
-    async def _shutdown(self) -> None:
+    async def closing(self) -> None:
         for conn in list(self._conns):
             if conn.request.transport is not None:
                 conn.request.transport.abort()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            raise RuntimeError("fake Polygon server is not running")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
 
     # data ------------------------------------------------------------------------------------------------------
 
