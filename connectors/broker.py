@@ -151,6 +151,10 @@ class Broker(Protocol):
         """None for a symbol the broker does not know."""
         ...
 
+    def assets(self) -> dict[str, Asset]:
+        """Every asset the broker trades or knows, by symbol, in one request."""
+        ...
+
     def submit(self, request: OrderRequest) -> BrokerOrder:
         """Place an order. Raises ``DuplicateClientOrderId`` when its client_order_id was used before,
         ``OrderRefused`` for a final refusal, ``RateLimited``/``BrokerUnavailable`` for transient ones."""

@@ -463,7 +463,8 @@ class BrokerConnector:
         self.tracked_fill: dict[str, Decimal] = {}
         """Per order: the fill quantity the tracker's ``PositionChanged`` events applied."""
         self.tracked_events: set[str] = set()
-        self.assets: dict[str, tuple[float, Asset]] = {}
+        self.assets: dict[str, Asset] = {}
+        self.assets_listed = -ASSET_TTL_S
         self.mismatches = Mismatches()
         self.placed = 0
         self.limit_wait_s = 0.0
@@ -662,15 +663,17 @@ class BrokerConnector:
             self.watchdog.stopping.wait(3600 * 24)
 
     def _asset(self, symbol: str) -> Asset | None:
-        """The broker's word on a symbol, asked once an hour at most: a rebalance's orders then cost one request
-        each against the rate limit, not two."""
-        known = self.assets.get(symbol)
-        if known is not None and time.monotonic() - known[0] <= ASSET_TTL_S:
-            return known[1]
-        asset: Asset | None = self._call(f"asset {symbol}", lambda: self.broker.asset(symbol))
-        if asset is not None:  # an unknown symbol may become known (the simulated broker learns from bars)
-            self.assets[symbol] = (time.monotonic(), asset)
-        return asset
+        """The broker's word on a symbol, from one listing of every asset an hour (so a rebalance's orders cost one
+        request each against the rate limit, not two); a symbol the listing lacks is asked for once."""
+        if time.monotonic() - self.assets_listed > ASSET_TTL_S:
+            self.assets = self._call("list assets", self.broker.assets)
+            self.assets_listed = time.monotonic()
+        if symbol not in self.assets:  # listed since, or learned since (the simulated broker learns from bars)
+            asset: Asset | None = self._call(f"asset {symbol}", lambda: self.broker.asset(symbol))
+            if asset is None:
+                return None
+            self.assets[symbol] = asset
+        return self.assets[symbol]
 
     def _refuse(self, record: Mapping[str, Any], reason: str) -> None:
         log.warning("order %s for %s refused: %s", record["client_order_id"], record["symbol"], reason)

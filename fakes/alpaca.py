@@ -239,6 +239,7 @@ class FakeAlpaca(LoopServer):
         app.router.add_get("/v2/orders:by_client_order_id", self._by_client_id_handler)
         app.router.add_get("/v2/orders/{order_id}", self._order_handler)
         app.router.add_delete("/v2/orders/{order_id}", self._cancel_handler)
+        app.router.add_get("/v2/assets", self._assets_handler)
         app.router.add_get("/v2/assets/{symbol:.+}", self._asset_handler)
         app.router.add_get("/stream", self._ws)
 
@@ -592,6 +593,20 @@ class FakeAlpaca(LoopServer):
         if asset is None:
             return self._answer(request, _error(404, NOT_FOUND, "asset not found"))
         return web.json_response(asset)
+
+    async def _assets_handler(self, request: web.Request) -> web.Response:
+        """``GET /v2/assets`` with the ``status`` and ``asset_class`` filters."""
+        reply = self._gate(request)
+        if reply is not None:
+            return reply
+        status, kind = request.query.get("status"), request.query.get("asset_class")
+        with self._lock:
+            listed = [
+                a
+                for a in self._assets.values()
+                if (status is None or a["status"] == status) and (kind is None or a["class"] == kind)
+            ]
+        return web.json_response(listed)
 
     async def _submit_handler(self, request: web.Request) -> web.Response:
         reply = self._gate(request)

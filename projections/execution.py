@@ -9,6 +9,7 @@ and at an equal fill the further status (a terminal one over an open one)."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -182,6 +183,21 @@ _ROWS: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {
 }  # fmt: skip
 
 
+_ORDER = (
+    _PROPOSED,
+    _APPROVED,
+    _PLACED,
+    _UPDATED,
+    _REJECTED,
+    _CHANGE,
+    _POSITION,
+    _BROKER_POSITION,
+    _CORRECTED,
+    _ACCOUNT,
+)
+"""The statements in the order a batch applies them."""
+
+
 class ExecutionProjection:
     """Every execution event type, dispatched by schema; position changes also to Redis
     (``tm:position:<account>:<strategy>:<symbol>``)."""
@@ -195,16 +211,23 @@ class ExecutionProjection:
         event_of = {id(r): e for r, e in zip(records, events, strict=True)}
 
         async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
-            # In topic order, one statement per event: an order's command and its updates, or a position's
-            # successive changes, must apply in the order they were published.
+            # One executemany per statement, in an order that keeps each table right: a proposal before its
+            # approval; a command's row and its broker updates commute (each sets its own columns, and an update
+            # only moves an order forward); a position keeps the latest change of the batch, in topic order.
+            rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+            latest: dict[tuple[str, str, str], tuple[Any, ...]] = {}
             for record in fresh:
                 event = event_of[id(record)]
-                if "strategy_id" in event and "cash_change" in event:  # PositionChanged
-                    await conn.execute(_CHANGE, *_change_row(event))
-                    await conn.execute(_POSITION, *_position_row(event))
+                if "cash_change" in event:  # PositionChanged
+                    rows[_CHANGE].append(_change_row(event))
+                    latest[(event["account_id"], event["strategy_id"], event["symbol"])] = _position_row(event)
                     continue
                 statement, row = _ROWS[_schema_of(event)]
-                await conn.execute(statement, *row(event))
+                rows[statement].append(row(event))
+            rows[_POSITION] = list(latest.values())
+            for statement in _ORDER:
+                if rows.get(statement):
+                    await conn.executemany(statement, rows[statement])
 
         fresh = await apply_exactly_once(self._pool, EXECUTION, records, write)
         await self._redis.set_latest(

@@ -43,10 +43,10 @@ import requests
 from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.enums import AssetStatus, QueryOrderStatus
 from alpaca.trading.models import Asset as AlpacaAsset
 from alpaca.trading.models import Order, Position, TradeAccount
-from alpaca.trading.requests import GetOrdersRequest
+from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 from pydantic import ValidationError
 
@@ -425,6 +425,14 @@ class AlpacaBroker:
             return None
         assert isinstance(asset, AlpacaAsset)
         return asset_from_alpaca(asset)
+
+    def assets(self) -> dict[str, Asset]:
+        """Every active asset in one request (``GET /v2/assets?status=active``)."""
+        listed = self._call(
+            "list assets", lambda: self._client.get_all_assets(GetAssetsRequest(status=AssetStatus.ACTIVE))
+        )
+        assert isinstance(listed, list)
+        return {a.symbol: asset_from_alpaca(a) for a in listed}
 
     def submit(self, request: OrderRequest) -> BrokerOrder:
         """Place a market order. After ``BrokerUnavailable`` the order may or may not have been placed: look it up

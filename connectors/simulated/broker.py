@@ -233,6 +233,10 @@ class SimulatedBroker:
                 )
             return found
 
+    def assets(self) -> dict[str, Asset]:
+        with self._cond:
+            return dict(self._assets)
+
     def asset(self, symbol: str) -> Asset | None:
         with self._cond:
             return self._assets.get(symbol)

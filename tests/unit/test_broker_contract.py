@@ -321,6 +321,9 @@ def test_known_assets_are_described(venue: Venue) -> None:
     venue.add_asset("BRK.A", tradable=True, fractionable=False)
     assert venue.broker.asset("AAPL") == Asset("AAPL", "EQUITY", tradable=True, fractionable=True)
     assert venue.broker.asset("BRK.A") == Asset("BRK.A", "EQUITY", tradable=True, fractionable=False)
+    listed = venue.broker.assets()  # one request: what the connector asks before a rebalance's orders
+    assert listed["AAPL"] == venue.broker.asset("AAPL") and listed["BRK.A"] == venue.broker.asset("BRK.A")
+    assert "NOPE" not in listed
 
 
 @pytest.mark.parametrize(
