@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -48,6 +48,7 @@ from connectors.broker import (
     RateLimited,
     TradeUpdate,
 )
+from connectors.reconciliation import Mismatches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
 from core.events import alert_record, common_fields, deterministic_event_id, now_ns
@@ -68,7 +69,6 @@ ACCOUNT_SCHEMA = "tidemark.broker.AccountReported"
 ALERT_SCHEMA = "tidemark.risk.AlertRaised"
 CHANGED_SCHEMA = "tidemark.orders.PositionChanged"
 BAR_SCHEMA = "tidemark.marketdata.BarClosed"
-TOLERANCE = Decimal("1e-9")
 ASSET_TTL_S = 3600.0
 _STATUS_EVENT = {"FILLED": "FILL", "PARTIALLY_FILLED": "PARTIAL_FILL", "NEW": "NEW", "ACCEPTED": "ACCEPTED"}
 
@@ -301,24 +301,25 @@ def order_updated(account: str, source: str, update: TradeUpdate, causation: str
     }
 
 
+def _number(record: Mapping[str, Any], name: str) -> Decimal | None:
+    """A decimal-string field of an event that may be null."""
+    return None if record.get(name) is None else Decimal(record[name])
+
+
 def order_from_record(record: Mapping[str, Any]) -> BrokerOrder:
     """The order state an ``OrderUpdated`` carries (the simulated broker's restore reads them back)."""
-
-    def number(name: str) -> Decimal | None:
-        return None if record.get(name) is None else Decimal(record[name])
-
     return BrokerOrder(
         record["order_id"],
         record["client_order_id"],
         record["symbol"],
         record["side"],
-        number("qty"),
-        number("notional"),
+        _number(record, "qty"),
+        _number(record, "notional"),
         record["order_type"],
         record["time_in_force"],
         record["status"],
         Decimal(record["filled_qty"]),
-        number("filled_avg_price"),
+        _number(record, "filled_avg_price"),
         record["created_at_ns"] or record["ts_event"],
         record["updated_at_ns"],
         record["submitted_at_ns"],
@@ -328,16 +329,13 @@ def order_from_record(record: Mapping[str, Any]) -> BrokerOrder:
 
 
 def update_from_record(record: Mapping[str, Any]) -> TradeUpdate:
-    def number(name: str) -> Decimal | None:
-        return None if record.get(name) is None else Decimal(record[name])
-
     return TradeUpdate(
         record["update_event"],
         order_from_record(record),
         record["ts_event"],
-        number("price"),
-        number("fill_qty"),
-        number("position_qty"),
+        _number(record, "price"),
+        _number(record, "fill_qty"),
+        _number(record, "position_qty"),
         record["execution_id"],
     )
 
@@ -377,27 +375,6 @@ def position_reported(account: str, source: str, position: BrokerPosition, ts: i
         "unrealized_plpc": None,
         "qty_available": None,
     }
-
-
-@dataclass
-class Mismatches:
-    """Differences between the broker's positions and the tracker's, confirmed once seen twice in a row unchanged."""
-
-    seen: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
-
-    def confirm(
-        self, brokers: Mapping[str, Decimal], ours: Mapping[str, Decimal], moving: set[str]
-    ) -> list[tuple[str, Decimal, Decimal]]:
-        """``moving``: symbols with an open order or a fill since the last look (their difference may be in
-        flight). Returns (symbol, ours, brokers) for each difference seen unchanged at the previous look too."""
-        now: dict[str, tuple[Decimal, Decimal]] = {}
-        for symbol in sorted(set(brokers) | set(ours)):
-            pair = (ours.get(symbol, Decimal(0)), brokers.get(symbol, Decimal(0)))
-            if symbol not in moving and abs(pair[0] - pair[1]) > TOLERANCE:
-                now[symbol] = pair
-        confirmed = [(s, o, b) for s, (o, b) in now.items() if self.seen.get(s) == (o, b)]
-        self.seen = {s: pair for s, pair in now.items() if s not in {c[0] for c in confirmed}}
-        return confirmed
 
 
 class TokenBucket:

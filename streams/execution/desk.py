@@ -127,7 +127,7 @@ def compact(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "approve":
         return {**base, "rebalance_id": record["rebalance_id"], "approved_by": record["approved_by"]}
     if kind == "update":
-        names = ("client_order_id", "order_id", "symbol", "side", "filled_qty", "filled_avg_price", "ts_event")
+        names = ("client_order_id", "order_id", "symbol", "side", "filled_qty", "filled_avg_price")
         return {**base, **{n: record[n] for n in names}}
     if kind == "correction":
         return {**base, "symbol": record["symbol"], "qty_change": record["qty_change"], "price": record["price"]}

@@ -1,5 +1,6 @@
-"""The position tracker: broker order updates folded into positions per strategy, and their reconciliation with the
-positions the broker reports.
+"""The position tracker: broker order updates folded into positions per strategy. (Their reconciliation with the
+broker's positions runs in the broker connector, ``connectors.reconciliation``, and comes back here as a
+correction.)
 
 Pure: no I/O; the ``Book`` is a plain mutable dataclass that round-trips through JSON (``to_json``/``from_json``).
 Money and quantities are ``Decimal``.
@@ -34,7 +35,7 @@ price. ``Book.cash`` is each strategy's cash flow: payments negative, receipts p
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
@@ -91,32 +92,6 @@ class Fill:
     """The price of the fill (for an order fill: the price of the quantity newly filled)."""
     cash: Decimal
     """Signed cash paid: positive for a purchase; the strategy's cash flow changed by minus this."""
-
-
-@dataclass(frozen=True)
-class PositionRow:
-    strategy_id: str
-    symbol: str
-    qty: Decimal
-    cost: Decimal
-    avg_price: Decimal | None
-    realised: Decimal
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    symbol: str
-    ours: Decimal
-    brokers: Decimal
-    difference: Decimal
-    """``brokers - ours``: what a correction books."""
-
-
-@dataclass(frozen=True)
-class Correction:
-    symbol: str
-    strategy_id: str
-    qty_delta: Decimal
 
 
 @dataclass
@@ -306,51 +281,9 @@ def apply_correction(book: Book, symbol: str, strategy_id: str, qty_delta: Decim
         return fill
 
 
-def totals(book: Book) -> dict[str, Decimal]:
-    """Quantity per symbol over every strategy (flat symbols left out), by symbol."""
-    summed: dict[str, Decimal] = {}
-    for (_, symbol), holding in book.holdings.items():
-        summed[symbol] = summed.get(symbol, _ZERO) + holding.qty
-    return {symbol: qty for symbol, qty in sorted(summed.items()) if qty != 0}
-
-
 def quantities(book: Book) -> dict[tuple[str, str], Decimal]:
     """Non-zero quantity per (strategy id, symbol): the planner's ``holdings``."""
     return {key: h.qty for key, h in sorted(book.holdings.items()) if h.qty != 0}
-
-
-def positions(book: Book) -> list[PositionRow]:
-    """Every holding the book has seen (flat ones too, for their realised P&L), by strategy id and symbol."""
-    return [
-        PositionRow(sid, symbol, h.qty, h.cost, h.avg_price, h.realised)
-        for (sid, symbol), h in sorted(book.holdings.items())
-    ]
-
-
-def reconcile(
-    book: Book,
-    broker_positions: Mapping[str, Decimal],
-    in_flight: Iterable[str],
-    tolerance: Decimal = Decimal("1e-9"),
-) -> list[Mismatch]:
-    """Symbols where our total differs from the broker's by more than ``tolerance``, by symbol. A symbol missing on
-    either side counts as zero; symbols with orders in flight are left out (their fills may not have reached us)."""
-    ours = totals(book)
-    busy = set(in_flight)
-    found = []
-    for symbol in sorted((set(ours) | set(broker_positions)) - busy):
-        mine, theirs = ours.get(symbol, _ZERO), broker_positions.get(symbol, _ZERO)
-        if abs(theirs - mine) > tolerance:
-            found.append(Mismatch(symbol, mine, theirs, theirs - mine))
-    return found
-
-
-def corrections(mismatches: Iterable[Mismatch]) -> list[Correction]:
-    """The broker is the source of truth for each symbol's total, so each difference is booked - to
-    ``UNATTRIBUTED``: an outside change (a manual trade, a corporate action, a fill we missed) carries nothing that
-    says which strategy it belongs to, and guessing would corrupt a strategy's record; an unattributed position is
-    visible and the rebalancer unwinds it."""
-    return [Correction(m.symbol, UNATTRIBUTED, m.difference) for m in mismatches if m.difference != 0]
 
 
 def _check_side(side: str) -> None:

@@ -7,8 +7,6 @@ drops, repeats and reorders counts each fill once; a position changed outside is
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +25,7 @@ from tests.integration.test_execution import (
     bars,
     events,
     expected_quantities,
+    kill_when_paused,
     performance,
     proposal,
     targets,
@@ -159,14 +158,8 @@ def test_a_connector_killed_mid_rebalance_places_each_order_once_at_alpaca(
     settings = on_fake(isolated, fake)
     proposed, drill = propose(isolated, run_cli, start_worker, settings, settings.changed(broker__pause_after_orders=1))
     approve(run_cli, settings, proposed)
-    eventually(
-        lambda: "paused after 1 orders" in (tmp_path / "worker-2.log").read_text(),
-        timeout=60,
-        what="the connector paused",
-    )
+    kill_when_paused(drill, tmp_path / "worker-2.log", "paused after 1 orders")
     assert len(fake.orders()) == 1
-    os.kill(drill.pid, signal.SIGKILL)
-    drill.wait(timeout=30)
     start_worker(settings, BROKER)  # worker-3
     planned = {o["client_order_id"]: o for o in proposed["orders"]}
     eventually(lambda: len(fake.orders()) == 2, timeout=60, what="the second order placed")

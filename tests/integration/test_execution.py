@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
@@ -133,6 +134,30 @@ def proposal(settings: Settings, targets_id: str) -> dict[str, Any] | None:
             if schema == "tidemark.orders.RebalanceProposed" and r["targets_id"] == targets_id
         ),
         None,
+    )
+
+
+def kill_when_paused(drill: subprocess.Popen[bytes], log: Path, line: str) -> None:
+    """``kill -9`` of a fault drill once its log says it holds still: the test, not a race, picks the moment."""
+    eventually(lambda: line in log.read_text(), timeout=120, what=line)
+    os.kill(drill.pid, signal.SIGKILL)
+    drill.wait(timeout=30)
+
+
+def one_order_per_client_id(settings: Settings) -> dict[str, set[str]]:
+    """The broker's order ids per client order id, as ``broker.order_updates`` holds them; each holds one."""
+    orders: dict[str, set[str]] = defaultdict(set)
+    for _, record in events(settings, "broker.order_updates"):
+        orders[record["client_order_id"]].add(record["order_id"])
+    assert all(len(ids) == 1 for ids in orders.values()), orders
+    return orders
+
+
+def reconciled(run_cli: Callable[..., Any]) -> None:
+    eventually(
+        lambda: json.loads(run_cli("reconcile", "--json").stdout)[0]["differences"] == 0,
+        timeout=60,
+        what="the tracker equal to the broker",
     )
 
 
@@ -273,13 +298,7 @@ def test_a_broker_connector_killed_mid_rebalance_places_each_order_exactly_once(
     wanted = targets(isolated)
     proposed = eventually(lambda: proposal(isolated, wanted["event_id"]), timeout=180, interval=1, what="a proposal")
     run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "0")
-    eventually(
-        lambda: "paused after 1 orders" in (tmp_path / "worker-2.log").read_text(),
-        timeout=120,
-        what="the connector paused",
-    )
-    os.kill(drill.pid, signal.SIGKILL)
-    drill.wait(timeout=30)
+    kill_when_paused(drill, tmp_path / "worker-2.log", "paused after 1 orders")
     start_worker(command=BROKER)
     eventually(
         lambda: len({r["client_order_id"] for s, r in events(isolated, "broker.order_updates")}) == 3,
@@ -288,16 +307,9 @@ def test_a_broker_connector_killed_mid_rebalance_places_each_order_exactly_once(
     )
     bars(isolated, 1)
     run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "120")
-    orders: dict[str, set[str]] = defaultdict(set)
-    for _, record in events(isolated, "broker.order_updates"):
-        orders[record["client_order_id"]].add(record["order_id"])
-    assert len(orders) == 3 and all(len(ids) == 1 for ids in orders.values())  # one order per client id
+    assert len(one_order_per_client_id(isolated)) == 3
     assert "was placed before" in (tmp_path / "worker-3.log").read_text()  # the repeat was met and looked up
-    eventually(
-        lambda: json.loads(run_cli("reconcile", "--json").stdout)[0]["differences"] == 0,
-        timeout=60,
-        what="the tracker equal to the broker",
-    )
+    reconciled(run_cli)
 
 
 def test_an_execution_agent_killed_mid_rebalance_sends_each_order_once_to_the_broker(
@@ -315,13 +327,7 @@ def test_an_execution_agent_killed_mid_rebalance_sends_each_order_once_to_the_br
     wanted = targets(isolated)
     proposed = eventually(lambda: proposal(isolated, wanted["event_id"]), timeout=180, interval=1, what="a proposal")
     run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "0")
-    eventually(
-        lambda: "paused after 1 order commands" in (tmp_path / "worker-1.log").read_text(),
-        timeout=120,
-        what="the agent paused",
-    )
-    os.kill(drill.pid, signal.SIGKILL)
-    drill.wait(timeout=30)
+    kill_when_paused(drill, tmp_path / "worker-1.log", "paused after 1 order commands")
     assert len([r for s, r in events(isolated, "orders.intents") if s == "tidemark.orders.PlaceOrder"]) == 1
     start_worker(command=AGENTS)
     eventually(
@@ -338,12 +344,5 @@ def test_an_execution_agent_killed_mid_rebalance_sends_each_order_once_to_the_br
     assert "answered again, as recorded" in (tmp_path / "worker-3.log").read_text()
     bars(isolated, 1)
     run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "120")
-    orders: dict[str, set[str]] = defaultdict(set)
-    for _, record in events(isolated, "broker.order_updates"):
-        orders[record["client_order_id"]].add(record["order_id"])
-    assert all(len(ids) == 1 for ids in orders.values())
-    eventually(
-        lambda: json.loads(run_cli("reconcile", "--json").stdout)[0]["differences"] == 0,
-        timeout=60,
-        what="the tracker equal to the broker",
-    )
+    assert len(one_order_per_client_id(isolated)) == 3
+    reconciled(run_cli)

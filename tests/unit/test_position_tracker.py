@@ -1,5 +1,5 @@
 """The position tracker: broker updates (cumulative, possibly repeated, reordered or dropped) folded into positions
-per strategy at average cost, and the reconciliation of the totals with the broker's positions."""
+per strategy at average cost."""
 
 from __future__ import annotations
 
@@ -11,18 +11,12 @@ import pytest
 from streams.execution.positions import (
     UNATTRIBUTED,
     Book,
-    Correction,
     Fill,
     Holding,
-    Mismatch,
     apply_correction,
     apply_update,
-    corrections,
-    positions,
     quantities,
-    reconcile,
     register,
-    totals,
 )
 from streams.execution.rebalance import BUY, SELL, Allocation
 
@@ -70,7 +64,7 @@ def test_cumulative_updates(updates: list[Update], expected: dict[str, tuple[D, 
     book = book_with()
     feed(book, updates)
     assert state(book) == expected
-    assert totals(book) == {"AAPL": sum(q for q, *_ in expected.values())}
+    assert sum(quantities(book).values()) == sum(q for q, *_ in expected.values())
 
 
 def test_fills_returned_are_the_changes() -> None:
@@ -253,59 +247,6 @@ def test_corrections(qty: D, price: D, expected: Holding) -> None:
     assert book.cash["a"] == -1000 - qty * price
 
 
-@pytest.mark.parametrize(
-    ("broker", "in_flight", "tolerance", "expected"),
-    [
-        pytest.param({"AAPL": D(10), "SPY": D(5)}, set(), D("1e-9"), [], id="agree"),
-        pytest.param(
-            {"AAPL": D(10), "SPY": D(6), "MSFT": D(2)},
-            set(),
-            D("1e-9"),
-            [Mismatch("MSFT", D(0), D(2), D(2)), Mismatch("SPY", D(5), D(6), D(1))],
-            id="broker-has-more-and-a-symbol-we-lack",
-        ),
-        pytest.param(
-            {"AAPL": D(10)},
-            set(),
-            D("1e-9"),
-            [Mismatch("SPY", D(5), D(0), D(-5))],
-            id="missing-at-the-broker-is-zero",
-        ),
-        pytest.param(
-            {"AAPL": D(10), "SPY": D(6), "MSFT": D(2)}, {"SPY", "MSFT"}, D("1e-9"), [], id="in-flight-ignored"
-        ),
-        pytest.param({"AAPL": D("10.0000000001"), "SPY": D(5)}, set(), D("1e-9"), [], id="inside-tolerance"),
-        pytest.param(
-            {"AAPL": D("10.0000000001"), "SPY": D(5)},
-            set(),
-            D(0),
-            [Mismatch("AAPL", D(10), D("10.0000000001"), D("1e-10"))],
-            id="exact-compare",
-        ),
-    ],
-)
-def test_reconcile(broker: dict[str, D], in_flight: set[str], tolerance: D, expected: list[Mismatch]) -> None:
-    book = Book()
-    apply_correction(book, "AAPL", "a", D(6), D(100))
-    apply_correction(book, "AAPL", "b", D(4), D(100))
-    apply_correction(book, "SPY", "a", D(5), D(400))
-    assert reconcile(book, broker, in_flight, tolerance) == expected
-
-
-def test_corrections_book_the_difference_to_unattributed() -> None:
-    book = Book()
-    apply_correction(book, "SPY", "a", D(5), D(400))
-    mismatches = reconcile(book, {"SPY": D(3), "MSFT": D("1.5")}, set())
-    assert corrections(mismatches) == [
-        Correction("MSFT", UNATTRIBUTED, D("1.5")),
-        Correction("SPY", UNATTRIBUTED, D(-2)),
-    ]
-    for c in corrections(mismatches):
-        apply_correction(book, c.symbol, c.strategy_id, c.qty_delta, D(0))
-    assert reconcile(book, {"SPY": D(3), "MSFT": D("1.5")}, set()) == []
-    assert quantities(book) == {("a", "SPY"): D(5), (UNATTRIBUTED, "MSFT"): D("1.5"), (UNATTRIBUTED, "SPY"): D(-2)}
-
-
 def test_json_round_trip() -> None:
     book = book_with()
     feed(book, [(D(5), D("100.37"))])
@@ -319,12 +260,12 @@ def test_json_round_trip() -> None:
     feed(again, [(D(10), D("100.5"))])
     feed(book, [(D(10), D("100.5"))])
     assert again == book
-    assert [(r.strategy_id, r.symbol, r.qty) for r in positions(book)] == [
-        ("a", "AAPL", D(6)),
-        ("b", "AAPL", D(4)),
-        (UNATTRIBUTED, "SPY", D(-2)),
-        (UNATTRIBUTED, "TSLA", D("0.5")),
-    ]
+    assert quantities(book) == {
+        ("a", "AAPL"): D(6),
+        ("b", "AAPL"): D(4),
+        (UNATTRIBUTED, "SPY"): D(-2),
+        (UNATTRIBUTED, "TSLA"): D("0.5"),
+    }
 
 
 Order = tuple[str, str, str, D | None, D | None, list[Allocation], list[Update]]
