@@ -146,9 +146,10 @@ def rebalance_approve(
     if not wait or not found["orders"]:
         return
     started = time.monotonic()
-    since = "" if found["approved_at"] else " of the approval"
+    approved_before = found["approved_at"] is not None
     expected = len(found["orders"])
     done: list[dict[str, Any]] = []
+    looks = 0
     while time.monotonic() - started < wait:
         rows = _run_db(lambda conn: orders(conn, account, 10_000, found["rebalance_id"]))
         done = [r for r in rows if r["status"] in ("FILLED", "CANCELED", "EXPIRED", "REJECTED")]
@@ -158,9 +159,13 @@ def rebalance_approve(
             f"{len(done) - filled} otherwise final"
         )
         if len(done) == expected:
-            elapsed = time.monotonic() - started
-            typer.echo(f"all {expected} orders final within {elapsed:.1f} s{since}: see `tidemark positions`")
+            if approved_before and looks == 0:
+                when = "already (before this command looked)"
+            else:
+                when = f"within {time.monotonic() - started:.1f} s{'' if approved_before else ' of the approval'}"
+            typer.echo(f"all {expected} orders final {when}: see `tidemark positions`")
             return
+        looks += 1
         time.sleep(1.0)
     typer.echo(
         f"{expected - len(done)} of {expected} orders not final after {wait:g} s: is `tidemark broker run` running, "
