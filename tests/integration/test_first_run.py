@@ -46,13 +46,26 @@ def fresh_broker(services: Settings, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def first_demo(fresh_broker: Settings) -> subprocess.CompletedProcess[str]:
-    return _tidemark(fresh_broker, "demo", *DEMO_ARGS, timeout=900)
+    """Each of the demo's waits gives up after ``--timeout`` with the step's name, well before this test does; and
+    whatever happens, a failure shows the demo's output and the end of every process log it started."""
+    argv = ["demo", *DEMO_ARGS, "--timeout", "420"]
+    try:
+        done = _tidemark(fresh_broker, *argv, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        output = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        done = subprocess.CompletedProcess(argv, -9, output, f"timed out after {exc.timeout:.0f}s")
+    if done.returncode != 0:
+        done.stderr += "".join(
+            f"\n--- {log.name} (end) ---\n{log.read_text(errors='replace')[-4000:]}"
+            for log in sorted((fresh_broker.state_dir / "logs").glob("demo-*.log"))
+        )
+    return done
 
 
 def test_the_demo_runs_first_time_on_a_broker_that_never_ran(
     fresh_broker: Settings, first_demo: subprocess.CompletedProcess[str]
 ) -> None:
-    assert first_demo.returncode == 0, first_demo.stdout[-3000:] + first_demo.stderr[-3000:]
+    assert first_demo.returncode == 0, first_demo.stdout[-3000:] + first_demo.stderr
     assert "What the worker found" in first_demo.stdout
     assert (fresh_broker.state_dir / "demo-correlations.png").stat().st_size > 10_000
 
@@ -65,7 +78,7 @@ def _suggested(stdout: str) -> list[str]:
 def test_every_command_the_demo_suggests_shows_the_demos_data(
     fresh_broker: Settings, first_demo: subprocess.CompletedProcess[str]
 ) -> None:
-    assert first_demo.returncode == 0, first_demo.stderr[-3000:]
+    assert first_demo.returncode == 0, first_demo.stdout[-3000:] + first_demo.stderr
     commands = _suggested(first_demo.stdout)
     assert len(commands) >= 4, first_demo.stdout[-2000:]
     for command in commands:
