@@ -443,6 +443,44 @@ class BrokerSettings(Section):
     )
 
 
+class RiskSettings(Section):
+    """How risk is measured, the limits no order may breach, and what a breach does."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEMARK_RISK_")
+
+    lookback_days: int = Field(250, ge=20, description="daily returns behind the historical, parametric and MC VaR")
+    min_observations: int = Field(
+        20, ge=10, description="a held symbol with fewer daily returns counts in exposures, not in VaR (reported)"
+    )
+    paths: int = Field(10_000, ge=1_000, description="Monte Carlo paths from the shrunk covariance")
+    seed: int = Field(0, description="Monte Carlo seed: the same inputs give the same figures")
+    measure_every_s: float = Field(
+        60.0, ge=0, description="market seconds between measurements on price ticks alone (fills: always measured)"
+    )
+    limit_method: Literal["HISTORICAL", "PARAMETRIC", "CORNISH_FISHER", "MONTE_CARLO"] = Field(
+        "HISTORICAL", description="VaR method the VaR limits are checked with"
+    )
+    limit_level: float = Field(0.99, gt=0.5, lt=1, description="confidence the VaR limits are checked at")
+    max_var: float = Field(0.05, gt=0, description="account: largest 1-day VaR as a fraction of equity")
+    max_drawdown: float = Field(0.15, gt=0, lt=1, description="account: largest drawdown from peak equity")
+    max_gross_leverage: float = Field(1.5, gt=0, description="account: largest gross exposure over equity")
+    max_symbol_exposure: float = Field(
+        0.6, gt=0, description="account: largest absolute exposure to one symbol, fraction of equity"
+    )
+    strategy_max_var: float = Field(0.03, gt=0, description="each strategy: largest 1-day VaR, fraction of equity")
+    strategy_max_exposure: float = Field(
+        0.6, gt=0, description="each strategy: largest gross exposure, fraction of equity"
+    )
+    strategy_max_drawdown: float = Field(0.25, gt=0, lt=1, description="each strategy: largest drawdown of its book")
+    strategy_limits: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='per-strategy overrides as JSON, e.g. {"<id>": {"max_var": 0.01, "max_exposure": 0.2}}',
+    )
+    halt_on_breach: bool = Field(True, description="an account limit breach turns the kill switch on")
+    flatten_on_breach: bool = Field(False, description="the kill switch a breach turns on also closes every position")
+    demote_on_breach: bool = Field(True, description="a live strategy in breach of its limits goes back to Paper")
+
+
 SECTIONS: dict[str, type[Section]] = {
     "kafka": KafkaSettings,
     "processing": ProcessingSettings,
@@ -457,6 +495,7 @@ SECTIONS: dict[str, type[Section]] = {
     "portfolio": PortfolioSettings,
     "alpaca": AlpacaSettings,
     "broker": BrokerSettings,
+    "risk": RiskSettings,
 }
 
 
@@ -493,6 +532,7 @@ class Settings(BaseSettings):
     portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
     alpaca: AlpacaSettings = Field(default_factory=AlpacaSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
 
     @model_validator(mode="after")
     def _demo_names(self) -> Settings:

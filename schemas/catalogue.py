@@ -264,6 +264,20 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "VaR, CVaR, drawdown and limit state per account.",
     ),
     TopicSpec(
+        "risk.controls",
+        ACCOUNT,
+        ACCOUNT_PARTITIONS,
+        INFINITE,
+        "delete",
+        (
+            "tidemark.risk.HaltTrading",
+            "tidemark.risk.ResumeTrading",
+            "tidemark.risk.TradingHalted",
+            "tidemark.risk.TradingResumed",
+        ),
+        "The kill switch: halt and resume commands (by a person or by a breach) and the execution desk's answers.",
+    ),
+    TopicSpec(
         "alerts",
         "the alert's subject (UTF-8)",
         1,

@@ -30,11 +30,17 @@ def _register(schema: Any, named: dict[str, Any]) -> None:
                 _register(schema[key], named)
 
 
+def named_types(schema: Any) -> dict[str, Any]:
+    """Every named type ``schema`` defines, by full and by short name."""
+    named: dict[str, Any] = {}
+    _register(schema, named)
+    return named
+
+
 def sample(schema: Any, rnd: random.Random, named: dict[str, Any] | None = None) -> Any:
     """A random datum valid for ``schema`` (a standalone schema as JSON data), in decoded form."""
     if named is None:
-        named = {}
-        _register(schema, named)
+        named = named_types(schema)
     if isinstance(schema, list):
         return sample(rnd.choice(schema), rnd, named)
     if isinstance(schema, str):

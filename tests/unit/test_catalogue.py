@@ -40,6 +40,7 @@ DESIGN_TOPICS = (
     "orders.intents",
     "orders.rebalances",  # issue 14: proposals waiting for approval, and the approvals
     "positions",  # issue 14: the position tracker's per-strategy positions
+    "risk.controls",  # issue 15: the kill switch (halt and resume commands and the desk's answers)
     "risk.metrics",
     "alerts",
     "dlq",

@@ -73,7 +73,7 @@ VALID = _valid_messages()
 
 def test_every_event_schema_is_loaded() -> None:
     assert BAR in NAMES
-    assert len(NAMES) == 28
+    assert len(NAMES) == 32
     assert "tidemark.strategies.StrategyState" not in NAMES  # shared types are not events
 
 

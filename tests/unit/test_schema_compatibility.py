@@ -12,7 +12,7 @@ from typing import Any
 import avro.schema
 import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
-from avro_samples import sample
+from avro_samples import named_types, sample
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from schemas.codec import SCHEMA_DIR, SchemaRegistry, get_registry
@@ -75,7 +75,67 @@ def _resolves(writer: dict[str, Any], reader: dict[str, Any], seed: str) -> None
         }
         assert buffer.tell() == len(buffer.getvalue())
         shared = reader_fields & set(record)
-        assert {key: read[key] for key in shared} == {key: record[key] for key in shared}
+        expected = _as_read(record, writer, named_types(writer), _enum_defaults(reader))
+        assert {key: read[key] for key in shared} == {key: expected[key] for key in shared}
+
+
+def _enum_defaults(schema: dict[str, Any]) -> dict[str, tuple[frozenset[str], str]]:
+    return {enum["name"]: (frozenset(enum["symbols"]), enum["default"]) for enum in _enums(schema)}
+
+
+def _as_read(
+    value: Any, schema: Any, named: dict[str, Any], reader_enums: dict[str, tuple[frozenset[str], str]]
+) -> Any:
+    """``value`` as a reader with ``reader_enums`` sees it: a symbol its enum lacks reads as the enum's default."""
+    if isinstance(schema, str):
+        schema = named.get(schema, named.get(schema.rpartition(".")[2], schema))
+    if isinstance(schema, list):  # a union: the branch the value was sampled from is the one it fits
+        branches = [b for b in schema if _fits(value, b, named)]
+        return _as_read(value, branches[0], named, reader_enums) if branches else value
+    if not isinstance(schema, dict):
+        return value
+    kind = schema["type"]
+    if isinstance(kind, dict | list | str) and kind not in _KINDS:
+        return _as_read(value, kind, named, reader_enums)
+    if kind == "enum" and schema["name"] in reader_enums:
+        symbols, default = reader_enums[schema["name"]]
+        return value if value in symbols else default
+    if kind == "array":
+        return [_as_read(item, schema["items"], named, reader_enums) for item in value]
+    if kind == "map":
+        return {k: _as_read(v, schema["values"], named, reader_enums) for k, v in value.items()}
+    if kind == "record":
+        return {f["name"]: _as_read(value[f["name"]], f["type"], named, reader_enums) for f in schema["fields"]}
+    return value
+
+
+_KINDS = {
+    "null",
+    "boolean",
+    "int",
+    "long",
+    "float",
+    "double",
+    "bytes",
+    "string",
+    "enum",
+    "array",
+    "map",
+    "record",
+    "fixed",
+}
+
+
+def _fits(value: Any, schema: Any, named: dict[str, Any]) -> bool:
+    if isinstance(schema, str):
+        schema = named.get(schema, named.get(schema.rpartition(".")[2], {"type": schema}))
+    kind = schema["type"] if isinstance(schema, dict) else schema
+    return {
+        "null": value is None,
+        "record": isinstance(value, dict),
+        "map": isinstance(value, dict),
+        "array": isinstance(value, list),
+    }.get(kind, value is not None and not isinstance(value, dict | list))
 
 
 @pytest.mark.parametrize("name", CURRENT.names)
