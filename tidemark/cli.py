@@ -149,20 +149,24 @@ def agents(loglevel: str = typer.Option("info", help="log level: critical, error
     """Run the domain agents (Faust): the strategy lifecycle, answering candidates and lifecycle commands with
     transitions or rejections on strategies.lifecycle; and the portfolio, re-optimising the live strategies' weights
     on every rotation (portfolio.targets); and execution, turning targets into rebalance proposals and approved
-    rebalances into orders (orders.intents), and fills into positions per strategy (positions). SIGTERM stops it;
-    its state returns from the changelog."""
+    rebalances into orders (orders.intents), and fills into positions per strategy (positions), halted by the kill
+    switch (risk.controls); and risk, measuring VaR, CVaR, exposures and drawdown on every position change and price
+    (risk.metrics), and on a breach alerting, halting and demoting. SIGTERM stops it; its state returns from the
+    changelog."""
     import faust
 
     from streams.agents import create_app
     from streams.execution.agent import install as install_execution
     from streams.lifecycle.agent import install as install_lifecycle
     from streams.portfolio.agent import install as install_portfolio
+    from streams.risk.agent import install as install_risk
 
     settings = get_settings()
     agents_app = create_app(settings)
     install_lifecycle(agents_app, settings)
     install_portfolio(agents_app, settings)
     install_execution(agents_app, settings)
+    install_risk(agents_app, settings)
     faust.Worker(agents_app, loglevel=loglevel.upper()).execute_from_commandline()
 
 

@@ -4,7 +4,10 @@ Its inputs are keyed by strategy, symbol or account over many partitions; forwar
 of each to one internal topic of one partition keyed by the account (``<app id>-execution-inputs``), whose agent
 keeps the account's ``Desk`` in the ``execution-desk`` table (``streams.execution.desk`` says what each input does).
 Outputs: ``RebalanceProposed`` (orders.rebalances), ``PlaceOrder`` and ``OrderRejected`` (orders.intents),
-``PositionChanged`` (positions), alerts.
+``PositionChanged`` (positions), ``TradingHalted`` and ``TradingResumed`` (risk.controls), alerts.
+
+The pre-trade risk screen measures VaR as the risk agent does, on the daily closes this agent keeps per symbol in
+its own ``execution-closes`` table (each agent's state is its own: nothing is read across agents).
 
 Idempotency under at least once, as in the portfolio agent: an input that produced events is remembered with their
 bytes; delivered again, it gets them again and is not decided again. Output ids derive from the input's id.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -22,8 +25,12 @@ import faust
 
 from core.settings import Settings
 from streams.agents import RAW, Event, agents_app_id, answer_once, dead_letter, install_forwarders
-from streams.execution.desk import Desk, Policy, compact, decide
+from streams.execution.desk import Desk, Policy, Screen, compact, decide
 from streams.execution.rebalance import Rules
+from streams.risk.agent import policy_of as risk_policy_of
+from streams.risk.history import History, appended
+from streams.risk.limits import Book, Screened, Trade, screen
+from streams.risk.monitor import Models, measure_book
 
 log = logging.getLogger("tidemark.execution")
 
@@ -41,6 +48,12 @@ INPUTS: dict[str, dict[str, str | None]] = {
     "broker.account": {"tidemark.broker.AccountReported": "account"},
     "strategies.performance": {"tidemark.strategies.StrategyPerformanceRecorded": "performance"},
     "md.bars.1d": {"tidemark.marketdata.BarClosed": "price"},
+    "risk.controls": {
+        "tidemark.risk.HaltTrading": "halt",
+        "tidemark.risk.ResumeTrading": "resume",
+        "tidemark.risk.TradingHalted": None,  # our own
+        "tidemark.risk.TradingResumed": None,
+    },
 }
 """Per input topic: its event types and the kind each is forwarded as (None: ignored)."""
 RECENT = 1024
@@ -69,11 +82,32 @@ def policy_of(settings: Settings) -> Policy:
     return Policy(settings.portfolio.account, kind, rules, broker.auto_approve)
 
 
+def risk_screen(settings: Settings, closes: Mapping[str, History], models: Models) -> Screen:
+    """The pre-trade screen with the account's limits, VaR measured on ``closes`` as the risk agent measures it."""
+    risk_policy = risk_policy_of(settings)
+
+    def var_of(book: Book) -> Any:
+        return measure_book(book, risk_policy, closes, models).var
+
+    def check(trades: Sequence[Trade], book: Book) -> list[Screened]:
+        return screen(trades, book, risk_policy.limits, var_of)
+
+    return check
+
+
+def keep_close(closes: MutableMapping[str, History], record: Mapping[str, Any], keep: int) -> None:
+    """A daily close into its symbol's history (a redelivered one changes nothing)."""
+    longer = appended(closes.get(record["symbol"]), record.get("ts", record["ts_event"]), float(record["close"]), keep)
+    if longer is not None:
+        closes[record["symbol"]] = longer
+
+
 def answer(
     entry: Mapping[str, Any] | None,
     record: Mapping[str, Any],
     policy: Policy,
     store: MutableMapping[str, Any] | None = None,
+    check: Screen | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]], bool]:
     """The table entry after ``record`` (its state a ``Desk``: ``saved`` makes it JSON), its encoded events, and
     whether it was answered before (``store``: where the outputs are remembered, the ``execution-answers`` table in
@@ -81,7 +115,7 @@ def answer(
 
     def step(state: Any, record: Mapping[str, Any]) -> tuple[Any, list[Event]]:
         desk = state if isinstance(state, Desk) else Desk.from_json(state)
-        events = decide(desk, record, policy)
+        events = decide(desk, record, policy, check)
         return desk, events
 
     return answer_once(entry, record, step, RECENT, store=store)
@@ -105,13 +139,16 @@ def install(app: faust.App, settings: Settings) -> None:
     inputs = app.topic(inputs_topic_name(settings), partitions=1, internal=True, **RAW)
     outputs = {
         name: app.topic(settings.topic(name), **RAW)
-        for name in ("orders.rebalances", "orders.intents", "positions", "alerts")
+        for name in ("orders.rebalances", "orders.intents", "positions", "risk.controls", "alerts")
     }
     # One partition, written once per batch of inputs (outside one event's iteration): the producer's partitioner
     # places the changelog records, not the current event.
     schema = faust.Schema(key_serializer="json", value_serializer="json")
     table = app.Table("execution-desk", partitions=1, schema=schema, use_partitioner=True)
     answers = app.Table("execution-answers", partitions=1, schema=schema, use_partitioner=True)
+    closes = app.Table("execution-closes", partitions=1, schema=schema, use_partitioner=True)
+    check = risk_screen(settings, closes, Models())
+    keep = settings.risk.lookback_days + 1
     dlq = app.topic(settings.topic("dlq"), **RAW)
     pause_after = settings.broker.pause_after_intents
     sent = 0
@@ -130,7 +167,9 @@ def install(app: faust.App, settings: Settings) -> None:
             for event in batch:
                 record = json.loads(event.value)
                 try:
-                    after, events, again = answer(entry, record, policy, answers)
+                    if record["kind"] == "price":
+                        keep_close(closes, record, keep)
+                    after, events, again = answer(entry, record, policy, answers, check)
                 except ValueError as exc:  # an input the desk cannot apply: dead-lettered, never a crash loop
                     await dead_letter(dlq, event, "execution.desk", exc)
                     continue

@@ -15,16 +15,25 @@ Inputs (compact records, in the order of the agent's one-partition inputs topic)
 - ``correction`` (a ``PositionCorrected`` from reconciliation): booked to ``UNATTRIBUTED``, published the same way.
 - ``performance``, ``price``, ``account``: the strategies' latest positions, the latest daily close and asset
   class per symbol, the buying power.
+- ``halt`` / ``resume`` (``HaltTrading`` / ``ResumeTrading``, from a person or the risk monitor): the kill switch,
+  answered by ``TradingHalted`` / ``TradingResumed`` and an alert. While it is on, an approval sends nothing: each
+  order is refused with the halt's reason. A halt with flatten sends, at once, the orders that close every position
+  the strategies hold (reconciliation's ``UNATTRIBUTED`` holdings excepted, as always).
+
+Between an approval and the commands, the pre-trade risk screen (``screen``, from ``streams.risk.limits``) refuses
+each order that would breach a risk limit, with the limit and the numbers; the others go.
 
 Pure: no I/O; the state is JSON. Every output's id derives from its input's id, so a replay decides the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
+
+import numpy as np
 
 from core.events import alert_record, common_fields, deterministic_event_id
 from streams.execution.positions import (
@@ -45,6 +54,8 @@ from streams.execution.rebalance import (
     Venue,
     plan,
 )
+from streams.risk.limits import Book as RiskBook
+from streams.risk.limits import Screened, Trade, refusal_reason
 
 SOURCE = "rebalancer"
 TRACKER = "position-tracker"
@@ -53,6 +64,8 @@ PLACE_SCHEMA = "tidemark.orders.PlaceOrder"
 REJECTED_SCHEMA = "tidemark.orders.OrderRejected"
 CHANGED_SCHEMA = "tidemark.orders.PositionChanged"
 ALERT_SCHEMA = "tidemark.risk.AlertRaised"
+HALTED_SCHEMA = "tidemark.risk.TradingHalted"
+RESUMED_SCHEMA = "tidemark.risk.TradingResumed"
 KEPT_IDS = 64
 """Ids of superseded and of approved rebalances remembered, to say which an approval names."""
 BROKER_TRADES = {"alpaca": frozenset({"EQUITY"}), "simulated": frozenset({"EQUITY", "FX", "FUTURE", "UNKNOWN"})}
@@ -60,6 +73,9 @@ BROKER_TRADES = {"alpaca": frozenset({"EQUITY"}), "simulated": frozenset({"EQUIT
 
 Event = tuple[str, str, str, dict[str, Any]]
 """(catalogue topic, key, schema, record) of an output."""
+Screen = Callable[[Sequence[Trade], RiskBook], list[Screened]]
+"""The pre-trade risk screen: each trade onto the book, refused or not (``streams.risk.limits.screen`` with the
+account's limits and VaR)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,8 @@ class Desk:
     approved: list[str] = field(default_factory=list)
     pending: dict[str, Any] | None = None
     """Targets waiting for a weighted strategy's positions or a price: planned as soon as they arrive."""
+    halted: bool = False
+    halt_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +117,8 @@ class Desk:
             "superseded": self.superseded,
             "approved": self.approved,
             "pending": self.pending,
+            "halted": self.halted,
+            "halt_reason": self.halt_reason,
         }
 
     @classmethod
@@ -115,6 +135,8 @@ class Desk:
             list(data["superseded"]),
             list(data["approved"]),
             data["pending"],
+            data.get("halted", False),
+            data.get("halt_reason", ""),
         )
 
 
@@ -139,9 +161,13 @@ def compact(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
             "symbol": record["symbol"],
             "close": repr(record["close"]),
             "asset_class": record["asset_class"],
+            "ts": record["start_ns"],
         }
     if kind == "account":
         return {**base, "account_id": record["account_id"], "buying_power": record["buying_power"]}
+    if kind in ("halt", "resume"):
+        extra = {"flatten": record["flatten"], "breaches": list(record["breaches"])} if kind == "halt" else {}
+        return {**base, "reason": record["reason"], "requested_by": record["requested_by"], **extra}
     raise ValueError(f"no input kind {kind!r}")
 
 
@@ -149,9 +175,13 @@ def _positions(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"positions": {str(k): float(v) for k, v in record["positions"].items()}}
 
 
-def decide(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
-    """Apply one input to ``desk``; the events it causes."""
+def decide(desk: Desk, record: Mapping[str, Any], policy: Policy, screen: Screen | None = None) -> list[Event]:
+    """Apply one input to ``desk``; the events it causes. ``screen``: the pre-trade risk check (None: none)."""
     kind = record["kind"]
+    if kind == "halt":
+        return _halt(desk, record, policy)
+    if kind == "resume":
+        return _resume(desk, record, policy)
     if kind in ("performance", "price", "account"):
         if kind == "performance":
             sid = record["strategy_id"]
@@ -164,16 +194,16 @@ def decide(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]
             desk.buying_power = record["buying_power"]
         if desk.pending is not None and not missing(desk, desk.pending):
             targets, desk.pending = desk.pending, None
-            return _propose(desk, targets, policy)
+            return _propose(desk, targets, policy, screen)
         return []
     if kind == "targets":
         if missing(desk, record):
             desk.pending = dict(record)  # newer targets replace older waiting ones
             return []
         desk.pending = None
-        return _propose(desk, record, policy)
+        return _propose(desk, record, policy, screen)
     if kind == "approve":
-        return _approve(desk, record, policy)
+        return _approve(desk, record, policy, screen)
     if kind == "update":
         fills = apply_update(
             desk.tracker,
@@ -218,7 +248,7 @@ def rebalance_id_of(account: str, targets_id: str) -> str:
     return deterministic_event_id("rebalance", account, targets_id)
 
 
-def _propose(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
+def _propose(desk: Desk, record: Mapping[str, Any], policy: Policy, screen: Screen | None) -> list[Event]:
     targets = [
         StrategyTarget(w["strategy_id"], Decimal(w["weight"]), desk.strategies.get(w["strategy_id"], {}))
         for w in record["weights"]
@@ -242,7 +272,7 @@ def _propose(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Even
     desk.proposal = proposal
     events: list[Event] = [("orders.rebalances", policy.account, PROPOSED_SCHEMA, proposal)]
     if policy.auto_approve:
-        events += _send(desk, proposal, policy, record, "auto")
+        events += _send(desk, proposal, policy, record, "auto", screen)
     return events
 
 
@@ -279,7 +309,7 @@ def _planned(order: PlannedOrder) -> dict[str, Any]:
     }
 
 
-def _approve(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
+def _approve(desk: Desk, record: Mapping[str, Any], policy: Policy, screen: Screen | None) -> list[Event]:
     rebalance_id = record["rebalance_id"]
     proposal = desk.proposal
     if proposal is None or rebalance_id != proposal["rebalance_id"]:
@@ -287,17 +317,70 @@ def _approve(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Even
         return [_alert(policy, record, "rebalance.refused", "WARNING", f"rebalance {rebalance_id} {why}: nothing sent")]
     if rebalance_id in desk.approved:
         return [_alert(policy, record, "rebalance.approved_again", "INFO", f"rebalance {rebalance_id} was sent before")]
-    return _send(desk, proposal, policy, record, record["approved_by"])
+    return _send(desk, proposal, policy, record, record["approved_by"], screen)
 
 
 def _send(
-    desk: Desk, proposal: Mapping[str, Any], policy: Policy, trigger: Mapping[str, Any], approved_by: str
+    desk: Desk,
+    proposal: Mapping[str, Any],
+    policy: Policy,
+    trigger: Mapping[str, Any],
+    approved_by: str,
+    screen: Screen | None,
 ) -> list[Event]:
-    """The proposal's orders as commands, registered in the tracker first; its refusals as ``OrderRejected``."""
+    """The proposal's orders as commands, registered in the tracker first; its refusals, the orders the kill switch
+    holds back and those the pre-trade screen refuses as ``OrderRejected``."""
     rebalance_id = proposal["rebalance_id"]
+    if desk.halted:
+        refused = [
+            _rejected(
+                policy,
+                trigger,
+                rebalance_id,
+                o["symbol"],
+                _strategies(o),
+                o["client_order_id"],
+                f"trading halted (kill switch): {desk.halt_reason}; nothing sent",
+                "kill switch",
+            )
+            for o in proposal["orders"]
+        ]
+        message = f"rebalance {rebalance_id} not sent: trading is halted ({desk.halt_reason})"
+        return [_alert(policy, trigger, "rebalance.halted", "WARNING", message), *refused]
     desk.approved = [*desk.approved, rebalance_id][-KEPT_IDS:]
     events: list[Event] = []
-    for order in proposal["orders"]:
+    sendable = list(proposal["orders"])
+    if screen is not None and sendable:
+        verdicts = screen([_trade(o) for o in sendable], _risk_book(desk, Decimal(proposal["capital"])))
+        refused_keys = {v.trade.key: v for v in verdicts if v.refused_by}
+        for order in sendable:
+            verdict = refused_keys.get(order["client_order_id"])
+            if verdict is not None:
+                reason = f"{order['symbol']}: {refusal_reason(verdict)}"
+                events.append(
+                    _rejected(
+                        policy,
+                        trigger,
+                        rebalance_id,
+                        order["symbol"],
+                        _strategies(order),
+                        order["client_order_id"],
+                        reason,
+                        "pre-trade risk",
+                    )
+                )
+                events.append(
+                    _alert(
+                        policy,
+                        trigger,
+                        "risk.pre_trade_refusal",
+                        "WARNING",
+                        reason,
+                        deterministic_event_id("pre-trade", rebalance_id, order["symbol"]),
+                    )
+                )
+        sendable = [o for o in sendable if o["client_order_id"] not in refused_keys]
+    for order in sendable:
         allocations = [Allocation(a["strategy_id"], Decimal(a["qty"])) for a in order["allocations"]]
         register(
             desk.tracker, order["client_order_id"], order["symbol"], order["side"], Decimal(order["qty"]), allocations
@@ -326,26 +409,142 @@ def _send(
                 },
             )
         )
-    for refused in proposal["refused"]:
-        event_id = deterministic_event_id("order-rejected", rebalance_id, refused["symbol"])
-        events.append(
-            (
-                "orders.intents",
-                policy.account,
-                REJECTED_SCHEMA,
-                {
-                    **common_fields(SOURCE, trigger["ts_event"], rebalance_id, event_id),
-                    "account_id": policy.account,
-                    "symbol": refused["symbol"],
-                    "client_order_id": "",
-                    "rebalance_id": rebalance_id,
-                    "strategy_ids": refused["strategy_ids"],
-                    "reason": refused["reason"],
-                    "refused_by": "rebalancer",
-                },
-            )
-        )
+    events += [
+        _rejected(policy, trigger, rebalance_id, r["symbol"], r["strategy_ids"], "", r["reason"], "rebalancer")
+        for r in proposal["refused"]
+    ]
     return events
+
+
+def _strategies(order: Mapping[str, Any]) -> list[str]:
+    return sorted(a["strategy_id"] for a in order["allocations"])
+
+
+def _rejected(
+    policy: Policy,
+    trigger: Mapping[str, Any],
+    rebalance_id: str,
+    symbol: str,
+    strategy_ids: list[str],
+    client_order_id: str,
+    reason: str,
+    refused_by: str,
+) -> Event:
+    # One refusal per (rebalance, symbol, approval): a later approval after a resume is a new decision.
+    event_id = deterministic_event_id(
+        "order-rejected", rebalance_id, symbol, *([trigger["event_id"]] if refused_by == "kill switch" else [])
+    )
+    return (
+        "orders.intents",
+        policy.account,
+        REJECTED_SCHEMA,
+        {
+            **common_fields(SOURCE, trigger["ts_event"], rebalance_id, event_id),
+            "account_id": policy.account,
+            "symbol": symbol,
+            "client_order_id": client_order_id,
+            "rebalance_id": rebalance_id,
+            "strategy_ids": strategy_ids,
+            "reason": reason,
+            "refused_by": refused_by,
+        },
+    )
+
+
+def _trade(order: Mapping[str, Any]) -> Trade:
+    """An order's change of market value per strategy, at the price it was planned with."""
+    sign = 1 if order["side"] == "BUY" else -1
+    price = float(order["price"])
+    return Trade(
+        order["client_order_id"],
+        order["symbol"],
+        {a["strategy_id"]: sign * float(a["qty"]) * price for a in order["allocations"]},
+    )
+
+
+def _risk_book(desk: Desk, equity: Decimal) -> RiskBook:
+    """The tracker's holdings at the latest closes, as the risk screen sees them (unattributed ones included: they
+    are the account's risk too)."""
+    held = quantities(desk.tracker)
+    symbols = tuple(sorted({s for _, s in held}))
+    strategies = tuple(sorted({sid for sid, _ in held}))
+    exposures = np.zeros((len(symbols), len(strategies)))
+    for (sid, symbol), qty in held.items():
+        price = desk.prices.get(symbol)
+        exposures[symbols.index(symbol), strategies.index(sid)] = float(qty) * (float(price[0]) if price else 0.0)
+    return RiskBook(symbols, strategies, exposures, float(equity))
+
+
+def _halt(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
+    """The kill switch on (again: the newest reason), and with flatten the orders closing every strategy's holdings,
+    sent at once: a halt is the approval of getting out."""
+    desk.halted, desk.halt_reason = True, record["reason"]
+    events: list[Event] = []
+    flatten_id = ""
+    if record["flatten"]:
+        flatten_id = deterministic_event_id("flatten", policy.account, record["event_id"])
+        held = {k: q for k, q in quantities(desk.tracker).items() if k[0] != UNATTRIBUTED}
+        found = plan(
+            flatten_id,
+            [],
+            Decimal(0),
+            {s: Decimal(p) for s, (p, _) in desk.prices.items()},
+            held,
+            venue_of(desk, policy.broker),
+            replace(policy.rules, no_trade_band=Decimal(0), allow_short=True),
+        )
+        proposal = {**_proposal(found, {**record, "capital": "0"}, replace(policy, auto_approve=True), None)}
+        events.append(("orders.rebalances", policy.account, PROPOSED_SCHEMA, proposal))
+        if desk.proposal is not None:
+            desk.superseded = [*desk.superseded, desk.proposal["rebalance_id"]][-KEPT_IDS:]
+        desk.proposal = None
+        halted, desk.halted = desk.halted, False  # the closing orders themselves are not held back
+        events += _send(desk, proposal, policy, record, f"kill switch ({record['requested_by']})", None)
+        desk.halted = halted
+    answer_id = deterministic_event_id("trading-halted", record["event_id"])
+    events.append(
+        (
+            "risk.controls",
+            policy.account,
+            HALTED_SCHEMA,
+            {
+                **common_fields(SOURCE, record["ts_event"], record["event_id"], answer_id),
+                "account_id": policy.account,
+                "reason": record["reason"],
+                "flatten": record["flatten"],
+                "flatten_rebalance_id": flatten_id,
+                "requested_by": record["requested_by"],
+                "breaches": record["breaches"],
+                "command_id": record["event_id"],
+            },
+        )
+    )
+    closing = " and every strategy position is being closed" if record["flatten"] else ""
+    message = f"kill switch on for {policy.account}: no new orders{closing} ({record['reason']})"
+    events.append(_alert(policy, record, "risk.kill_switch", "CRITICAL", message))
+    return events
+
+
+def _resume(desk: Desk, record: Mapping[str, Any], policy: Policy) -> list[Event]:
+    was = desk.halt_reason
+    desk.halted, desk.halt_reason = False, ""
+    answer_id = deterministic_event_id("trading-resumed", record["event_id"])
+    message = f"kill switch off for {policy.account}: approvals send orders again (it was on for: {was or 'nothing'})"
+    return [
+        (
+            "risk.controls",
+            policy.account,
+            RESUMED_SCHEMA,
+            {
+                **common_fields(SOURCE, record["ts_event"], record["event_id"], answer_id),
+                "account_id": policy.account,
+                "reason": record["reason"],
+                "requested_by": record["requested_by"],
+                "command_id": record["event_id"],
+            },
+        ),
+        _alert(policy, record, "risk.kill_switch_cleared", "INFO", message),
+    ]
 
 
 def _changes(desk: Desk, record: Mapping[str, Any], policy: Policy, fills: list[Fill], cause: str) -> list[Event]:
@@ -380,8 +579,10 @@ def _changes(desk: Desk, record: Mapping[str, Any], policy: Policy, fills: list[
     return events
 
 
-def _alert(policy: Policy, trigger: Mapping[str, Any], kind: str, severity: str, message: str) -> Event:
-    event_id = deterministic_event_id("execution-alert", kind, trigger["event_id"])
+def _alert(
+    policy: Policy, trigger: Mapping[str, Any], kind: str, severity: str, message: str, event_id: str | None = None
+) -> Event:
+    event_id = event_id or deterministic_event_id("execution-alert", kind, trigger["event_id"])
     details = {"rebalance_id": trigger.get("rebalance_id", "")}
     record = alert_record(
         SOURCE, trigger["ts_event"], trigger["event_id"], event_id, kind, severity, policy.account, message, details
