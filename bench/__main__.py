@@ -11,6 +11,7 @@ from bench import (
     pipeline,
     polygon_live,
     portfolio,
+    risk,
     sessions,
     storage,
 )
@@ -26,3 +27,4 @@ polygon_live.main(["--seconds", "60"])
 sessions.main()
 storage.main()
 execution.main([])
+risk.main([])

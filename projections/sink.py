@@ -65,6 +65,9 @@ from projections.offsets import applied_offsets
 from projections.portfolio import PORTFOLIO, PortfolioProjection
 from projections.portfolio import SCHEMA as PORTFOLIO_SCHEMA
 from projections.redis_store import RedisProjection
+from projections.risk import RISK, RiskProjection
+from projections.risk import SCHEMAS as RISK_SCHEMAS
+from projections.risk import TOPICS as RISK_TOPICS
 from projections.rotation import (
     ROTATION_PROJECTION,
     STRENGTH_PROJECTION,
@@ -96,6 +99,7 @@ PROJECTED_TOPICS = (
     "strategies.performance",
     "portfolio.targets",
     *EXECUTION_TOPICS,
+    *RISK_TOPICS,
 )
 
 
@@ -185,6 +189,7 @@ class ProjectionSink:
         performance = performance_projection(pool, redis)
         portfolio = PortfolioProjection(pool, redis)
         execution = ExecutionProjection(pool, redis)
+        risk = RiskProjection(pool, redis)
 
         async def project_bars(records: Sequence[Consumed]) -> None:
             batch, rows, failures = decode_bars([r.value for r in records])
@@ -200,7 +205,8 @@ class ProjectionSink:
             | AlertsProjection
             | LifecycleProjection
             | PortfolioProjection
-            | ExecutionProjection,
+            | ExecutionProjection
+            | RiskProjection,
         ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
                 good, events, failures = decode_all(records, schema)
@@ -241,6 +247,7 @@ class ProjectionSink:
                 name: Route(EXECUTION, project_events(EXECUTION, EXECUTION_SCHEMAS, execution))
                 for name in EXECUTION_TOPICS
             },
+            **{name: Route(RISK, project_events(RISK, RISK_SCHEMAS, risk)) for name in RISK_TOPICS},
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

@@ -25,6 +25,7 @@ from tidemark.execution_cli import broker_app, orders_command, positions_command
 from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.lifecycle_cli import lifecycle_app
 from tidemark.portfolio_cli import portfolio_app
+from tidemark.risk_cli import halt_command, resume_command, risk_app
 from tidemark.stack import stack_app
 from tidemark.status import status_command
 from tidemark.topics import topics_app
@@ -49,6 +50,9 @@ app.add_typer(rebalance_app, name="rebalance")
 app.command("orders")(orders_command)
 app.command("positions")(positions_command)
 app.command("reconcile")(reconcile_command)
+app.add_typer(risk_app, name="risk")
+app.command("halt")(halt_command)
+app.command("resume")(resume_command)
 app.add_typer(strategy_app, name="strategy")
 query_app.command("strategies")(query_strategies)
 app.add_typer(plot_app, name="plot")

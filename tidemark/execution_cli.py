@@ -126,7 +126,8 @@ def rebalance_approve(
     if found["superseded"]:
         typer.echo(f"rebalance {found['rebalance_id']} was superseded by a newer proposal: approve that one", err=True)
         raise typer.Exit(1)
-    if found["approved_at"] is None:
+    if found["approved_at"] is None or _held_back(account, found["rebalance_id"]):
+        _warn_if_halted(account)
         command = {
             **common_fields("tidemark-cli", now_ns(), found["rebalance_id"]),
             "account_id": account,
@@ -172,6 +173,31 @@ def rebalance_approve(
         "and has the next bar arrived (the simulated broker fills at the next bar)? `tidemark orders` shows them"
     )
     raise typer.Exit(1)
+
+
+def _held_back(account: str, rebalance_id: str) -> bool:
+    """Approved while the kill switch was on: the desk refused every order and sent none, so it may be approved
+    again (after `tidemark resume`)."""
+    from projections.execution import orders, rejections
+    from tidemark.cli import _run_db
+
+    if _run_db(lambda conn: orders(conn, account, 1, rebalance_id)):
+        return False
+    refused = _run_db(lambda conn: rejections(conn, account, rebalance_id))
+    return any(r["refused_by"] == "kill switch" for r in refused)
+
+
+def _warn_if_halted(account: str) -> None:
+    from projections.risk import latest_control
+    from tidemark.cli import _run_db
+
+    control = _run_db(lambda conn: latest_control(conn, account))
+    if control is not None and control["kind"] == "halted":
+        typer.echo(
+            f"trading is halted ({control['reason']}): the execution desk will refuse these orders; "
+            "`tidemark resume` first, then approve again",
+            err=True,
+        )
 
 
 def orders_command(

@@ -452,13 +452,12 @@ def _rejected(
 
 
 def _trade(order: Mapping[str, Any]) -> Trade:
-    """An order's change of market value per strategy, at the price it was planned with."""
-    sign = 1 if order["side"] == "BUY" else -1
+    """An order's change of market value per strategy, at the price it was planned with (allocations are signed)."""
     price = float(order["price"])
     return Trade(
         order["client_order_id"],
         order["symbol"],
-        {a["strategy_id"]: sign * float(a["qty"]) * price for a in order["allocations"]},
+        {a["strategy_id"]: float(a["qty"]) * price for a in order["allocations"]},
     )
 
 

@@ -106,8 +106,8 @@ def checks(
         found.append(Check("var", float(var[0]) / equity, limits.max_var))
     if drawdown is not None:
         found.append(Check("drawdown", drawdown, limits.max_drawdown))
-    gross_by_symbol = np.abs(book.exposures.sum(axis=1))
-    found.append(Check("gross_leverage", float(np.abs(book.exposures).sum()) / equity, limits.max_gross_leverage))
+    gross_by_symbol = np.abs(book.exposures.sum(axis=1))  # the strategies netted per symbol, as the broker holds it
+    found.append(Check("gross_leverage", float(gross_by_symbol.sum()) / equity, limits.max_gross_leverage))
     found += [
         Check(f"symbol_exposure:{symbol}", float(value) / equity, limits.max_symbol_exposure)
         for symbol, value in zip(book.symbols, gross_by_symbol, strict=True)

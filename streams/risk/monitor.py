@@ -158,12 +158,15 @@ def decide(
         return _measure(book, record, policy, histories, models)
     if kind in ("close", "tick"):
         symbol = record["symbol"]
+        longer = None
         if kind == "close":
             longer = appended(histories.get(symbol), record["ts"], float(record["close"]), policy.lookback + 1)
             if longer is not None:
                 histories[symbol] = longer
         if symbol in book.marks and record["ts"] < book.marks[symbol][0]:
-            return []
+            # An older price is no mark; a close that lengthened a held symbol's history still moves its VaR.
+            held = longer is not None and symbol in held_symbols(book)
+            return _measure(book, record, policy, histories, models) if held else []
         book.marks[symbol] = [record["ts"], float(record["close"])]
         if symbol not in held_symbols(book):
             return []

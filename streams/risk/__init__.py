@@ -1,0 +1,1 @@
+"""Risk: VaR/CVaR estimators, their backtests, limits and the kill switch."""
