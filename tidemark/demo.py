@@ -246,6 +246,8 @@ def next_commands(plot: Path, frontier: Path) -> list[str]:
             "orders",
             "positions",
             "reconcile",
+            "risk",
+            "risk backtest --source sp500 --method HISTORICAL --method CORNISH_FISHER",
             "discover status",
             "status",
         )
@@ -313,6 +315,7 @@ def _discover(
         live_starts = [pd.Timestamp(day, tz="America/New_York").value for day in frame["date"].iloc[-LIVE_SESSIONS:]]
         _wait_for_paper(settings, live_starts, timeout)
         _execute(settings, frame, replay, timeout)
+        _risk(settings, timeout)
     finally:
         for helper in helpers:
             helper.terminate()
@@ -360,6 +363,31 @@ def _execute(settings: Settings, frame: pd.DataFrame, replay: tuple[str, ...], t
     _cli(settings, "orders", "--limit", "12")
     _cli(settings, "positions")
     _cli(settings, "reconcile")
+
+
+def _risk(settings: Settings, timeout: float) -> None:
+    """The risk agent's measurement of the filled book, its history as a plot, the VaR methods backtested on twenty
+    years of the S&P 500, and the kill switch turned on and off by hand."""
+    console.rule("[bold]Risk: VaR, limits and the kill switch")
+    console.print(
+        "The risk agent measured the book on every fill and price: 1-day VaR and CVaR at 95% and 99% by historical "
+        "simulation, the normal and Cornish-Fisher parametric forms and 10,000 Monte Carlo paths from the shrunk "
+        "covariance, each strategy's share (component VaR), exposures and drawdown, checked against the limits. "
+        "Every approved order passed the same limits first (the pre-trade screen).",
+        soft_wrap=True,
+    )
+    _wait_for_rows(
+        settings,
+        "SELECT 1 FROM risk_measurements WHERE jsonb_array_length(strategies) > 0 LIMIT 1",
+        timeout,
+        "a risk measurement of the filled book",
+    )
+    _cli(settings, "risk", "--plot", str(settings.state_dir / "demo-risk.png"))
+    console.print("How well each VaR method would have done on the S&P 500, 1999-2018 (Kupiec and Christoffersen):")
+    _cli(settings, "risk", "backtest", "--source", "sp500", "--level", "0.99")
+    console.print("The kill switch by hand: while it is on, an approval sends nothing; it survives restarts.")
+    _cli(settings, "halt", "--reason", "demo: the kill switch by hand")
+    _cli(settings, "resume", "--reason", "demo: cleared")
 
 
 def _wait_for_rows(settings: Settings, query: str, timeout: float, what: str) -> tuple[Any, ...]:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import faust
+from threadpoolctl import threadpool_limits
 
 from core.settings import Settings
 from streams.agents import RAW, Event, agents_app_id, answer_once, dead_letter, install_forwarders
@@ -135,16 +136,18 @@ def install(app: faust.App, settings: Settings) -> None:
             entry = table.get(account)
             changed = False
             outgoing: list[tuple[str, str, bytes]] = []
-            for event in batch:
-                record = json.loads(event.value)
-                try:
-                    after, events, again = answer(entry, record, policy, closes, models, answers)
-                except ValueError as exc:  # an input the monitor cannot apply: dead-lettered, never a crash loop
-                    await dead_letter(dlq, event, "risk.monitor", exc)
-                    continue
-                if not again:
-                    entry, changed = after, True
-                outgoing += events
+            # The products are small: on one BLAS thread they take a quarter of the time two busy threads take.
+            with threadpool_limits(1, user_api="blas"):
+                for event in batch:
+                    record = json.loads(event.value)
+                    try:
+                        after, events, again = answer(entry, record, policy, closes, models, answers)
+                    except ValueError as exc:  # an input the monitor cannot apply: dead-lettered, never a crash loop
+                        await dead_letter(dlq, event, "risk.monitor", exc)
+                        continue
+                    if not again:
+                        entry, changed = after, True
+                    outgoing += events
             if changed and entry is not None:
                 state = entry.get("state")
                 table[account] = {**entry, "state": state.to_json()} if isinstance(state, RiskBook) else entry
