@@ -12,6 +12,7 @@ from bench import (
     polygon_live,
     portfolio,
     risk,
+    risk_latency,
     sessions,
     storage,
 )
@@ -28,3 +29,4 @@ sessions.main()
 storage.main()
 execution.main([])
 risk.main([])
+risk_latency.main([])

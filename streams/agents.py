@@ -118,11 +118,14 @@ def install_forwarders(
     area: str,
     account: str,
     compact: Callable[[str, Mapping[str, Any]], dict[str, Any] | None],
+    wanted: Callable[[str, bytes | None], bool] | None = None,
 ) -> None:
     """One agent per source topic that sends a compact JSON record of each input event to ``inputs`` (one partition,
     keyed by ``account``), so one agent sees an account's inputs from topics keyed by symbol, strategy or account in
     one order. ``sources``: per topic, its event types and the kind each is forwarded as (None: ignored);
-    ``compact(kind, record)`` returns None for a record the area ignores. Undecodable inputs go to ``dlq``."""
+    ``compact(kind, record)`` returns None for a record the area ignores; ``wanted(topic, key)``, when given, is
+    asked before decoding, so a busy topic of which the area needs few keys costs no decoding. Undecodable inputs go
+    to ``dlq``."""
     registry = get_registry()
     dlq = app.topic(settings.topic("dlq"), **RAW)
 
@@ -131,6 +134,8 @@ def install_forwarders(
 
         async def forward(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
+                if wanted is not None and not wanted(name, event.key):
+                    continue
                 try:
                     decoded = registry.decode(event.value)
                     if decoded.schema not in kinds:

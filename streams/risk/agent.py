@@ -25,7 +25,7 @@ from core.settings import Settings
 from streams.agents import RAW, Event, agents_app_id, answer_once, dead_letter, install_forwarders
 from streams.risk.history import History
 from streams.risk.limits import Limits, limits_from
-from streams.risk.monitor import Models, Policy, RiskBook, compact, decide
+from streams.risk.monitor import Models, Policy, RiskBook, compact, decide, held_symbols
 
 log = logging.getLogger("tidemark.risk")
 
@@ -126,12 +126,20 @@ def install(app: faust.App, settings: Settings) -> None:
     answers = app.Table("risk-answers", partitions=1, schema=schema, use_partitioner=True)
     dlq = app.topic(settings.topic("dlq"), **RAW)
     models = Models()
-    install_forwarders(app, settings, inputs, INPUTS, "risk", account, compact)
+    held: set[bytes] | None = None
+    """Keys (symbols) of the held symbols, once the monitor has read its book: minute bars of other symbols are
+    dropped before decoding (a market's worth of them a minute; the monitor needs a handful)."""
+
+    def wanted(topic: str, key: bytes | None) -> bool:
+        return topic != "md.bars.1m" or held is None or key in held
+
+    install_forwarders(app, settings, inputs, INPUTS, "risk", account, compact, wanted)
 
     @app.agent(inputs, name="risk-monitor")
     async def monitor(stream: faust.StreamT[bytes]) -> None:
         """Inputs in batches, the book read and written once per batch, outputs sent after the write (as the
         execution desk). Closes are written to their own table per symbol as they come."""
+        nonlocal held
         async for batch in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             entry = table.get(account)
             changed = False
@@ -151,5 +159,8 @@ def install(app: faust.App, settings: Settings) -> None:
             if changed and entry is not None:
                 state = entry.get("state")
                 table[account] = {**entry, "state": state.to_json()} if isinstance(state, RiskBook) else entry
+            if entry is not None:
+                book = entry["state"] if isinstance(entry["state"], RiskBook) else RiskBook.from_json(entry["state"])
+                held = {symbol.encode() for symbol in held_symbols(book)}
             for topic, key, value in outgoing:
                 await outputs[topic].send(key=key.encode(), value=value)
