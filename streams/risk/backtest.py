@@ -12,12 +12,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import xlogy
 from scipy.stats import chi2
 
-from streams.risk.measures import LEVELS, cornish_fisher, historical, moments, parametric
+from streams.risk.measures import LEVELS, METHODS, cornish_fisher, historical, moments, parametric
 
 Float64 = npt.NDArray[np.float64]
 Bool = npt.NDArray[np.bool_]
 
-METHODS = ("HISTORICAL", "PARAMETRIC", "CORNISH_FISHER", "MONTE_CARLO")
 SIGNIFICANCE = 0.05
 MONTE_CARLO_PATHS = 10_000
 SIMULATED_VALUES_PER_CHUNK = 1 << 22  # 32 MiB of float64 scenarios at a time, whatever the history length

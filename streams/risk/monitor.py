@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from core.events import alert_record, common_fields, deterministic_event_id
+from streams.risk.backtest import backtest
 from streams.risk.history import History, Returns, aligned_returns, appended
 from streams.risk.limits import Book, Check, Limits, checks
 from streams.risk.measures import METHODS, BookRisk, RiskModel
@@ -109,7 +110,8 @@ class Models:
         model = self._models.get(key)
         if model is None:
             model = RiskModel.build(returns.symbols, returns.returns, paths, seed)
-            self._models = {**dict(list(self._models.items())[-(self._kept - 1) :]), key: model}
+            kept = list(self._models.items())[-(self._kept - 1) :] if self._kept > 1 else []
+            self._models = {**dict(kept), key: model}
         return model
 
 
@@ -327,8 +329,6 @@ def _measured(
 def _kupiec(found: Measurement, policy: Policy) -> float | None:
     """The Kupiec p-value of the historical 99% VaR on the held book's own historical P&L (rolling forecasts over
     ``KUPIEC_WINDOW`` days): whether the method has fitted this book's past."""
-    from streams.risk.backtest import backtest
-
     if found.risk is None or found.returns.returns.shape[0] < KUPIEC_WINDOW + 50:
         return None
     rows = [found.book.symbols.index(s) for s in found.returns.symbols]
