@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import faust
@@ -70,6 +70,8 @@ Event = tuple[str, str, str, dict[str, Any]]
 """(catalogue topic, key, schema, record) of an agent's output."""
 Encoded = tuple[str, str, bytes]
 """(catalogue topic, key, value) of an encoded output."""
+Answered = tuple[dict[str, Any], list[Encoded], bool]
+"""An agent's table entry after an input, the input's encoded outputs, and whether it was answered before."""
 
 
 def answer_once(
@@ -108,6 +110,34 @@ def answer_once(
             entry["recent_ids"] = ring[-recent_kept:]
     entry[state_key] = state
     return entry, encoded, False
+
+
+async def answer_batch(
+    batch: Sequence[faust.types.EventT],
+    entry: dict[str, Any] | None,
+    answer: Callable[[dict[str, Any] | None, Mapping[str, Any]], Answered],
+    dlq: faust.TopicT,
+    processor: str,
+) -> tuple[dict[str, Any] | None, bool, list[Encoded]]:
+    """A batch of forwarded inputs answered one by one against one table entry, for an agent that reads and writes
+    its entry once per batch and sends the outputs after the write: the entry after the batch, whether it changed,
+    and the outputs in order. An input the agent cannot apply (``ValueError``) is dead-lettered, never a crash loop;
+    one answered before gets its remembered outputs again."""
+    changed = False
+    outgoing: list[Encoded] = []
+    for event in batch:
+        record = json.loads(event.value)
+        try:
+            after, events, again = answer(entry, record)
+        except ValueError as exc:
+            await dead_letter(dlq, event, processor, exc)
+            continue
+        if again:
+            log.info("%s: input %s answered again, as recorded", processor, record["event_id"])
+        else:
+            entry, changed = after, True
+        outgoing += events
+    return entry, changed, outgoing
 
 
 def install_forwarders(

@@ -15,7 +15,6 @@ bytes; delivered again, it gets them again and is not decided again. Output ids 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from decimal import Decimal
@@ -24,7 +23,7 @@ from typing import Any
 import faust
 
 from core.settings import Settings
-from streams.agents import RAW, Event, agents_app_id, answer_once, dead_letter, install_forwarders
+from streams.agents import RAW, Answered, Event, agents_app_id, answer_batch, answer_once, install_forwarders
 from streams.execution.desk import Desk, Policy, Screen, compact, decide
 from streams.execution.rebalance import Rules
 from streams.risk.agent import policy_of as risk_policy_of
@@ -160,24 +159,14 @@ def install(app: faust.App, settings: Settings) -> None:
         fills take 8 s), and the batch's outputs are sent after the write. A crash before the write has the batch
         decided again; after it, each input's remembered outputs are sent again."""
         nonlocal sent
+
+        def answer_one(entry: dict[str, Any] | None, record: Mapping[str, Any]) -> Answered:
+            if record["kind"] == "price":
+                keep_close(closes, record, keep)
+            return answer(entry, record, policy, answers, check)
+
         async for batch in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            entry = table.get(account)
-            changed = False
-            outgoing: list[tuple[str, str, bytes]] = []
-            for event in batch:
-                record = json.loads(event.value)
-                try:
-                    if record["kind"] == "price":
-                        keep_close(closes, record, keep)
-                    after, events, again = answer(entry, record, policy, answers, check)
-                except ValueError as exc:  # an input the desk cannot apply: dead-lettered, never a crash loop
-                    await dead_letter(dlq, event, "execution.desk", exc)
-                    continue
-                if again:
-                    log.info("execution desk: input %s answered again, as recorded", record["event_id"])
-                else:
-                    entry, changed = after, True
-                outgoing += events
+            entry, changed, outgoing = await answer_batch(batch, table.get(account), answer_one, dlq, "execution.desk")
             if changed and entry is not None:
                 table[account] = saved(entry)
             for topic, key, value in outgoing:
