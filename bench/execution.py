@@ -59,6 +59,7 @@ from bench.pipeline import REPO, drop_database, fresh_database
 from connectors.broker import OrderRequest
 from connectors.orders import feed_bar, make_broker
 from core.events import common_fields, deterministic_event_id, now_ns
+from core.kafka import BATCH_PAUSE_S
 from core.settings import Settings, get_settings
 from fakes.alpaca import FakeAlpaca
 from projections.redis_store import key
@@ -642,7 +643,8 @@ def update_latency(
     print(
         f"  {'  of which published -> PositionChanged on positions':<58} p50 {a50 * 1000:>7.1f} ms  "
         f"p99 {a99 * 1000:>7.1f} ms  (the execution agent, Faust; the rest is the projection sink, "
-        f"whose batch waits up to TIDEMARK_PROCESSING_BATCH_WITHIN_S={settings.processing.batch_within_s:g} s)"
+        f"whose batch waits up to {type(settings.processing).variable('batch_within_s')}="
+        f"{settings.processing.batch_within_s:g} s, less at a pause of {BATCH_PAUSE_S:g} s)"
     )
     print(f"  {'in-process desk (compact + decide + encode)':<58} p50 {b50 * 1000:>7.3f} ms  p99 {b99 * 1000:>7.3f} ms")
     print(f"  ratio Kafka / in-process p50 {p50 / b50:,.0f}x, p99 {p99 / b99:,.0f}x")

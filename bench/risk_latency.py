@@ -58,6 +58,7 @@ from bench.execution import (
 )
 from bench.pipeline import drop_database, fresh_database
 from core.events import common_fields, deterministic_event_id
+from core.kafka import BATCH_PAUSE_S
 from core.settings import Settings, get_settings
 from projections.risk import control_key, measurement_key
 from schemas.codec import get_registry
@@ -446,8 +447,9 @@ def report(
     within, size = (type(settings.processing).variable(n) for n in ("batch_within_s", "batch_size"))
     every = type(settings.risk).variable("measure_every_s")
     print(
-        f"  bounds: sink consume({size}={settings.processing.batch_size}, timeout={within}="
-        f"{settings.processing.batch_within_s:g} s) per batch; risk agent take_events({risk_agent.BATCH}, "
+        f"  bounds: sink batches of up to {size}={settings.processing.batch_size} within {within}="
+        f"{settings.processing.batch_within_s:g} s, ended early by a pause of {BATCH_PAUSE_S:g} s; "
+        f"risk agent take_events({risk_agent.BATCH}, "
         f"within={risk_agent.BATCH_WITHIN_S:g} s); {every}={settings.risk.measure_every_s:g} (ticks "
         f"{TICK_GAP // 10**9} s apart); {len(missed)} ticks missed (waited {PER_TICK_S:g} s each)"
     )

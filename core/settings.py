@@ -126,7 +126,9 @@ class KafkaSettings(Section):
 
 class ProcessingSettings(Section):
     batch_size: int = Field(5000, ge=1, description="most records consumed per batch")
-    batch_within_s: float = Field(0.5, gt=0, description="longest wait for a batch to fill")
+    batch_within_s: float = Field(
+        0.5, gt=0, description="longest wait for a batch to fill (the projection sink ends one early at a pause)"
+    )
     checkpoint_every_s: float = Field(
         1.0,
         gt=0,

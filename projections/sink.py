@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from core import batches
 from core.consumed import Consumed
 from core.deadletter import dead_letter_messages
-from core.kafka import ReliableProducer
+from core.kafka import ReliableProducer, consume_batch
 from core.metrics import STATISTICS_INTERVAL_MS, ProcessMetrics, process_port, serve
 from core.settings import Settings, get_settings
 from core.supervision import Watchdog, start_process
@@ -271,8 +271,8 @@ class ProjectionSink:
         self._consumer.subscribe(list(routes), on_assign=self._seek_to_applied)
         try:
             while not self.stopping.is_set():
-                messages = self._consumer.consume(
-                    self.settings.processing.batch_size, timeout=self.settings.processing.batch_within_s
+                messages = consume_batch(
+                    self._consumer, self.settings.processing.batch_size, self.settings.processing.batch_within_s
                 )
                 by_topic: dict[str, list[Consumed]] = {}
                 consumed, ends = self._records(messages)
