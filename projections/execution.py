@@ -21,13 +21,14 @@ from projections.offsets import apply_exactly_once
 from projections.redis_store import LatestValue, RedisProjection, key, position
 
 EXECUTION = "projection.execution"
+CHANGED = "tidemark.orders.PositionChanged"
 SCHEMAS = (
     "tidemark.orders.RebalanceProposed",
     "tidemark.orders.ApproveRebalance",
     "tidemark.orders.PlaceOrder",
     "tidemark.orders.OrderRejected",
     "tidemark.broker.OrderUpdated",
-    "tidemark.orders.PositionChanged",
+    CHANGED,
     "tidemark.broker.PositionReported",
     "tidemark.broker.PositionCorrected",
     "tidemark.broker.AccountReported",
@@ -206,9 +207,10 @@ class ExecutionProjection:
         self._pool = pool
         self._redis = redis
 
-    async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]]) -> int:
-        """``events[i]`` was decoded from ``records[i]``; returns how many records were new."""
-        event_of = {id(r): e for r, e in zip(records, events, strict=True)}
+    async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]], schemas: Sequence[str]) -> int:
+        """``events[i]`` was decoded from ``records[i]`` with schema ``schemas[i]``; returns how many records were
+        new."""
+        event_of = {id(r): (e, s) for r, e, s in zip(records, events, schemas, strict=True)}
 
         async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:
             # One executemany per statement, in an order that keeps each table right: a proposal before its
@@ -217,12 +219,12 @@ class ExecutionProjection:
             rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
             latest: dict[tuple[str, str, str], tuple[Any, ...]] = {}
             for record in fresh:
-                event = event_of[id(record)]
-                if "cash_change" in event:  # PositionChanged
+                event, schema = event_of[id(record)]
+                if schema == CHANGED:
                     rows[_CHANGE].append(_change_row(event))
                     latest[(event["account_id"], event["strategy_id"], event["symbol"])] = _position_row(event)
                     continue
-                statement, row = _ROWS[_schema_of(event)]
+                statement, row = _ROWS[schema]
                 rows[statement].append(row(event))
             rows[_POSITION] = list(latest.values())
             for statement in _ORDER:
@@ -237,31 +239,11 @@ class ExecutionProjection:
                     position(r.partition, r.offset),
                     {"qty": e["qty"], "avg_price": e["avg_price"] or "", "event_id": e["event_id"]},
                 )
-                for r in records
-                if "cash_change" in (e := event_of[id(r)])
+                for r, e, schema in zip(records, events, schemas, strict=True)
+                if schema == CHANGED
             ]
         )
         return len(fresh)
-
-
-def _schema_of(event: dict[str, Any]) -> str:
-    """The event type, by the fields only it has (the sink hands over decoded records, not their schema names)."""
-    for fields, schema in _SIGNATURES:
-        if fields <= event.keys():
-            return schema
-    raise ValueError(f"not an execution event: {sorted(event)}")
-
-
-_SIGNATURES: tuple[tuple[frozenset[str], str], ...] = (
-    (frozenset({"targets_id", "orders"}), "tidemark.orders.RebalanceProposed"),
-    (frozenset({"rebalance_id", "approved_by"}), "tidemark.orders.ApproveRebalance"),
-    (frozenset({"refused_by", "reason"}), "tidemark.orders.OrderRejected"),
-    (frozenset({"update_event"}), "tidemark.broker.OrderUpdated"),
-    (frozenset({"extended_hours"}), "tidemark.orders.PlaceOrder"),
-    (frozenset({"ours", "brokers"}), "tidemark.broker.PositionCorrected"),
-    (frozenset({"avg_entry_price"}), "tidemark.broker.PositionReported"),
-    (frozenset({"buying_power", "equity"}), "tidemark.broker.AccountReported"),
-)
 
 
 def _change_row(e: dict[str, Any]) -> tuple[Any, ...]:

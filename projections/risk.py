@@ -64,14 +64,12 @@ def _json(value: Any) -> str:
     return json.dumps(_finite(value), allow_nan=False, separators=(",", ":"))
 
 
-def _kind(event: dict[str, Any]) -> str | None:
-    """``measured``, ``halted`` or ``resumed`` by the fields only that event type has (the sink hands over decoded
-    records, not their schema names); None for a halt or resume command."""
-    if "estimates" in event:
-        return "measured"
-    if "command_id" in event:
-        return "halted" if "flatten_rebalance_id" in event else "resumed"
-    return None
+_KINDS = {
+    "tidemark.risk.RiskMeasured": "measured",
+    "tidemark.risk.TradingHalted": "halted",
+    "tidemark.risk.TradingResumed": "resumed",
+}
+"""What each projected event is; the halt and resume commands are not projected."""
 
 
 def _measurement_row(record: Consumed, e: dict[str, Any]) -> tuple[Any, ...]:
@@ -138,9 +136,10 @@ class RiskProjection:
         self._pool = pool
         self._redis = redis
 
-    async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]]) -> int:
-        """``events[i]`` was decoded from ``records[i]``; returns how many records were new (commands included)."""
-        kinds = [(record, event, _kind(event)) for record, event in zip(records, events, strict=True)]
+    async def apply(self, records: Sequence[Consumed], events: Sequence[dict[str, Any]], schemas: Sequence[str]) -> int:
+        """``events[i]`` was decoded from ``records[i]`` with schema ``schemas[i]``; returns how many records were
+        new (commands included)."""
+        kinds = [(r, e, _KINDS.get(schema)) for r, e, schema in zip(records, events, schemas, strict=True)]
         kind_of = {id(record): (event, kind) for record, event, kind in kinds}
 
         async def write(conn: asyncpg.Connection, fresh: Sequence[Consumed]) -> None:

@@ -113,13 +113,14 @@ class Route:
 
 def decode_all(
     records: Sequence[Consumed], schema: str | tuple[str, ...]
-) -> tuple[list[Consumed], list[dict[str, Any]], list[tuple[int, str]]]:
-    """Decode each record as ``schema`` (or one of them, for a topic of several event types); the ones that fail
-    are returned as (index, reason) for the DLQ."""
+) -> tuple[list[Consumed], list[dict[str, Any]], list[str], list[tuple[int, str]]]:
+    """Decode each record as ``schema`` (or one of them, for a topic of several event types): the records decoded,
+    their events and each one's schema name; the ones that fail are returned as (index, reason) for the DLQ."""
     registry = get_registry()
     schemas = (schema,) if isinstance(schema, str) else schema
     good: list[Consumed] = []
     decoded: list[dict[str, Any]] = []
+    names: list[str] = []
     failures: list[tuple[int, str]] = []
     for index, record in enumerate(records):
         try:
@@ -127,10 +128,11 @@ def decode_all(
             if event.schema not in schemas:
                 raise DecodeError(f"expected {' or '.join(schemas)}, got {event.schema}")
             decoded.append(event.record)
+            names.append(event.schema)
             good.append(record)
         except DecodeError as exc:
             failures.append((index, str(exc)))
-    return good, decoded, failures
+    return good, decoded, names, failures
 
 
 class ProjectionSink:
@@ -204,14 +206,24 @@ class ProjectionSink:
             | CorrelationProjection
             | AlertsProjection
             | LifecycleProjection
-            | PortfolioProjection
-            | ExecutionProjection
-            | RiskProjection,
+            | PortfolioProjection,
         ) -> batches.Handler:
             async def project(records: Sequence[Consumed]) -> None:
-                good, events, failures = decode_all(records, schema)
+                good, events, _, failures = decode_all(records, schema)
                 await self._dead_letter(records, failures, name, "DecodeError")
                 await projection.apply(good, events)
+
+            return project
+
+        def project_typed(
+            name: str, schemas: tuple[str, ...], projection: ExecutionProjection | RiskProjection
+        ) -> batches.Handler:
+            """For a projection of several event types that dispatches on each event's schema name."""
+
+            async def project(records: Sequence[Consumed]) -> None:
+                good, events, names, failures = decode_all(records, schemas)
+                await self._dead_letter(records, failures, name, "DecodeError")
+                await projection.apply(good, events, names)
 
             return project
 
@@ -244,10 +256,10 @@ class ProjectionSink:
             "strategies.performance": Route(PERFORMANCE, project_events(PERFORMANCE, PERFORMANCE_SCHEMA, performance)),
             "portfolio.targets": Route(PORTFOLIO, project_events(PORTFOLIO, PORTFOLIO_SCHEMA, portfolio)),
             **{
-                name: Route(EXECUTION, project_events(EXECUTION, EXECUTION_SCHEMAS, execution))
+                name: Route(EXECUTION, project_typed(EXECUTION, EXECUTION_SCHEMAS, execution))
                 for name in EXECUTION_TOPICS
             },
-            **{name: Route(RISK, project_events(RISK, RISK_SCHEMAS, risk)) for name in RISK_TOPICS},
+            **{name: Route(RISK, project_typed(RISK, RISK_SCHEMAS, risk)) for name in RISK_TOPICS},
         }
         if set(by_name) != set(PROJECTED_TOPICS):
             raise RuntimeError(

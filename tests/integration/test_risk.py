@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -87,12 +88,31 @@ def placed(settings: Settings) -> list[dict[str, Any]]:
     return [r for s, r in events(settings, "orders.intents") if s == "tidemark.orders.PlaceOrder"]
 
 
-def approve_targets(settings: Settings, run_cli: Callable[..., Any]) -> dict[str, Any]:
-    """Targets, and their proposal approved: the orders the next session fills."""
+def approved_book(
+    settings: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], agents: Settings | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """The closes, the strategies' positions, the sink, the agents (with ``agents``' settings if given) and the
+    broker running, and the targets' proposal approved: the orders the next session fills. The agents' process and
+    the proposal."""
+    run_cli("topics", "create")
+    daily_bars(settings, 0, HISTORY - 1)
+    performance(settings)
+    start_worker()
+    process = start_worker(agents, AGENTS)
+    start_worker(command=BROKER)
     wanted = publish_targets(settings)
     proposed = eventually(lambda: proposal(settings, wanted["event_id"]), timeout=180, interval=1, what="a proposal")
     run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "0")
-    return proposed
+    return process, proposed
+
+
+def both_strategies_measured(settings: Settings) -> dict[str, Any]:
+    """The newest measurement of both strategies' filled holdings."""
+    return eventually(
+        lambda: [m for m in measurements(settings) if len(m["strategies"]) == 2 and m["estimates"]],
+        timeout=180,
+        what="a measurement of both strategies' holdings",
+    )[-1]
 
 
 def test_fills_are_measured_and_the_pre_trade_screen_refuses_the_order_that_would_breach_a_limit(
@@ -100,25 +120,14 @@ def test_fills_are_measured_and_the_pre_trade_screen_refuses_the_order_that_woul
 ) -> None:
     """BBB would be 34% of equity against a 32% limit: refused with the numbers; AAA (30%) and EURUSD (8%) go.
     The fills are measured with all four methods, and a minute bar of a held symbol is measured again."""
-    tight = isolated.changed(risk__max_symbol_exposure=0.32)
-    run_cli("topics", "create")
-    daily_bars(isolated, 0, HISTORY - 1)
-    performance(isolated)
-    start_worker()
-    start_worker(tight, AGENTS)
-    start_worker(command=BROKER)
-    proposed = approve_targets(isolated, run_cli)
+    _, proposed = approved_book(isolated, run_cli, start_worker, isolated.changed(risk__max_symbol_exposure=0.32))
     refused = eventually(lambda: rejections(isolated), timeout=120, what="the pre-trade refusal")
     assert [(r["symbol"], r["refused_by"]) for r in refused] == [("BBB", "pre-trade risk")]
     assert "symbol_exposure:BBB would be 0.34" in refused[0]["reason"] and "limit 0.3200" in refused[0]["reason"]
     assert sorted(o["symbol"] for o in placed(isolated)) == ["AAA", "EURUSD"]
 
     daily_bars(isolated, HISTORY, HISTORY)  # the fills
-    measured = eventually(
-        lambda: [m for m in measurements(isolated) if len(m["strategies"]) == 2 and m["estimates"]],
-        timeout=120,
-        what="a measurement of both strategies' holdings",
-    )[-1]
+    measured = both_strategies_measured(isolated)
     methods = {(e["method"], e["confidence"]) for e in measured["estimates"]}
     assert methods == {
         (m, c) for m in ("HISTORICAL", "PARAMETRIC", "CORNISH_FISHER", "MONTE_CARLO") for c in (0.95, 0.99)
@@ -147,17 +156,9 @@ def test_a_breach_halts_trading_until_a_person_resumes(
     breaches it: a CRITICAL alert and a halt by the risk monitor, which the desk answers. The next approval sends
     nothing (each order refused by the kill switch); after `tidemark resume` the same approval sends its orders
     (they reduce the book, so the pre-trade screen lets them through the breached limit)."""
-    run_cli("topics", "create")
-    daily_bars(isolated, 0, HISTORY - 1)
-    performance(isolated)
-    start_worker()
-    agents = start_worker(command=AGENTS)
-    start_worker(command=BROKER)
-    approve_targets(isolated, run_cli)
+    agents, _ = approved_book(isolated, run_cli, start_worker)
     daily_bars(isolated, HISTORY, HISTORY)
-    eventually(
-        lambda: [m for m in measurements(isolated) if len(m["strategies"]) == 2], timeout=180, what="the fills measured"
-    )
+    both_strategies_measured(isolated)
     assert measurements(isolated)[-1]["breaches"] == []
     agents.terminate()
     agents.wait(timeout=60)
@@ -201,17 +202,9 @@ def test_the_halt_and_the_risk_book_survive_a_kill_9(
 ) -> None:
     """Halted by hand, the agents are killed with kill -9 after their measurement; restarted, they still refuse
     approvals, measure the same holdings on the next price, and every measurement id has one payload."""
-    run_cli("topics", "create")
-    daily_bars(isolated, 0, HISTORY - 1)
-    performance(isolated)
-    start_worker()
-    agents = start_worker(command=AGENTS)
-    start_worker(command=BROKER)
-    approve_targets(isolated, run_cli)
+    agents, _ = approved_book(isolated, run_cli, start_worker)
     daily_bars(isolated, HISTORY, HISTORY)
-    first = eventually(
-        lambda: [m for m in measurements(isolated) if len(m["strategies"]) == 2], timeout=180, what="a measurement"
-    )[-1]
+    first = both_strategies_measured(isolated)
     run_cli("halt", "--reason", "drill")
     eventually(lambda: measurements(isolated)[-1]["kill_switch"], timeout=60, what="the switch measured on")
     os.kill(agents.pid, signal.SIGKILL)

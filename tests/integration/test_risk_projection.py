@@ -231,6 +231,7 @@ def test_records_delivered_again_change_nothing(isolated: Settings) -> None:
     """A restarted sink hands over records it applied before: no row is added, and Redis keeps the newest state."""
     command = halt(2, deterministic_event_id("halt", 2))
     decoded = [measured(0, 100_000.0, 0.03), command, halted(command), resumed(resume(3))]
+    schemas = [f"tidemark.risk.{name}" for name in ("RiskMeasured", "HaltTrading", "TradingHalted", "TradingResumed")]
     records = [Consumed("risk.metrics", 0, 0, ACCOUNT.encode(), b"")] + [
         Consumed("risk.controls", 0, offset, ACCOUNT.encode(), b"") for offset in range(3)
     ]
@@ -240,7 +241,7 @@ def test_records_delivered_again_change_nothing(isolated: Settings) -> None:
         client = aioredis.from_url(isolated.redis_url)
         try:
             projection = RiskProjection(pool, RedisProjection(client))
-            return [await projection.apply(records[a:b], decoded[a:b]) for a, b in batches]
+            return [await projection.apply(records[a:b], decoded[a:b], schemas[a:b]) for a, b in batches]
         finally:
             await pool.close()
             await client.aclose()
