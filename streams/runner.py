@@ -101,6 +101,9 @@ class AnalyticsRunner:
                 "transaction.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
                 "message.max.bytes": topic_spec(CHECKPOINTS).max_message_bytes,
                 "compression.type": "lz4",
+                # Java's partitioner, as every other producer (core.kafka.producer_config): a downstream team can
+                # compute where a key lives, and a key keeps one partition whoever writes it.
+                "partitioner": "murmur2_random",
                 "linger.ms": 20,
                 "delivery.report.only.error": True,
                 "error_cb": self._on_error,
