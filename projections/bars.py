@@ -11,6 +11,11 @@ republished bar) never duplicates one: a window holds one member per bar start, 
 
 Only intraday intervals (``WINDOWED_INTERVALS``) have a window: an hour of daily bars is at most one bar, which the
 latest-bar hash already holds, and longer daily histories are a PostgreSQL query (``projections.read.bars``).
+
+Each row keeps where its bar came from: the BarClosed ``event_id`` and the ``source_partition`` and ``source_offset``
+of the record it was read from (``tidemark explain`` shows them; ``projections.bar_window.bars_behind`` reads them).
+Of several bars of one (symbol, interval, start) the first applied is kept with its id and position; the others are
+counted as duplicates. Rows projected before the columns existed (migration 0015) have NULL there.
 """
 
 from __future__ import annotations
@@ -54,24 +59,27 @@ _STAGE_COLUMNS = (
     "regular_session",
     "kind",
     "source_offset",
+    "event_id",
+    "source_partition",
 )
 _CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS bars_stage (
     symbol text, interval text, start_ns bigint, end_ns bigint, asset_class text,
     open double precision, high double precision, low double precision, close double precision,
     volume double precision, vwap double precision, trade_count bigint, regular_session boolean, kind text,
-    source_offset bigint
+    source_offset bigint, event_id uuid, source_partition int
 ) ON COMMIT DELETE ROWS
 """
 _MERGE_STAGE = """
 WITH inserted AS (
     INSERT INTO bars (symbol, interval, start_ts, end_ts, asset_class, open, high, low, close, volume, vwap,
-                      trade_count, regular_session, kind, source_offset)
+                      trade_count, regular_session, kind, source_offset, event_id, source_partition)
     SELECT DISTINCT ON (symbol, interval, start_ns)
            symbol, interval,
            timestamptz 'epoch' + (start_ns / 1000) * interval '1 microsecond',
            timestamptz 'epoch' + (end_ns / 1000) * interval '1 microsecond',
-           asset_class, open, high, low, close, volume, vwap, trade_count, regular_session, kind, source_offset
+           asset_class, open, high, low, close, volume, vwap, trade_count, regular_session, kind, source_offset,
+           event_id, source_partition
     FROM bars_stage
     ORDER BY symbol, interval, start_ns, source_offset
     ON CONFLICT (symbol, interval, start_ts) DO NOTHING
@@ -81,14 +89,19 @@ SELECT count(*) FROM inserted
 """
 
 
-def _stage_records(bars: BarBatch, offsets: np.ndarray) -> list[tuple[object, ...]]:
+def _stage_records(
+    bars: BarBatch, offsets: np.ndarray | Sequence[int], partitions: Sequence[int] | None = None
+) -> list[tuple[object, ...]]:
+    """COPY rows of ``_STAGE_COLUMNS``: row i is ``bars`` row i, read at ``offsets[i]`` of ``partitions[i]`` (None:
+    unknown). A bar without an event id (a batch not decoded from the log) stages NULL."""
+    n = len(bars)
     vwap = np.where(np.isnan(bars.vwap), None, bars.vwap).tolist()
     trade_count = np.where(bars.trade_count < 0, None, bars.trade_count).tolist()
     asset_class = np.asarray(ASSET_CLASSES, dtype=object)[bars.asset_class].tolist()
     return list(
         zip(
             bars.symbol.tolist(),
-            [bars.interval] * len(bars),
+            [bars.interval] * n,
             bars.start_ns.tolist(),
             bars.end_ns.tolist(),
             asset_class,
@@ -101,10 +114,20 @@ def _stage_records(bars: BarBatch, offsets: np.ndarray) -> list[tuple[object, ..
             trade_count,
             bars.regular_session.tolist(),
             np.asarray(BAR_KINDS, dtype=object)[bars.kind].tolist(),
-            offsets.tolist(),
+            offsets.tolist() if isinstance(offsets, np.ndarray) else offsets,
+            _event_ids(bars),
+            [None] * n if partitions is None else partitions,
             strict=True,
         )
     )
+
+
+def _event_ids(bars: BarBatch) -> list[str | None]:
+    """The ids as the str asyncpg encodes as binary uuid in C; None (NULL) for a bar without one."""
+    ids = bars.event_id.tolist()
+    if len(ids) and (bars.event_id == b"").any():
+        return [event_id.decode() or None for event_id in ids]
+    return list(map(bytes.decode, ids))
 
 
 class BarsProjection:
@@ -125,10 +148,11 @@ class BarsProjection:
             nonlocal inserted
             rows = np.fromiter((row_of[id(c)] for c in fresh), dtype=np.intp, count=len(fresh))
             chosen = bars.take(rows)
-            offsets = np.fromiter((c.offset for c in fresh), dtype=np.int64, count=len(fresh))
+            offsets = [c.offset for c in fresh]
+            partitions = [c.partition for c in fresh]
             await conn.execute(_CREATE_STAGE)
             await conn.copy_records_to_table(
-                "bars_stage", records=_stage_records(chosen, offsets), columns=_STAGE_COLUMNS
+                "bars_stage", records=_stage_records(chosen, offsets, partitions), columns=_STAGE_COLUMNS
             )
             inserted = int(await conn.fetchval(_MERGE_STAGE))
             await add_counter(conn, CONSUMER, "duplicates_ignored", len(fresh) - inserted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -18,6 +19,14 @@ BAR_INTERVALS = ("1s", "1m", "1d")
 
 Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]
+# BarBatch.event_id: each bar's event id as canonical lower-case UUID text, 36 ASCII bytes, fixed width (no Python
+# object per bar); b"" (all zero bytes) where the batch was built without ids.
+EVENT_ID_DTYPE = np.dtype("S36")
+
+
+def no_event_ids(n: int) -> npt.NDArray[np.bytes_]:
+    """The ``event_id`` column of n bars whose ids are not known (b"" each)."""
+    return np.zeros(n, EVENT_ID_DTYPE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +35,10 @@ class BarBatch:
 
     ``asset_class`` and ``kind`` hold indices into ``ASSET_CLASSES`` and ``BAR_KINDS`` so that encoding needs no
     string lookups. A batch built without ``kind`` is all OHLCV: only sources of close-only bars need to say so.
+
+    ``event_id`` (``EVENT_ID_DTYPE``) is each bar's BarClosed event id where the batch came from the log
+    (``schemas.fastbars.decode_bars`` fills it); a batch built without it has b"" for every bar (ids unknown:
+    publishers derive them when they encode, see ``connectors.publisher.BarIds``).
     """
 
     symbol: npt.NDArray[np.object_]
@@ -42,12 +55,20 @@ class BarBatch:
     trade_count: Int64
     regular_session: npt.NDArray[np.bool_]
     kind: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
+    event_id: npt.NDArray[np.bytes_] = field(default_factory=lambda: no_event_ids(0))
 
     def __post_init__(self) -> None:
         if len(self.kind) != len(self.symbol):
             if len(self.kind):
                 raise ValueError(f"{len(self.kind)} kinds for {len(self.symbol)} bars")
             object.__setattr__(self, "kind", np.zeros(len(self.symbol), np.int8))
+        ids = self.event_id
+        if not isinstance(ids, np.ndarray) or ids.dtype != EVENT_ID_DTYPE:
+            object.__setattr__(self, "event_id", ids := _id_column(ids))
+        if len(ids) != len(self.symbol):
+            if len(ids):
+                raise ValueError(f"{len(ids)} event ids for {len(self.symbol)} bars")
+            object.__setattr__(self, "event_id", no_event_ids(len(self.symbol)))
 
     def __len__(self) -> int:
         return len(self.symbol)
@@ -79,4 +100,23 @@ class BarBatch:
             trade_count=self.trade_count[index],
             regular_session=self.regular_session[index],
             kind=self.kind[index],
+            event_id=self.event_id[index],
         )
+
+
+def _id_column(ids: object) -> npt.NDArray[np.bytes_]:
+    """Ids in another form as an ``EVENT_ID_DTYPE`` column: n x 36 ASCII rows (``deterministic_event_ids_array``)
+    as they are; str or bytes values (any spelling ``uuid.UUID`` reads) in canonical lower-case form, "" or b"" as
+    unknown. Anything else is a ValueError (numpy alone would cut a longer value to 36 bytes without a word)."""
+    if isinstance(ids, np.ndarray) and ids.dtype == np.uint8 and ids.ndim == 2 and ids.shape[1] == 36:
+        return np.ascontiguousarray(ids).view(EVENT_ID_DTYPE).reshape(-1).copy()
+    values = []
+    for value in np.asarray(ids, dtype=object).reshape(-1).tolist():
+        text = value.decode("ascii") if isinstance(value, bytes | np.bytes_) else value
+        if not isinstance(text, str):
+            raise ValueError(f"an event id must be UUID text, not {type(value).__name__}")
+        try:
+            values.append(str(uuid.UUID(text)).encode() if text else b"")
+        except ValueError:
+            raise ValueError(f"event id {text[:40]!r} is not a UUID") from None
+    return np.array(values, dtype=EVENT_ID_DTYPE).reshape(-1)

@@ -5,6 +5,10 @@ accepts, but does the byte work in two numba kernels over the whole batch. Strin
 handled per distinct value (symbols) or only checked when they are not plain ASCII. Messages written with the
 released v1 schema (before ``kind``) decode too, as OHLCV bars, like the codec resolves them.
 
+Each bar's event id comes back in the batch's ``event_id`` column (fixed-width ASCII, ``schemas.bars.EVENT_ID_DTYPE``):
+the kernel copies it while checking it, so no Python object is made per id. It is the UUID in canonical lower-case
+form, ``str(uuid.UUID(record["event_id"]))`` of the codec's record, whichever spelling the writer used.
+
 ``decode_bars`` also validates by default: a message that decodes but is not a usable bar (NaN or negative prices,
 high below low, a bar from the future, an unknown interval, an unusable symbol: ``schemas.barchecks``) comes back
 as a failure with its reason, like a malformed one, so every consumer dead-letters it the same way.
@@ -21,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.barchecks import MAX_SYMBOL_BYTES, bar_problems, interval_problem, symbol_problem
-from schemas.bars import ASSET_CLASSES, BAR_INTERVALS, BAR_KINDS, BAR_SCHEMA, BarBatch
+from schemas.bars import ASSET_CLASSES, BAR_INTERVALS, BAR_KINDS, BAR_SCHEMA, EVENT_ID_DTYPE, BarBatch
 from schemas.codec import DecodeError, EncodeError, get_registry
 
 U8 = npt.NDArray[np.uint8]
@@ -53,8 +57,14 @@ _SYMBOLS: dict[bytes, tuple[str, str | None, str | None]] = {}
 _SYMBOL_CACHE = 1 << 16
 
 
-def to_records(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The batch as BarClosed records for the generic codec: the reference ``encode_bars`` must match."""
+def to_records(
+    batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The batch as BarClosed records for the generic codec: the reference ``encode_bars`` must match.
+
+    Without ``event_ids`` the batch's own ``event_id`` column is used (every bar must have one)."""
+    if event_ids is None:
+        event_ids = [event_id.decode("ascii") for event_id in _own_ids(batch).tolist()]
     if len(event_ids) != len(batch):
         raise EncodeError(f"{len(event_ids)} event ids for {len(batch)} bars")
     return [
@@ -222,7 +232,10 @@ def _get_string(buf: U8, pos: int, stop: int) -> tuple[int, int, int, bool]:
 
 
 @numba.njit(cache=True, inline="always")
-def _canonical_uuid(buf: U8, start: int, stop: int) -> bool:
+def _take_uuid(buf: U8, start: int, stop: int, out: U8, row: int) -> bool:
+    """Whether ``buf[start:stop]`` is canonical UUID text (either case); as it is checked, it is copied to ``out[row]``
+    in lower case (``| 0x20`` leaves digits and dashes as they are). A row that is not canonical is left partly
+    written: the caller fills it from the codec's record."""
     if stop - start != 36:
         return False
     for k in range(36):
@@ -232,15 +245,17 @@ def _canonical_uuid(buf: U8, start: int, stop: int) -> bool:
                 return False
         elif not (48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70):
             return False
+        out[row, k] = c | 0x20
     return True
 
 
 @numba.njit(cache=True)
 def _decode_kernel(
     blob: U8, offsets: I64, header: U8, v1_header: U8, nan: U8, n_kinds: int
-) -> tuple[npt.NDArray[np.int8], I64, I64, U8, npt.NDArray[np.int8]]:
+) -> tuple[npt.NDArray[np.int8], I64, I64, U8, npt.NDArray[np.int8], U8]:
     n = offsets.shape[0] - 1
     status = np.zeros(n, np.int8)
+    ids = np.empty((n, 36), np.uint8)  # event_id, lower case (filled by the caller for _SLOW rows)
     spans = np.zeros((n, 4), np.int64)  # symbol start/end, interval start/end
     ints = np.zeros((n, 4), np.int64)  # start_ns, end_ns, trade_count (-1 for null), ts_ingest
     floats = np.zeros((n, 48), np.uint8)  # open, high, low, close, volume, vwap (NaN for null) as bytes
@@ -266,7 +281,7 @@ def _decode_kernel(
         if st != _OK:
             status[i] = st
             continue
-        slow = not ascii_only or not _canonical_uuid(blob, a, b)
+        slow = not ascii_only or not _take_uuid(blob, a, b, ids, i)
         pos = b
         st = _OK
         _, pos, st = _get_varint(blob, pos, stop)  # ts_event
@@ -368,7 +383,7 @@ def _decode_kernel(
             continue
         if slow:
             status[i] = _SLOW
-    return status, spans, ints, floats, flags
+    return status, spans, ints, floats, flags, ids
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -406,18 +421,30 @@ def _prefixed_rows(rows: U8) -> tuple[U8, I64]:
     return prefixed.reshape(-1), np.arange(0, 37 * len(rows) + 1, 37, dtype=np.int64)
 
 
-def _checked_ids(event_ids: Sequence[str] | U8) -> tuple[U8, I64]:
+def _own_ids(batch: BarBatch) -> npt.NDArray[np.bytes_]:
+    """The batch's ``event_id`` column, for encoding: every bar must have an id."""
+    missing = np.flatnonzero(batch.event_id == b"")
+    if len(missing):
+        raise EncodeError(f"bar {int(missing[0])} has no event id (pass event_ids=)")
+    return batch.event_id
+
+
+def _checked_ids(event_ids: Sequence[str] | U8 | npt.NDArray[np.bytes_]) -> tuple[U8, I64]:
     """The ids as one byte blob with offsets, after the same UUID check the codec makes.
 
-    An n x 36 uint8 array of ASCII ids (as ``deterministic_event_ids_array`` makes) skips the per-id strings.
+    An n x 36 uint8 array of ASCII ids (as ``deterministic_event_ids_array`` makes), or an ``EVENT_ID_DTYPE`` column
+    (``BarBatch.event_id``), skips the per-id strings.
     """
     if isinstance(event_ids, np.ndarray):
-        if event_ids.dtype != np.uint8 or event_ids.ndim != 2 or event_ids.shape[1] != 36:
+        rows: U8 = event_ids  # type: ignore[assignment]  # checked next
+        if event_ids.dtype == EVENT_ID_DTYPE and event_ids.ndim == 1:
+            rows = np.ascontiguousarray(event_ids).view(np.uint8).reshape(-1, 36)
+        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 36:
             raise EncodeError("an event id array must be n x 36 ASCII bytes")
-        bad = np.flatnonzero(~_canonical_rows(event_ids))
+        bad = np.flatnonzero(~_canonical_rows(rows))
         if len(bad):
-            raise EncodeError(f"event_id is not a UUID: {event_ids[bad[0]].tobytes()!r}")
-        return _prefixed_rows(event_ids)
+            raise EncodeError(f"event_id is not a UUID: {rows[bad[0]].tobytes()!r}")
+        return _prefixed_rows(rows)
     try:
         joined = "".join(event_ids)
     except TypeError:
@@ -442,8 +469,21 @@ def _checked_ids(event_ids: Sequence[str] | U8) -> tuple[U8, I64]:
     return _u8(b"".join(prefixes)), offsets
 
 
-def encode_bars(batch: BarBatch, *, source: str, ts_ingest: int, event_ids: Sequence[str] | U8) -> list[bytes]:
-    """One BarClosed single-object message per bar, byte-identical to the generic codec's."""
+def encode_bars(
+    batch: BarBatch,
+    *,
+    source: str,
+    ts_ingest: int,
+    event_ids: Sequence[str] | U8 | npt.NDArray[np.bytes_] | None = None,
+) -> list[bytes]:
+    """One BarClosed single-object message per bar, byte-identical to the generic codec's.
+
+    ``event_ids``: strings, n x 36 ASCII rows or an ``EVENT_ID_DTYPE`` column; without them the batch's own
+    ``event_id`` column (a decoded batch's ids: every bar must have one). The ids written are the ones given, in the
+    case given; the batch's ``event_id`` column is not consulted when ``event_ids`` is.
+    """
+    if event_ids is None:
+        event_ids = _own_ids(batch)
     n = len(batch)
     if len(event_ids) != n:
         raise EncodeError(f"{len(event_ids)} event ids for {n} bars")
@@ -596,8 +636,9 @@ def decode_bars(
     batch's interval is the known one most bars have; without it (the codec-equivalence tests) any decodable bar
     is returned and the first good row sets the interval. A None payload (a tombstone) is a failure, not an error.
 
-    event_id, ts_event, ts_ingest, source and causation_id are validated but not returned: BarBatch has no
-    columns for them. A vwap or trade_count that is null comes back as NaN or -1.
+    The batch's ``event_id`` column holds each bar's event id (canonical, lower case: see the module doc);
+    ts_event, ts_ingest, source and causation_id are validated but not returned: BarBatch has no columns for them.
+    A vwap or trade_count that is null comes back as NaN or -1.
     """
     registry = get_registry()
     n = len(payloads)
@@ -610,7 +651,7 @@ def decode_bars(
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     blob = _u8(b"".join(present))
-    status, spans, ints, floats, flags = _decode_kernel(
+    status, spans, ints, floats, flags, ids = _decode_kernel(
         blob,
         offsets,
         _u8(registry.header(BAR_SCHEMA)),
@@ -625,10 +666,12 @@ def decode_bars(
         bad.append((i, reason or (_foreign_reason(present[i]) if code == _FOREIGN else _REASONS[code])))
     for i in np.flatnonzero(status == _SLOW).tolist():
         try:
-            registry.decode_as(BAR_SCHEMA, present[i])
+            record = registry.decode_as(BAR_SCHEMA, present[i])
         except DecodeError as exc:
             status[i] = _TRUNCATED  # any non-zero code marks the row bad; the reason is the codec's
             bad.append((i, str(exc)))
+            continue
+        ids[i] = _u8(str(uuid.UUID(record["event_id"])).encode("ascii"))  # the codec checked it is a UUID
     rows = np.flatnonzero(status <= 0)
     data = blob.tobytes()
     keep = np.ones(len(rows), np.bool_)
@@ -675,6 +718,7 @@ def decode_bars(
         trade_count=ints[rows, 2],
         regular_session=flags[rows, 1].astype(np.bool_),
         kind=flags[rows, 2].astype(np.int8),
+        event_id=(ids if len(rows) == n else ids[rows]).view(EVENT_ID_DTYPE).reshape(-1),
     )
     if validate:
         failures = bar_problems(batch, ints[rows, 3])

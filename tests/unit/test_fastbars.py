@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.bars import ASSET_CLASSES, BAR_KINDS, BAR_SCHEMA, BarBatch
+from schemas.bars import ASSET_CLASSES, BAR_KINDS, BAR_SCHEMA, EVENT_ID_DTYPE, BarBatch
 from schemas.codec import RELEASED_ROOT, DecodeError, EncodeError, SchemaRegistry, get_registry
 from schemas.fastbars import decode_bars, encode_bars, to_records
+from tests.factories import minute_bars
 
 REGISTRY = get_registry()
 SYMBOLS = np.array(["AAPL", "BRK.B", "EURUSD", "MESZ5", "ÄÖÜ", "中国平安", "𝄞X", ""], dtype=object)
@@ -57,6 +58,16 @@ def reference(batch: BarBatch, ids: list[str], ts_ingest: int, source: str = "po
     ]
 
 
+def canonical(ids: list[str]) -> list[bytes]:
+    """What ``decode_bars`` returns for ids written as ``ids``: canonical lower-case UUID text."""
+    return [str(uuid.UUID(i)).encode() for i in ids]
+
+
+def assert_ids(batch: BarBatch, ids: list[str]) -> None:
+    assert batch.event_id.dtype == EVENT_ID_DTYPE
+    assert batch.event_id.tolist() == canonical(ids)
+
+
 def assert_same_bars(a: BarBatch, b: BarBatch) -> None:
     assert a.interval == b.interval
     assert list(a.symbol) == list(b.symbol)
@@ -76,12 +87,13 @@ def test_bytes_equal_the_generic_codec(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_round_trip(seed: int) -> None:
-    batch = random_batch(seed, 500, interval=["1s", "1m", "1d"][seed % 3])
-    payloads = encode_bars(batch, source="replay", ts_ingest=1, event_ids=event_ids(seed, 500))
+    batch, ids = random_batch(seed, 500, interval=["1s", "1m", "1d"][seed % 3]), event_ids(seed, 500)
+    payloads = encode_bars(batch, source="replay", ts_ingest=1, event_ids=ids)
     decoded, rows, bad = decode_bars(payloads, validate=False)
     assert bad == []
     assert rows == list(range(500))
     assert_same_bars(decoded, batch)
+    assert_ids(decoded, ids)
     for payload in payloads[:20]:
         REGISTRY.decode_as(BAR_SCHEMA, payload)
 
@@ -121,8 +133,8 @@ def test_invalid_batches_raise_encode_error(change, message: str) -> None:  # ty
 
 
 def test_bad_payloads_are_reported_by_index() -> None:
-    batch = random_batch(4, 6)
-    good = encode_bars(batch, source="s", ts_ingest=0, event_ids=event_ids(4, 6))
+    batch, ids = random_batch(4, 6), event_ids(4, 6)
+    good = encode_bars(batch, source="s", ts_ingest=0, event_ids=ids)
     other = REGISTRY.encode(
         "tidemark.risk.AlertRaised",
         {
@@ -151,6 +163,7 @@ def test_bad_payloads_are_reported_by_index() -> None:
     decoded, rows, bad = decode_bars(payloads, validate=False)
     assert rows == [0, 5, 9]
     assert_same_bars(decoded, batch.take(np.array([0, 3, 5])))
+    assert_ids(decoded, [ids[0], ids[3], ids[5]])
     reasons = dict(bad)
     assert sorted(reasons) == [1, 2, 3, 4, 6, 7, 8, 10]
     assert reasons[1] == "empty value"
@@ -176,6 +189,7 @@ def test_messages_of_the_released_v1_schema_decode_as_ohlcv_bars() -> None:
     assert bad == [] and rows == list(range(80))
     assert_same_bars(decoded.take(slice(0, 40)), replace(batch, kind=np.zeros(40, np.int8)))
     assert_same_bars(decoded.take(slice(40, 80)), batch)
+    assert_ids(decoded, ids + ids)
     for payload, record in zip(old, records, strict=True):
         assert REGISTRY.decode_as(BAR_SCHEMA, payload) == record | {"kind": "OHLCV"}
 
@@ -212,6 +226,7 @@ def test_accepts_exactly_what_the_codec_accepts(valid: bytes, data: st.DataObjec
     assert (rows == [0]) is _codec_accepts(payload), bad
     if rows:
         record = REGISTRY.decode_as(BAR_SCHEMA, payload)
+        assert_ids(decoded, [record["event_id"]])
         if record["causation_id"] == "":  # BarBatch cannot carry a causation id
             again = encode_bars(
                 decoded,
@@ -230,3 +245,66 @@ def test_random_payloads_never_raise(payloads: list[bytes]) -> None:
         assert len(rows) + len(bad) == len(payloads)
         assert sorted(rows + [i for i, _ in bad]) == list(range(len(payloads)))
         assert len(decoded) == len(rows)
+
+
+def test_ids_of_every_spelling_and_of_rows_the_codec_rechecks() -> None:
+    """Non-canonical spellings and rows with non-ASCII strings take the codec's path; their ids come back all the
+    same, canonical, in the row they belong to."""
+    batch = random_batch(12, 8)
+    ids = [
+        "{12345678-1234-5678-1234-567812345678}",
+        "12345678123456781234567812345678",
+        "urn:uuid:12345678-1234-5678-1234-56781234567A",
+        "ABCDEF01-2345-6789-ABCD-EF0123456789",
+        *event_ids(12, 4),
+    ]
+    plain = encode_bars(batch, source="polygon", ts_ingest=0, event_ids=ids)
+    accented = encode_bars(batch, source="ß", ts_ingest=0, event_ids=ids)
+    decoded, rows, bad = decode_bars([*plain, b"junk", *accented], validate=False)
+    assert bad == [(8, "not an Avro single-object message (marker C3 01 and 8-byte fingerprint)")]
+    assert rows == [*range(8), *range(9, 17)]
+    assert_ids(decoded, ids + ids)
+
+
+def test_ids_stay_with_their_rows_when_validation_drops_bars() -> None:
+    bars = minute_bars(["AAPL", "MSFT", "SPY", "QQQ", "IWM"], [1_755_700_200_000_000_000] * 5)
+    bars.close[1] = np.nan  # not a usable bar: dropped by schemas.barchecks
+    ids = event_ids(13, 5)
+    payloads = encode_bars(bars, source="polygon", ts_ingest=1_755_700_260_000_000_000, event_ids=ids)
+    decoded, rows, bad = decode_bars([payloads[0], b"", *payloads[1:]])
+    assert rows == [0, 3, 4, 5] and [i for i, _ in bad] == [1, 2]
+    assert list(decoded.symbol) == ["AAPL", "SPY", "QQQ", "IWM"]
+    assert_ids(decoded, [ids[0], *ids[2:]])
+
+
+def test_a_decoded_batch_re_encodes_with_its_own_ids() -> None:
+    batch = random_batch(14, 60)
+    ids = [str(uuid.UUID(i)) for i in event_ids(14, 60)]  # lower case: what the decoder gives back
+    payloads = encode_bars(batch, source="polygon", ts_ingest=5, event_ids=ids)
+    decoded, _, _ = decode_bars(payloads, validate=False)
+    assert encode_bars(decoded, source="polygon", ts_ingest=5) == payloads
+    assert encode_bars(batch, source="polygon", ts_ingest=5, event_ids=decoded.event_id) == payloads
+    assert [r["event_id"] for r in to_records(decoded, source="polygon", ts_ingest=5)] == ids
+    with pytest.raises(EncodeError, match="bar 0 has no event id"):
+        encode_bars(batch, source="polygon", ts_ingest=5)
+    with pytest.raises(EncodeError, match="no event id"):
+        to_records(batch, source="polygon", ts_ingest=5)
+
+
+def test_batches_keep_their_ids_through_take_and_concat() -> None:
+    batch = random_batch(15, 10)
+    assert batch.event_id.tolist() == [b""] * 10  # built without ids: unknown
+    ids = event_ids(15, 10)
+    with_ids = replace(batch, event_id=ids)  # type: ignore[arg-type]  # str (any spelling) is normalised
+    assert_ids(with_ids, ids)
+    assert_ids(with_ids.take(np.array([7, 2])), [ids[7], ids[2]])
+    assert_ids(with_ids.take(np.arange(10) % 3 == 0), ids[::3])
+    assert_ids(with_ids.take(slice(4, 6)), ids[4:6])
+    assert_ids(BarBatch.concat([with_ids.take(slice(5, 10)), with_ids.take(slice(0, 5))]), ids[5:] + ids[:5])
+    assert BarBatch.concat([batch, with_ids]).event_id.tolist() == [b""] * 10 + canonical(ids)
+    rows = np.frombuffer(b"".join(canonical(ids)), np.uint8).reshape(10, 36)
+    assert_ids(replace(batch, event_id=rows), ids)  # type: ignore[arg-type]  # n x 36 ASCII, as the publisher's
+    with pytest.raises(ValueError, match="3 event ids for 10 bars"):
+        replace(batch, event_id=canonical(ids)[:3])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a UUID"):
+        replace(batch, event_id=np.array([b"x" * 37] * 10))
