@@ -20,7 +20,8 @@ PURE_MODULES := schemas/ streams/correlation/rolling.py streams/correlation/cloc
   streams/strategies/ streams/discovery/ streams/lifecycle/machine.py streams/lifecycle/paper.py streams/lifecycle/performance.py streams/portfolio/optimiser.py streams/portfolio/book.py streams/portfolio/frontier.py connectors/synthetic/daily.py \
   streams/execution/rebalance.py streams/execution/positions.py streams/execution/desk.py connectors/broker.py \
   connectors/simulated/broker.py connectors/alpaca/client.py connectors/reconciliation.py \
-  streams/risk/measures.py streams/risk/backtest.py streams/risk/history.py streams/risk/limits.py streams/risk/monitor.py
+  streams/risk/measures.py streams/risk/backtest.py streams/risk/history.py streams/risk/limits.py streams/risk/monitor.py \
+  streams/audit/
 # Re-sync only when the lock or the project metadata changed: a sync reinstalls the editable project.
 INSTALLED := $(VENV)/.installed
 

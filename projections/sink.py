@@ -39,6 +39,7 @@ from projections.analytics import (
 )
 from projections.bars import CONSUMER as BARS_PROJECTION
 from projections.bars import BarsProjection
+from projections.causation import CAUSATION, INDEXED_TOPICS, CausationIndex
 from projections.corporate_actions import CONSUMER as ACTIONS_PROJECTION
 from projections.corporate_actions import SCHEMA as ACTIONS_SCHEMA
 from projections.corporate_actions import corporate_actions_projection
@@ -135,6 +136,114 @@ def decode_all(
     return good, decoded, names, failures
 
 
+def projection_routes(
+    settings: Settings, pool: asyncpg.Pool, redis: RedisProjection, dead_letter: batches.DeadLetter
+) -> dict[str, tuple[Route, ...]]:
+    """Every projected topic (with the settings' prefix) and the projections its records go to, in order: what the
+    live sink and ``tidemark replay`` both run, so a rebuild applies exactly the live code. The keys are
+    ``PROJECTED_TOPICS`` and the causation index's ``INDEXED_TOPICS``."""
+    bars = BarsProjection(pool, redis, settings.processing.bar_window_s)
+    stats = stats_projection(pool, redis)
+    correlations = correlation_projection(pool, redis)
+    alerts = AlertsProjection(pool, redis)
+    strength = strength_projection(pool, redis)
+    rotation = rotation_projection(pool, redis)
+    signals = signals_projection(pool, redis)
+    actions = corporate_actions_projection(pool, redis)
+    candidates = candidates_projection(pool, redis)
+    progress = progress_projection(pool, redis)
+    lifecycle = LifecycleProjection(pool, redis)
+    performance = performance_projection(pool, redis)
+    portfolio = PortfolioProjection(pool, redis)
+    execution = ExecutionProjection(pool, redis)
+    risk = RiskProjection(pool, redis)
+
+    async def project_bars(records: Sequence[Consumed]) -> None:
+        batch, rows, failures = decode_bars([r.value for r in records])
+        await dead_letter(records, failures, BARS_PROJECTION, "DecodeError")
+        if len(batch):
+            await bars.apply([records[i] for i in rows], batch)
+
+    def project_events(
+        name: str,
+        schema: str | tuple[str, ...],
+        projection: EventProjection
+        | CorrelationProjection
+        | AlertsProjection
+        | LifecycleProjection
+        | PortfolioProjection,
+    ) -> batches.Handler:
+        async def project(records: Sequence[Consumed]) -> None:
+            good, events, _, failures = decode_all(records, schema)
+            await dead_letter(records, failures, name, "DecodeError")
+            await projection.apply(good, events)
+
+        return project
+
+    def project_typed(
+        name: str, schemas: tuple[str, ...], projection: ExecutionProjection | RiskProjection
+    ) -> batches.Handler:
+        """For a projection of several event types that dispatches on each event's schema name."""
+
+        async def project(records: Sequence[Consumed]) -> None:
+            good, events, names, failures = decode_all(records, schemas)
+            await dead_letter(records, failures, name, "DecodeError")
+            await projection.apply(good, events, names)
+
+        return project
+
+    by_name = {
+        "md.bars.1m": Route(BARS_PROJECTION, project_bars),
+        "md.bars.1d": Route(BARS_PROJECTION, project_bars),
+        "md.corporate_actions": Route(ACTIONS_PROJECTION, project_events(ACTIONS_PROJECTION, ACTIONS_SCHEMA, actions)),
+        "analytics.stats": Route(
+            STATS_PROJECTION, project_events(STATS_PROJECTION, "tidemark.analytics.SymbolStatsComputed", stats)
+        ),
+        "alerts": Route(ALERTS_PROJECTION, project_events(ALERTS_PROJECTION, "tidemark.risk.AlertRaised", alerts)),
+        "analytics.correlations": Route(
+            CORRELATIONS_PROJECTION,
+            project_events(CORRELATIONS_PROJECTION, "tidemark.analytics.CorrelationSnapshotTaken", correlations),
+        ),
+        "analytics.currency_strength": Route(
+            STRENGTH_PROJECTION,
+            project_events(STRENGTH_PROJECTION, "tidemark.analytics.CurrencyStrengthComputed", strength),
+        ),
+        "analytics.sector_rotation": Route(
+            ROTATION_PROJECTION,
+            project_events(ROTATION_PROJECTION, "tidemark.analytics.SectorRotationComputed", rotation),
+        ),
+        "signals.patterns": Route(SIGNALS_PROJECTION, project_events(SIGNALS_PROJECTION, SIGNALS_SCHEMA, signals)),
+        "strategies.candidates": Route(CANDIDATES, project_events(CANDIDATES, CANDIDATE_SCHEMA, candidates)),
+        "discovery.progress": Route(PROGRESS, project_events(PROGRESS, PROGRESS_SCHEMA, progress)),
+        "strategies.lifecycle": Route(LIFECYCLE, project_events(LIFECYCLE, LIFECYCLE_SCHEMAS, lifecycle)),
+        "strategies.performance": Route(PERFORMANCE, project_events(PERFORMANCE, PERFORMANCE_SCHEMA, performance)),
+        "portfolio.targets": Route(PORTFOLIO, project_events(PORTFOLIO, PORTFOLIO_SCHEMA, portfolio)),
+        **{name: Route(EXECUTION, project_typed(EXECUTION, EXECUTION_SCHEMAS, execution)) for name in EXECUTION_TOPICS},
+        **{name: Route(RISK, project_typed(RISK, RISK_SCHEMAS, risk)) for name in RISK_TOPICS},
+    }
+    if set(by_name) != set(PROJECTED_TOPICS):
+        raise RuntimeError(
+            f"PROJECTED_TOPICS and the sink's routes differ: {sorted(set(by_name) ^ set(PROJECTED_TOPICS))}"
+        )
+    routes = {settings.topic(name): (by_name[name],) for name in PROJECTED_TOPICS}
+    # The causation index reads every indexed topic after its own projection (or alone, for the topics only it reads).
+    index = Route(CAUSATION, CausationIndex(pool, settings.rotation.momentum).apply)
+    for name in INDEXED_TOPICS:
+        routes[settings.topic(name)] = (*routes.get(settings.topic(name), ()), index)
+    return routes
+
+
+async def resume_offsets(pool: asyncpg.Pool, routes: dict[str, tuple[Route, ...]]) -> dict[tuple[str, int], int]:
+    """Per partition, the first offset some projection of it has not applied: records before it were applied by every
+    projection of their topic, and each projection skips the ones it has (``apply_exactly_once``)."""
+    resume: dict[tuple[str, int], int] = {}
+    for topic, topic_routes in routes.items():
+        applied = [await applied_offsets(pool, route.projection, topic) for route in topic_routes]
+        for partition in set().union(*applied):
+            resume[(topic, partition)] = min(offsets.get(partition, 0) for offsets in applied)
+    return resume
+
+
 class ProjectionSink:
     def __init__(self, settings: Settings, watchdog: Watchdog | None = None) -> None:
         self.settings = settings
@@ -176,97 +285,6 @@ class ProjectionSink:
         """Consume until ``stopping`` is set."""
         asyncio.run(self._run())
 
-    def _routes(self, pool: asyncpg.Pool, redis: RedisProjection) -> dict[str, Route]:
-        bars = BarsProjection(pool, redis, self.settings.processing.bar_window_s)
-        stats = stats_projection(pool, redis)
-        correlations = correlation_projection(pool, redis)
-        alerts = AlertsProjection(pool, redis)
-        strength = strength_projection(pool, redis)
-        rotation = rotation_projection(pool, redis)
-        signals = signals_projection(pool, redis)
-        actions = corporate_actions_projection(pool, redis)
-        candidates = candidates_projection(pool, redis)
-        progress = progress_projection(pool, redis)
-        lifecycle = LifecycleProjection(pool, redis)
-        performance = performance_projection(pool, redis)
-        portfolio = PortfolioProjection(pool, redis)
-        execution = ExecutionProjection(pool, redis)
-        risk = RiskProjection(pool, redis)
-
-        async def project_bars(records: Sequence[Consumed]) -> None:
-            batch, rows, failures = decode_bars([r.value for r in records])
-            await self._dead_letter(records, failures, BARS_PROJECTION, "DecodeError")
-            if len(batch):
-                await bars.apply([records[i] for i in rows], batch)
-
-        def project_events(
-            name: str,
-            schema: str | tuple[str, ...],
-            projection: EventProjection
-            | CorrelationProjection
-            | AlertsProjection
-            | LifecycleProjection
-            | PortfolioProjection,
-        ) -> batches.Handler:
-            async def project(records: Sequence[Consumed]) -> None:
-                good, events, _, failures = decode_all(records, schema)
-                await self._dead_letter(records, failures, name, "DecodeError")
-                await projection.apply(good, events)
-
-            return project
-
-        def project_typed(
-            name: str, schemas: tuple[str, ...], projection: ExecutionProjection | RiskProjection
-        ) -> batches.Handler:
-            """For a projection of several event types that dispatches on each event's schema name."""
-
-            async def project(records: Sequence[Consumed]) -> None:
-                good, events, names, failures = decode_all(records, schemas)
-                await self._dead_letter(records, failures, name, "DecodeError")
-                await projection.apply(good, events, names)
-
-            return project
-
-        by_name = {
-            "md.bars.1m": Route(BARS_PROJECTION, project_bars),
-            "md.bars.1d": Route(BARS_PROJECTION, project_bars),
-            "md.corporate_actions": Route(
-                ACTIONS_PROJECTION, project_events(ACTIONS_PROJECTION, ACTIONS_SCHEMA, actions)
-            ),
-            "analytics.stats": Route(
-                STATS_PROJECTION, project_events(STATS_PROJECTION, "tidemark.analytics.SymbolStatsComputed", stats)
-            ),
-            "alerts": Route(ALERTS_PROJECTION, project_events(ALERTS_PROJECTION, "tidemark.risk.AlertRaised", alerts)),
-            "analytics.correlations": Route(
-                CORRELATIONS_PROJECTION,
-                project_events(CORRELATIONS_PROJECTION, "tidemark.analytics.CorrelationSnapshotTaken", correlations),
-            ),
-            "analytics.currency_strength": Route(
-                STRENGTH_PROJECTION,
-                project_events(STRENGTH_PROJECTION, "tidemark.analytics.CurrencyStrengthComputed", strength),
-            ),
-            "analytics.sector_rotation": Route(
-                ROTATION_PROJECTION,
-                project_events(ROTATION_PROJECTION, "tidemark.analytics.SectorRotationComputed", rotation),
-            ),
-            "signals.patterns": Route(SIGNALS_PROJECTION, project_events(SIGNALS_PROJECTION, SIGNALS_SCHEMA, signals)),
-            "strategies.candidates": Route(CANDIDATES, project_events(CANDIDATES, CANDIDATE_SCHEMA, candidates)),
-            "discovery.progress": Route(PROGRESS, project_events(PROGRESS, PROGRESS_SCHEMA, progress)),
-            "strategies.lifecycle": Route(LIFECYCLE, project_events(LIFECYCLE, LIFECYCLE_SCHEMAS, lifecycle)),
-            "strategies.performance": Route(PERFORMANCE, project_events(PERFORMANCE, PERFORMANCE_SCHEMA, performance)),
-            "portfolio.targets": Route(PORTFOLIO, project_events(PORTFOLIO, PORTFOLIO_SCHEMA, portfolio)),
-            **{
-                name: Route(EXECUTION, project_typed(EXECUTION, EXECUTION_SCHEMAS, execution))
-                for name in EXECUTION_TOPICS
-            },
-            **{name: Route(RISK, project_typed(RISK, RISK_SCHEMAS, risk)) for name in RISK_TOPICS},
-        }
-        if set(by_name) != set(PROJECTED_TOPICS):
-            raise RuntimeError(
-                f"PROJECTED_TOPICS and the sink's routes differ: {sorted(set(by_name) ^ set(PROJECTED_TOPICS))}"
-            )
-        return {self.settings.topic(name): by_name[name] for name in PROJECTED_TOPICS}
-
     async def _run(self) -> None:
         stall = self.settings.operations.stall_timeout_s
         # Bounded waits: a paused server times out (and the batch is retried) instead of blocking for ever.
@@ -276,10 +294,8 @@ class ProjectionSink:
         redis_client = aioredis.from_url(
             self.settings.redis_url, socket_timeout=stall, socket_connect_timeout=min(stall, 10.0)
         )
-        routes = self._routes(pool, RedisProjection(redis_client))
-        for topic, route in routes.items():
-            for partition, offset in (await applied_offsets(pool, route.projection, topic)).items():
-                self._resume_at[(topic, partition)] = offset
+        routes = projection_routes(self.settings, pool, RedisProjection(redis_client), self._dead_letter)
+        self._resume_at = await resume_offsets(pool, routes)
         self._consumer.subscribe(list(routes), on_assign=self._seek_to_applied)
         try:
             while not self.stopping.is_set():
@@ -291,11 +307,11 @@ class ProjectionSink:
                 for record in consumed:
                     by_topic.setdefault(record.topic, []).append(record)
                 for topic, records in by_topic.items():
-                    route = routes[topic]
                     self.metrics.consumed(topic, len(records))
-                    await batches.handle_batch(
-                        records, route.projection, route.project, self._dead_letter, self.stopping
-                    )
+                    for route in routes[topic]:
+                        await batches.handle_batch(
+                            records, route.projection, route.project, self._dead_letter, self.stopping
+                        )
                     self._commit(records)
                     self.metrics.produced([(topic, len(records))])
                     self.metrics.committed()

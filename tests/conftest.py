@@ -17,6 +17,7 @@ import redis
 
 from core.settings import Settings
 from projections.migrations import apply_migrations
+from projections.replay import DEFAULT_REDIS_DB as REPLAY_REDIS_DB
 from tests.services import ensure_services
 from tidemark.topics import delete_prefixed_topics
 
@@ -61,7 +62,7 @@ def isolated(services: Settings, new_database: Callable[[], str]) -> Iterator[Se
     deleted afterwards (a broker that keeps every test's partitions runs out of file descriptors)."""
     tag = uuid.uuid4().hex[:10]
     dsn = new_database()
-    redis_db = next(_redis_db) % 16 or 1
+    redis_db = next(_redis_db) % REPLAY_REDIS_DB or 1  # 1..14: the last database is the rebuilds' (`replay`)
     redis_url = services.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
     settings = services.model_copy(

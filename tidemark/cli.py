@@ -22,9 +22,11 @@ from core.settings import Context, get_settings
 from tidemark.backfill import backfill_command, corporate_actions_command
 from tidemark.discover_cli import discover_app, query_strategies, strategy_app
 from tidemark.execution_cli import broker_app, orders_command, positions_command, rebalance_app, reconcile_command
+from tidemark.explain_cli import explain_command
 from tidemark.ingest import DEFAULT_START, ingest_app
 from tidemark.lifecycle_cli import lifecycle_app
 from tidemark.portfolio_cli import portfolio_app
+from tidemark.replay_cli import replay_command
 from tidemark.risk_cli import halt_command, resume_command, risk_app
 from tidemark.stack import stack_app
 from tidemark.status import status_command
@@ -53,6 +55,8 @@ app.command("reconcile")(reconcile_command)
 app.add_typer(risk_app, name="risk")
 app.command("halt")(halt_command)
 app.command("resume")(resume_command)
+app.command("replay")(replay_command)
+app.command("explain")(explain_command)
 app.add_typer(strategy_app, name="strategy")
 query_app.command("strategies")(query_strategies)
 app.add_typer(plot_app, name="plot")

@@ -215,11 +215,12 @@ def run_demo(symbols: int, hours: float, seed: int, start: datetime, timeout: fl
         f"The demo's data stays in topics prefixed '{settings.topic_prefix}' and database {DEMO_DATABASE} until the "
         "next demo run starts over. Look at it with `--context demo` (or export TIDEMARK_CONTEXT=demo):"
     )
-    for command in next_commands(settings.state_dir / "demo-strategy.png", frontier):
+    (order,) = _wait_for_rows(settings, ORDER_EVENT, 60, "an order")
+    for command in next_commands(settings.state_dir / "demo-strategy.png", frontier, order):
         print(f"  {command}")
 
 
-def next_commands(plot: Path, frontier: Path) -> list[str]:
+def next_commands(plot: Path, frontier: Path, order: str) -> list[str]:
     """What to type next, as the user can type it: `tidemark` when it is on PATH, else the path to ours."""
     ours = Path(sys.prefix) / "bin" / "tidemark"
     on_path = shutil.which("tidemark")
@@ -248,6 +249,8 @@ def next_commands(plot: Path, frontier: Path) -> list[str]:
             "reconcile",
             "risk",
             "risk backtest --source sp500 --method HISTORICAL --method CORNISH_FISHER",
+            "replay --verify",
+            f"explain {order}",
             "discover status",
             "status",
         )
@@ -316,6 +319,7 @@ def _discover(
         _wait_for_paper(settings, live_starts, timeout)
         _execute(settings, frame, replay, timeout)
         _risk(settings, timeout)
+        _audit(settings)
     finally:
         for helper in helpers:
             helper.terminate()
@@ -388,6 +392,27 @@ def _risk(settings: Settings, timeout: float) -> None:
     console.print("The kill switch by hand: while it is on, an approval sends nothing; it survives restarts.")
     _cli(settings, "halt", "--reason", "demo: the kill switch by hand")
     _cli(settings, "resume", "--reason", "demo: cleared")
+
+
+# An order the causation index holds already (the index is a projection too, and may be a batch behind).
+ORDER_EVENT = (
+    "SELECT o.place_event_id FROM orders o JOIN event_index e ON e.event_id::text = o.place_event_id"
+    " ORDER BY o.placed_at, o.symbol LIMIT 1"
+)
+
+
+def _audit(settings: Settings) -> None:
+    """Every projection rebuilt from the log and compared with the live one, and one order traced back to the bars."""
+    console.rule("[bold]Audit: the projections rebuilt from the log, and an order explained")
+    console.print(
+        "`tidemark replay --verify` replays every projected topic into a schema of its own, up to exactly the offsets "
+        "the live projections applied, and compares each table by a hash of its content.",
+        soft_wrap=True,
+    )
+    _cli(settings, "replay", "--verify")
+    (order,) = _wait_for_rows(settings, ORDER_EVENT, 60, "an order")
+    console.print("Why this order? `tidemark explain` walks its causes back through the causation index:")
+    _cli(settings, "explain", order)
 
 
 def _wait_for_rows(settings: Settings, query: str, timeout: float, what: str) -> tuple[Any, ...]:

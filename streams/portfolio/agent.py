@@ -22,6 +22,10 @@ replayed, it decides the same.
 Idempotency under at least once: each input that produced events is remembered in the table with those events'
 bytes; delivered again, it gets them again and is not decided again. Every output's id comes from the triggering
 input's id and the account.
+
+The inputs topic is the agent's input log, refreshes included (the timer only appends one, its wall-clock time as
+data): the agent reads no clock itself, so it decides the same outputs again from that log. ``install(...,
+forward=False)`` (``tidemark.rerun``) runs the agent on a copy of that log, without the forwarders and the timer.
 """
 
 from __future__ import annotations
@@ -321,8 +325,10 @@ def inputs_topic_name(settings: Settings) -> str:
     return f"{agents_app_id(settings)}-portfolio-inputs"
 
 
-def install(app: faust.App, settings: Settings) -> None:
-    """The portfolio agents, their table and the refresh timer on ``app``."""
+def install(app: faust.App, settings: Settings, *, forward: bool = True) -> None:
+    """The portfolio agents, their table and the refresh timer on ``app``; without ``forward``, the book's agent
+    alone (no forwarders, no timer), folding an inputs topic filled by someone else (a re-run's copy of the live
+    one)."""
     policy = policy_of(settings)
     account = policy.account
     every_s = settings.portfolio.refresh_every_s
@@ -345,7 +351,8 @@ def install(app: faust.App, settings: Settings) -> None:
     def compact_input(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
         return compact(kind, record)
 
-    install_forwarders(app, settings, inputs, INPUTS, "portfolio", account, compact_input)
+    if forward:
+        install_forwarders(app, settings, inputs, INPUTS, "portfolio", account, compact_input)
 
     @app.agent(inputs, name="portfolio-book")
     async def keep_book(stream: faust.StreamT[bytes]) -> None:
@@ -364,6 +371,9 @@ def install(app: faust.App, settings: Settings) -> None:
                 await app.producer.flush()  # the table's changelog is written: the kill lands after it
                 log.warning("portfolio agent: paused after %d targets (fault drill)", published)
                 await app.sleep(3600 * 24)
+
+    if not forward:
+        return
 
     @app.timer(interval=every_s)
     async def refresh() -> None:

@@ -9,6 +9,10 @@ does). Outputs: ``RiskMeasured`` (risk.metrics), alerts, ``HaltTrading`` (risk.c
 
 Idempotency under at least once, as the other agents: outputs are remembered per input and sent again, never
 decided again; a close already in a history is not appended twice.
+
+The inputs topic is the monitor's input log: the order the forwarders merged the inputs in is a fact it records, and
+the monitor, which reads no clock and runs no timer, decides the same outputs again from it. ``install(...,
+forward=False)`` (``tidemark.rerun``) runs the monitor on a copy of that log, without the forwarders.
 """
 
 from __future__ import annotations
@@ -110,8 +114,9 @@ def inputs_topic_name(settings: Settings) -> str:
     return f"{agents_app_id(settings)}-risk-inputs"
 
 
-def install(app: faust.App, settings: Settings) -> None:
-    """The risk agents and their tables on ``app``."""
+def install(app: faust.App, settings: Settings, *, forward: bool = True) -> None:
+    """The risk agents and their tables on ``app``; without ``forward``, the monitor alone, folding an inputs topic
+    filled by someone else (a re-run's copy of the live one)."""
     policy = policy_of(settings)
     account = policy.account
     inputs = app.topic(inputs_topic_name(settings), partitions=1, internal=True, **RAW)
@@ -132,7 +137,8 @@ def install(app: faust.App, settings: Settings) -> None:
     def wanted(topic: str, key: bytes | None) -> bool:
         return topic != "md.bars.1m" or held is None or key in held
 
-    install_forwarders(app, settings, inputs, INPUTS, "risk", account, compact, wanted)
+    if forward:
+        install_forwarders(app, settings, inputs, INPUTS, "risk", account, compact, wanted)
 
     @app.agent(inputs, name="risk-monitor")
     async def monitor(stream: faust.StreamT[bytes]) -> None:

@@ -60,7 +60,8 @@ def worker_caught_up(settings: Settings) -> bool:
 async def _applied_offsets(dsn: str) -> dict[tuple[str, int], int]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT topic, partition, max(next_offset) AS n FROM applied_offsets GROUP BY 1, 2")
+        # The least over the projections of a topic (its own and the causation index): all of them have applied it.
+        rows = await conn.fetch("SELECT topic, partition, min(next_offset) AS n FROM applied_offsets GROUP BY 1, 2")
         return {(r["topic"], r["partition"]): r["n"] for r in rows}
     finally:
         await conn.close()
