@@ -399,6 +399,11 @@ ORDER_EVENT = (
     "SELECT o.place_event_id FROM orders o JOIN event_index e ON e.event_id::text = o.place_event_id"
     " ORDER BY o.placed_at, o.symbol LIMIT 1"
 )
+SIGNAL_TASK = (
+    "SELECT t.event_id::text FROM event_index t JOIN event_causes c ON c.event_id = t.event_id"
+    " JOIN event_index s ON s.event_id::text = c.cause_id WHERE t.schema = 'tidemark.discovery.DiscoverStrategy'"
+    " AND s.schema = 'tidemark.signals.PatternSignalDetected' ORDER BY t.ts_event, t.event_id LIMIT 1"
+)
 
 
 def _audit(settings: Settings) -> None:
@@ -413,11 +418,14 @@ def _audit(settings: Settings) -> None:
     (order,) = _wait_for_rows(settings, ORDER_EVENT, 60, "an order")
     console.print("Why this order? `tidemark explain` walks its causes back through the causation index:")
     _cli(settings, "explain", order)
+    # Indexed minutes ago (discovery ran long before the orders); a market too small for signals has none.
+    task = _first_row(settings, SIGNAL_TASK)
+    if task is not None:
+        console.print("The planner's tasks go further back: a task, the pattern signal it came from, its bars:")
+        _cli(settings, "explain", task[0], "--bars", "3")
 
 
-def _wait_for_rows(settings: Settings, query: str, timeout: float, what: str) -> tuple[Any, ...]:
-    """The first row ``query`` returns, once it returns one."""
-
+def _first_row(settings: Settings, query: str) -> tuple[Any, ...] | None:
     async def first() -> tuple[Any, ...] | None:
         conn = await asyncpg.connect(settings.postgres_dsn)
         try:
@@ -426,9 +434,14 @@ def _wait_for_rows(settings: Settings, query: str, timeout: float, what: str) ->
             await conn.close()
         return None if row is None else tuple(row)
 
+    return asyncio.run(first())
+
+
+def _wait_for_rows(settings: Settings, query: str, timeout: float, what: str) -> tuple[Any, ...]:
+    """The first row ``query`` returns, once it returns one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = asyncio.run(first())
+        found = _first_row(settings, query)
         if found is not None:
             return found
         time.sleep(0.5)

@@ -28,7 +28,8 @@ from tests.integration.kafka_tools import read_all
 from tests.integration.test_execution import PRICES, START, produce
 from tests.integration.test_lifecycle_agent import AGENTS, CANDIDATE, lifecycle, publish, states
 from tests.integration.test_pipeline import synthetic_args
-from tests.integration.test_portfolio_agent import events, publish_book, sid, with_weights
+from tests.integration.test_portfolio_agent import TRANSITIONED, events, moved, publish_book, sid, with_weights
+from tests.integration.test_portfolio_agent import publish as publish_transitions
 from tests.integration.test_risk import DAY, HISTORY
 from tests.integration.test_risk import daily_bars as risk_bars
 from tests.integration.test_strategy_runner import RUNNER, SID, daily_bars, published, the_candidate
@@ -166,6 +167,11 @@ def from_risk(settings: Settings, topic: str) -> list[dict[str, Any]]:
     return [e for e in events(settings, topic) if e["source"] == "risk-monitor"]
 
 
+def in_paper(settings: Settings) -> set[str]:
+    """The strategies the lifecycle agent put in Paper (the candidates' own path, besides the tests' transitions)."""
+    return {e["strategy_id"] for k, e in lifecycle(settings) if e["source"] != "test" and e["to_state"] == "PAPER"}
+
+
 def refreshed(settings: Settings) -> list[dict[str, Any]]:
     """The strategies' correlation snapshots the portfolio's refreshes published."""
     return [e for e in events(settings, "analytics.correlations") if e["source"] == "portfolio-agent"]
@@ -174,9 +180,10 @@ def refreshed(settings: Settings) -> list[dict[str, Any]]:
 def test_the_portfolio_and_risk_reruns_publish_the_same_events_from_their_input_logs(
     isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """The live agents (with the execution desk, which answers the halt) take their inputs in stages: six live
-    strategies' books, then positions that breach a strategy's and the account's limits, then closes and minute bars,
-    with the portfolio's timer refreshing every 2 s throughout. Re-run from their input logs, without forwarders or
+    """The live agents (with the lifecycle agent, which takes the candidates to Paper, and the execution desk, which
+    answers the halt) take their inputs in stages: six live strategies' books, S0 live again, then positions that
+    breach its limits and the account's, then closes and minute bars, with the portfolio's timer refreshing every 2 s
+    throughout. Re-run from their input logs, without forwarders or
     timer, the portfolio and risk agents publish every event again, the refreshes' snapshots too."""
     settings = isolated.changed(portfolio__refresh_every_s=2.0, portfolio__market_hours_only=False)
     run_cli("topics", "create")
@@ -184,6 +191,8 @@ def test_the_portfolio_and_risk_reruns_publish_the_same_events_from_their_input_
     risk_bars(isolated, 0, HISTORY - 1)
     agents = start_worker(settings, AGENTS)
     eventually(lambda: with_weights(isolated, 6), timeout=120, interval=1, what="targets over six strategies")
+    eventually(lambda: in_paper(isolated) == {sid(n) for n in range(6)}, timeout=60, what="the candidates in paper")
+    publish_transitions(isolated, "strategies.lifecycle", TRANSITIONED, [moved(0, "PAPER", "LIVE", 10)])
     produce(
         isolated,
         "positions",
