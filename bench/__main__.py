@@ -11,6 +11,7 @@ from bench import (
     pipeline,
     polygon_live,
     portfolio,
+    replay,
     risk,
     risk_latency,
     sessions,
@@ -18,6 +19,7 @@ from bench import (
 )
 
 pipeline.main()
+replay.main([])
 agents.main()
 correlation.main()
 patterns.main([])

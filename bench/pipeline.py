@@ -158,28 +158,38 @@ def spawn_worker(settings: Settings, log: IO[bytes]) -> subprocess.Popen[bytes]:
     )
 
 
+def projection_run(
+    process: subprocess.Popen[bytes], log_name: str, dsn: str, expected: int, name: str
+) -> tuple[Figure, float]:
+    """From the first bar ``process`` projects into ``dsn`` until the last: the figure, and when the first came."""
+    first_count, first_at = 0, 0.0
+    deadline = time.monotonic() + 600
+    count = 0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name}: the process exited with {process.returncode}; see {log_name}")
+        count = asyncio.run(_count_bars(dsn))
+        now = time.perf_counter()
+        if count and not first_count:
+            first_count, first_at = count, now
+        if count >= expected:
+            return Figure(name, count - first_count, now - first_at), first_at
+        time.sleep(0.05)
+    raise TimeoutError(f"{name}: {count} of {expected} bars projected in 600 s")
+
+
 def worker_run(settings: Settings, expected: int, tag: str) -> tuple[Figure, Figure]:
     """From the worker's first projected bar: until the last is projected (decoded, written, offsets committed in
     the same transaction), and until the analytics runner has committed the whole topic (its group is the app id)."""
     dsn = fresh_database(settings, f"bench_{tag}")
     log = open(REPO / ".tidemark" / f"bench-worker-{tag}.log", "wb")  # noqa: SIM115
     worker = spawn_worker(settings.model_copy(update={"app_id": f"bench-{tag}", "postgres_dsn": dsn}), log)
+    deadline = time.monotonic() + 600
     try:
-        first_count, first_at = 0, 0.0
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}; see {log.name}")
-            count = asyncio.run(_count_bars(dsn))
-            now = time.perf_counter()
-            if count and not first_count:
-                first_count, first_at = count, now
-            if count >= expected:
-                projected = Figure("tidemark worker: bars decoded and projected", count - first_count, now - first_at)
-                break
-            time.sleep(0.05)
-        else:
-            raise TimeoutError(f"the worker projected {count} of {expected} bars in 600 s")
+        projected, first_at = projection_run(
+            worker, log.name, dsn, expected, "tidemark worker: bars decoded and projected"
+        )
+        first_count = expected - projected.count
         bars_topic = [settings.topic("md.bars.1m")]
         while consumer_lag(settings.kafka.bootstrap, f"bench-{tag}", bars_topic) > 0:
             if time.monotonic() > deadline:

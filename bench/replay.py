@@ -12,10 +12,9 @@ import argparse
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 
-from bench.pipeline import REPO, Figure, _count_bars, drop_database, fresh_database, market
+from bench.pipeline import REPO, Figure, drop_database, fresh_database, market, projection_run
 from connectors.publisher import BarPublisher
 from core.settings import get_settings
 from projections.replay import DEFAULT_REDIS_DB, Rebuild, Target, prepare_target, redis_database, schema_dsn
@@ -28,19 +27,7 @@ def sink_run(dsn: str, settings_env: dict[str, str], expected: int, tag: str) ->
         [sys.executable, "-m", "projections.sink"], env=settings_env, stdout=log, stderr=log, cwd=REPO
     )
     try:
-        first_count, first_at = 0, 0.0
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if sink.poll() is not None:
-                raise RuntimeError(f"the sink exited with {sink.returncode}; see {log.name}")
-            count = asyncio.run(_count_bars(dsn))
-            now = time.perf_counter()
-            if count and not first_count:
-                first_count, first_at = count, now
-            if count >= expected:
-                return Figure("live projection sink (alone)", count - first_count, now - first_at)
-            time.sleep(0.05)
-        raise TimeoutError(f"the sink projected {count} of {expected} bars in 600 s")
+        return projection_run(sink, log.name, dsn, expected, "live projection sink (alone)")[0]
     finally:
         sink.terminate()
         sink.wait(timeout=60)
@@ -49,7 +36,7 @@ def sink_run(dsn: str, settings_env: dict[str, str], expected: int, tag: str) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--symbols", type=int, default=1000)
+    parser.add_argument("--symbols", type=int, default=2510)
     parser.add_argument("--minutes", type=int, default=1000)
     args = parser.parse_args(argv)
     base = get_settings()

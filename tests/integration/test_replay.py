@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.publisher import BarPublisher
-from connectors.synthetic.market import build_universe, generate_bars
 from core.settings import Settings
 from tests.integration.kafka_tools import worker_caught_up
-from tests.integration.test_pipeline import SEED, START, count, fetch
+from tests.integration.test_crash_recovery import publish_minutes
+from tests.integration.test_pipeline import count, fetch
 from tests.services import eventually
 
 pytestmark = pytest.mark.integration
@@ -28,14 +27,7 @@ SYMBOLS, FIRST, LAST = 100, 60, 120  # minutes [0, 60) then [60, 120)
 
 
 def _publish(settings: Settings, first: int, last: int) -> int:
-    universe = build_universe(n_symbols=SYMBOLS, seed=SEED, start=START, days=1)
-    publisher = BarPublisher(settings.kafka.bootstrap, settings.topic("md.bars.1m"), source="synthetic")
-    published = 0
-    for bars in generate_bars(universe, start=START, minutes=last, seed=SEED, skip_minutes=first):
-        publisher.publish(bars)
-        published += len(bars)
-    publisher.flush()
-    return published
+    return publish_minutes(settings, first, last, symbols=SYMBOLS)
 
 
 def _last_timestamp_ms(settings: Settings) -> int:
