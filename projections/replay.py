@@ -151,14 +151,15 @@ def plan_replay(
     from_ms: int | None = None,
     to_ms: int | None = None,
     live_ends: dict[tuple[str, str, int], int] | None = None,
-) -> tuple[Plan, int]:
-    """The range of every partition of the routed topics, and how many records were deleted by retention before it.
+) -> tuple[Plan, dict[str, int]]:
+    """The range of every partition of the routed topics, and per topic the records retention deleted before it.
 
     ``live_ends`` (projection, topic, partition) → next offset bounds each projection to what the live one applied;
     otherwise every projection runs to ``to_ms`` or to the end of the log (the last stable offset: read_committed).
+    A verification needs every record the live projections applied: a log that lacks some is an error.
     """
     plan: Plan = {}
-    truncated = 0
+    truncated: dict[str, int] = {}
     missing: list[str] = []
     for topic, topic_routes in routes.items():
         metadata = consumer.list_topics(topic, timeout=30).topics[topic]
@@ -170,8 +171,8 @@ def plan_replay(
         for partition in partitions:
             low, high = watermarks(consumer, TopicPartition(topic, partition))
             start = max(low, starts.get(partition, low))
-            if from_ms is None:
-                truncated += low
+            if from_ms is None and low > 0:
+                truncated[topic] = truncated.get(topic, 0) + low
             if live_ends is not None:
                 ends = {r.projection: live_ends.get((r.projection, topic, partition), 0) for r in topic_routes}
                 if max(ends.values()) > high:
@@ -180,9 +181,12 @@ def plan_replay(
                 stop = stops.get(partition, high)
                 ends = {r.projection: stop for r in topic_routes}
             plan[(topic, partition)] = PartitionPlan(start, ends)
+    if live_ends is not None and truncated:
+        missing += [f"{topic}: retention deleted its first {count:,} record(s)" for topic, count in truncated.items()]
     if missing:
         raise ReplayError(
-            "the live projections applied records the log no longer holds (were the topics deleted or recreated?): "
+            "the live projections applied records the log no longer holds (topics deleted or recreated, or past "
+            "their retention), so a rebuild cannot be compared with them: "
             + "; ".join(missing[:5])
             + (f"; and {len(missing) - 5} more partition(s)" if len(missing) > 5 else "")
         )
@@ -194,10 +198,12 @@ def plan_replay(
 
 @dataclass
 class Outcome:
-    """What a rebuild did: records read and applied per projection, dead letters seen again, the time it took."""
+    """What a rebuild did: records read and applied per projection, dead letters seen again, records retention had
+    deleted before its range (per topic), the time it took."""
 
     read: int = 0
     applied: dict[str, int] = field(default_factory=dict)
+    truncated: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -265,7 +271,9 @@ class Rebuild:
         try:
             await _clear_cache(redis_client)
             routes = self.routes(pool, RedisProjection(redis_client))
-            plan, _ = await asyncio.to_thread(plan_replay, consumer, routes, from_ms, to_ms, live_ends)
+            plan, self.outcome.truncated = await asyncio.to_thread(
+                plan_replay, consumer, routes, from_ms, to_ms, live_ends
+            )
             report = progress(plan) if progress else None
             await self._consume(consumer, routes, plan, report)
         finally:

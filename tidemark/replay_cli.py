@@ -181,6 +181,11 @@ def _report_rebuild(outcome: Outcome, target: Target, as_json: bool, verifying: 
         f"Rebuilt {sum(outcome.applied.values()):,} projection writes from {outcome.read:,} records into "
         f"{target.label} in {outcome.seconds:.1f} s ({outcome.rate:,.0f} records/s)."
     )
+    if outcome.truncated:
+        deleted = ", ".join(f"{topic} {count:,}" for topic, count in sorted(outcome.truncated.items()))
+        console.print(
+            f"[yellow]Retention had deleted the first records of some topics, not rebuilt:[/yellow] {deleted}."
+        )
     if outcome.dead_letters:
         letters = ", ".join(f"{name} {count}" for name, count in sorted(outcome.dead_letters.items()))
         console.print(f"Records the live sink dead-lettered, skipped again (not re-sent): {letters}.")
@@ -194,6 +199,7 @@ def _outcome_json(outcome: Outcome, target: Target) -> dict[str, Any]:
         "records_per_s": round(outcome.rate),
         "applied": outcome.applied,
         "dead_letters": outcome.dead_letters,
+        "deleted_by_retention": outcome.truncated,
     }
 
 
