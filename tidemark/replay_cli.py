@@ -63,8 +63,9 @@ def replay_command(
         None,
         "--processors",
         help="instead of the projections: re-run these processors (comma-separated: "
-        f"{', '.join(PROCESSOR_NAMES)}) from copies of their source topics under a topic prefix of their own, and "
-        "compare their events with the live ones by id and payload (exit 1 on any difference)",
+        f"{', '.join(PROCESSOR_NAMES)}) under a topic prefix of their own, from copies of their inputs (the source "
+        "topics; for portfolio and risk, their merged inputs log), and compare their events with the live ones by "
+        "id and payload (exit 1 on any difference)",
     ),
     prefix: str = typer.Option(None, "--prefix", help="with --processors: the re-run's topic prefix"),
     timeout: float = typer.Option(900, "--timeout", help="with --processors: seconds to wait for the re-run"),

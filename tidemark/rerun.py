@@ -32,8 +32,9 @@ to it, carrying its wall-clock time as data). So they re-run from a byte-for-byt
 re-run app's own (created first, with the one partition Faust gives it), without their forwarders and timer
 (``install(..., forward=False)``), and no source topic is copied for them: their outputs are compared as the
 others'. The copy ends at the live agents' committed offset: what the live agent consumed (a graceful stop commits
-all it answered; a refresh appended as it stopped was never answered). Re-run from the source topics instead, they would merge them in another order and measure other books at
-other times. On the demo's data every processor re-runs identically."""
+all it answered; a refresh appended as it stopped was never answered). Re-run from the source topics instead, they
+would merge them in another order and measure other books at other times. On the demo's data every processor
+re-runs identically."""
 
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ class Processor:
     """The inputs its Faust agents read (their consumer group's topics)."""
     log: Callable[[Settings], str] | None = None
     """The full name, under given settings, of its agent's input log (an internal topic of one partition that the
-    live forwarders filled): copied whole from the live run's into the re-run's, the agent re-run without forwarders."""
+    live forwarders filled): copied from the live run's into the re-run's as far as the live agents consumed it, and
+    the agent re-run without forwarders, on that log alone."""
 
 
 @cache
@@ -170,15 +172,16 @@ def catalogue() -> dict[str, Processor]:
 PROCESSOR_NAMES = ("analytics", "lifecycle", "portfolio", "risk")
 """The names ``rerun_processors`` takes (``catalogue()`` has the details)."""
 
+_LOG_CAVEAT = (
+    "which decides its outputs. Events missing from the re-run may answer inputs the live agent had not committed when "
+    "the log was copied (a live run still running, or killed); any other difference is a nondeterminism in the "
+    "agent itself."
+)
 CAVEATS = {
     "portfolio": "the portfolio agent re-ran from a copy of its live input log (the forwarders' merge of candidates, "
-    "transitions, performance and account reports, and the timer's refreshes), which decides its outputs: events "
-    "missing from the re-run may come after the log was copied (a live run still running), and a difference "
-    "otherwise is a nondeterminism in the agent itself.",
+    "transitions, performance and account reports, and the timer's refreshes), " + _LOG_CAVEAT,
     "risk": "the risk agent re-ran from a copy of its live input log (the forwarders' merge of positions, daily and "
-    "minute bars, account reports, performance, transitions and the kill switch's answers), which decides its "
-    "outputs: events missing from the re-run may come after the log was copied (a live run still running), and a "
-    "difference otherwise is a nondeterminism in the monitor itself.",
+    "minute bars, account reports, performance, transitions and the kill switch's answers), " + _LOG_CAVEAT,
 }
 """What a difference in a processor's re-run can mean, when it differs."""
 

@@ -80,6 +80,8 @@ class RiskBook:
     strategy_drawdowns: dict[str, float] = field(default_factory=dict)
     live: dict[str, int] = field(default_factory=dict)
     """Live strategies and their lifecycle version (what a demotion command must expect)."""
+    versions: dict[str, int] = field(default_factory=dict)
+    """The newest lifecycle version seen per strategy: an older transition arriving late changes nothing."""
     demoted: list[str] = field(default_factory=list)
     """``<strategy>@<version>`` already sent back to Paper: one command per version."""
     halted: bool = False
@@ -188,10 +190,14 @@ def decide(
         held = record["strategy_id"] in book.holdings
         return _measure(book, record, policy, histories, models) if held else []
     if kind == "lifecycle":
+        sid, version = record["strategy_id"], int(record["version"])
+        if version <= book.versions.get(sid, 0):
+            return []
+        book.versions[sid] = version
         if record["to_state"] == "LIVE":
-            book.live[record["strategy_id"]] = int(record["version"])
+            book.live[sid] = version
         else:
-            book.live.pop(record["strategy_id"], None)
+            book.live.pop(sid, None)
         return []
     if kind in ("halted", "resumed"):
         book.halted = kind == "halted"

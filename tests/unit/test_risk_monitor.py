@@ -637,6 +637,7 @@ def test_a_breach_of_a_live_strategy_sends_it_back_to_paper_once_per_version() -
         pytest.param([("PAPER", 2)], POLICY, id="paper"),
         pytest.param([("LIVE", 2), ("RETIRED", 3)], POLICY, id="live-then-retired"),
         pytest.param([("LIVE", 2)], _with(demote_on_breach=False), id="live-without-demote-on-breach"),
+        pytest.param([("PAPER", 5), ("LIVE", 4)], POLICY, id="a-late-live-after-a-newer-paper"),
     ],
 )
 def test_a_strategy_breach_demotes_nothing_unless_live_and_so_set(
@@ -646,6 +647,15 @@ def test_a_strategy_breach_demotes_nothing_unless_live_and_so_set(
     for i, (state, version) in enumerate(states):
         monitor(lifecycle("s1", state, version, NOW + i))
     assert kinds(monitor(position("s1", "AAA", "400", NOW + SECOND))) == ["RiskMeasured", "AlertRaised"]
+
+
+def test_a_late_older_transition_leaves_a_live_strategy_live() -> None:
+    monitor = ready()
+    monitor(lifecycle("s1", "LIVE", 4, NOW))
+    monitor(lifecycle("s1", "PAPER", 2, NOW + 1))  # redelivered or late: version 4 already decided
+    events = monitor(position("s1", "AAA", "400", NOW + SECOND))
+    assert kinds(events) == ["RiskMeasured", "AlertRaised", "TransitionStrategy"]
+    assert events[2][3]["expected_version"] == 4
 
 
 def test_a_live_strategys_own_drawdown_breach_demotes_it() -> None:
