@@ -34,18 +34,9 @@ from tests.integration.test_risk import DAY, HISTORY
 from tests.integration.test_risk import daily_bars as risk_bars
 from tests.integration.test_strategy_runner import RUNNER, SID, daily_bars, published, the_candidate
 from tests.services import eventually
-from tidemark.rerun import print_report, rerun_processors
+from tidemark.rerun import catalogue, print_report, rerun_processors
 
 pytestmark = pytest.mark.integration
-
-ANALYTICS_TOPICS = (
-    "analytics.stats",
-    "analytics.correlations",
-    "analytics.currency_strength",
-    "analytics.sector_rotation",
-    "signals.patterns",
-    "alerts",
-)
 
 
 def topics_named(settings: Settings, prefix: str) -> list[str]:
@@ -95,7 +86,7 @@ def test_the_analytics_rerun_publishes_the_same_events(
     assert [(c.topic, c.left_out) for c in report.copied] == [("md.bars.1m", 0)] and report.copied[0].copied > 0
     (analytics,) = report.processors
     topics = {t.topic: t for t in analytics.topics}
-    for name in ANALYTICS_TOPICS:
+    for name in catalogue()["analytics"].outputs:
         assert topics[name].live > 0, f"the live run should have published {name}"
     assert report.ok, shown.getvalue()
     assert all(t.identical == t.live == t.rerun for t in analytics.topics)
