@@ -25,6 +25,16 @@ from schemas.codec import DecodeError, get_registry
 
 log = logging.getLogger("tidemark.agents")
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+# An agent's merged input log (one partition, one order) is kept as long as the topics it merges: it is what a re-run
+# of the agent replays (`tidemark replay --processors`), the only record of the order the forwarders merged them in.
+INPUT_LOG_CONFIG = {"retention.ms": "-1"}
+
+
+def input_log(app: faust.App, name: str) -> faust.TopicT:
+    """An agent's input log: one partition, internal, kept forever (``INPUT_LOG_CONFIG``)."""
+    return app.topic(name, partitions=1, internal=True, config=INPUT_LOG_CONFIG, **RAW)
+
+
 """Topic options of every agent's topics: bytes in and out, the registry encodes and decodes."""
 
 

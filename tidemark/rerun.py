@@ -751,14 +751,17 @@ def _copy_inputs(
 
 
 def _create_log(rerun: Settings, name: str) -> None:
-    """An agent's input log as Faust makes it (``streams.agents.create_app``: one partition, replication 1, the
-    broker's defaults), made before the agent starts, so the agent finds it whole; Faust leaves a topic that exists
+    """An agent's input log as Faust makes it (``streams.agents.input_log``: one partition, replication 1, kept
+    forever), made before the agent starts, so the agent finds it whole; Faust leaves a topic that exists
     alone. It is new: nothing under the re-run's prefix existed (``_check_prefix``)."""
+    from streams.agents import INPUT_LOG_CONFIG
+
     admin = AdminClient({"bootstrap.servers": rerun.kafka.bootstrap})
+    log = NewTopic(name, num_partitions=1, replication_factor=1, config=INPUT_LOG_CONFIG)
 
     def create() -> None:
         try:
-            admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result()
+            admin.create_topics([log])[name].result()
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # made by an attempt that seemed to fail
                 raise

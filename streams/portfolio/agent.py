@@ -43,7 +43,7 @@ import numpy as np
 from core.events import alert_record, common_fields, deterministic_event_id, now_ns
 from core.sessions import Market, is_open
 from core.settings import Settings
-from streams.agents import RAW, Event, agents_app_id, answer_once, install_forwarders
+from streams.agents import RAW, Event, agents_app_id, answer_once, input_log, install_forwarders
 from streams.portfolio.book import (
     Book,
     Targets,
@@ -334,7 +334,7 @@ def install(app: faust.App, settings: Settings, *, forward: bool = True) -> None
     every_s = settings.portfolio.refresh_every_s
     market_hours_only = settings.portfolio.market_hours_only
     pause_after = settings.portfolio.pause_after_targets
-    inputs = app.topic(inputs_topic_name(settings), partitions=1, internal=True, **RAW)
+    inputs = input_log(app, inputs_topic_name(settings))
 
     @app.task
     async def prepare_optimiser() -> None:

@@ -25,7 +25,16 @@ import faust
 from threadpoolctl import threadpool_limits
 
 from core.settings import Settings
-from streams.agents import RAW, Answered, Event, agents_app_id, answer_batch, answer_once, install_forwarders
+from streams.agents import (
+    RAW,
+    Answered,
+    Event,
+    agents_app_id,
+    answer_batch,
+    answer_once,
+    input_log,
+    install_forwarders,
+)
 from streams.risk.history import History
 from streams.risk.limits import Limits, limits_from
 from streams.risk.monitor import Models, Policy, RiskBook, compact, decide, held_symbols
@@ -119,7 +128,7 @@ def install(app: faust.App, settings: Settings, *, forward: bool = True) -> None
     filled by someone else (a re-run's copy of the live one)."""
     policy = policy_of(settings)
     account = policy.account
-    inputs = app.topic(inputs_topic_name(settings), partitions=1, internal=True, **RAW)
+    inputs = input_log(app, inputs_topic_name(settings))
     outputs = {
         name: app.topic(settings.topic(name), **RAW)
         for name in ("risk.metrics", "risk.controls", "strategies.commands", "alerts")

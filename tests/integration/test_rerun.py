@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, ConfigResource
 from rich.console import Console
 
 from core.events import common_fields, deterministic_event_id
@@ -223,6 +224,10 @@ def test_the_portfolio_and_risk_reruns_publish_the_same_events_from_their_input_
         if o < logs[portfolio_inputs(isolated)].copied and json.loads(v)["kind"] == "refresh"
     ]
     assert len(refreshes) >= 3
+    admin = AdminClient({"bootstrap.servers": isolated.kafka.bootstrap})
+    for log in logs:  # what a re-run replays is kept as long as the topics it merges
+        (described,) = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, log)]).values()
+        assert described.result()["retention.ms"].value == "-1", log
     counts = {(p.name, t.topic): t.live for p in report.processors for t in p.topics}
     assert counts[("portfolio", "portfolio.targets")] >= 1 and counts[("portfolio", "analytics.correlations")] >= 3
     assert counts[("risk", "risk.metrics")] >= 4 and counts[("risk", "risk.controls")] >= 1
