@@ -35,7 +35,7 @@ from tests.integration.test_risk import DAY, HISTORY
 from tests.integration.test_risk import daily_bars as risk_bars
 from tests.integration.test_strategy_runner import RUNNER, SID, daily_bars, published, the_candidate
 from tests.services import eventually
-from tidemark.rerun import catalogue, print_report, rerun_processors
+from tidemark.rerun import RerunReport, catalogue, print_report, rerun_processors
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,16 @@ def live_analytics(settings: Settings, log: Path) -> None:
             runner.wait(timeout=60)
 
 
+def rerun(settings: Settings, processors: list[str], log_dir: Path) -> tuple[RerunReport, str]:
+    """The re-run and its printed report (shown with -s, with the steps it was told)."""
+    said: list[str] = []
+    report = rerun_processors(settings, processors, None, 240, said.append, log_dir=log_dir)
+    shown = io.StringIO()
+    print_report(report, Console(file=shown, width=200), as_json=False)
+    print("\n".join(said), shown.getvalue(), sep="\n")
+    return report, shown.getvalue()
+
+
 def test_the_analytics_rerun_publishes_the_same_events(
     isolated: Settings, run_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -76,22 +86,18 @@ def test_the_analytics_rerun_publishes_the_same_events(
     run_cli(*synthetic_args(minutes=960))
     live_analytics(isolated, tmp_path / "live-runner.log")
 
-    said: list[str] = []
-    report = rerun_processors(isolated, ["analytics"], None, 240, said.append, log_dir=tmp_path)
-    shown = io.StringIO()
-    print_report(report, Console(file=shown, width=200), as_json=False)
-    print("\n".join(said), shown.getvalue(), sep="\n")  # shown with -s
+    report, shown = rerun(isolated, ["analytics"], tmp_path)
 
-    assert report.finished, shown.getvalue()
+    assert report.finished, shown
     assert report.prefix.startswith("rerun-") and report.prefix.endswith(isolated.topic_prefix)
     assert [(c.topic, c.left_out) for c in report.copied] == [("md.bars.1m", 0)] and report.copied[0].copied > 0
     (analytics,) = report.processors
     topics = {t.topic: t for t in analytics.topics}
     for name in catalogue()["analytics"].outputs:
         assert topics[name].live > 0, f"the live run should have published {name}"
-    assert report.ok, shown.getvalue()
+    assert report.ok, shown
     assert all(t.identical == t.live == t.rerun for t in analytics.topics)
-    assert "identical: every event id and payload" in shown.getvalue()
+    assert "identical: every event id and payload" in shown
     assert [run.returncode for run in report.runs] == [0]  # SIGTERM: committed what it held, exited cleanly
     assert topics_named(isolated, report.prefix) == []  # the re-run cleans up after itself
 
@@ -113,20 +119,16 @@ def test_the_lifecycle_rerun_publishes_the_same_events(
         process.terminate()
         process.wait(timeout=60)
 
-    said: list[str] = []
-    report = rerun_processors(settings, ["lifecycle"], None, 240, said.append, log_dir=tmp_path)
-    shown = io.StringIO()
-    print_report(report, Console(file=shown, width=200), as_json=False)
-    print("\n".join(said), shown.getvalue(), sep="\n")  # shown with -s
+    report, shown = rerun(settings, ["lifecycle"], tmp_path)
 
-    assert report.finished, shown.getvalue()
+    assert report.finished, shown
     copied = {c.topic: (c.copied, c.left_out) for c in report.copied}
     assert copied["strategies.candidates"] == (1, 0) and copied["md.bars.1d"] == (360, 0)
     assert copied["strategies.commands"] == (0, 5)  # 3 for the candidate, the promotion and the retirement
     (result,) = report.processors
     counts = {t.topic: t.live for t in result.topics}
     assert counts == {"strategies.commands": 5, "strategies.lifecycle": 5, "alerts": 5, "strategies.performance": 30}
-    assert report.ok, shown.getvalue()
+    assert report.ok, shown
     assert sorted(run.name for run in report.runs) == ["agents", "strategy-runner"]
     assert topics_named(isolated, report.prefix) == []
 
@@ -209,13 +211,9 @@ def test_the_portfolio_and_risk_reruns_publish_the_same_events_from_their_input_
     agents.terminate()
     agents.wait(timeout=60)
 
-    said: list[str] = []
-    report = rerun_processors(settings, ["portfolio", "risk"], None, 240, said.append, log_dir=tmp_path)
-    shown = io.StringIO()
-    print_report(report, Console(file=shown, width=200), as_json=False)
-    print("\n".join(said), shown.getvalue(), sep="\n")  # shown with -s
+    report, shown = rerun(settings, ["portfolio", "risk"], tmp_path)
 
-    assert report.finished, shown.getvalue()
+    assert report.finished, shown
     logs = {c.topic: c for c in report.copied}
     assert sorted(logs) == sorted([portfolio_inputs(isolated), risk_inputs(isolated)])  # no source topic copied
     refreshes = [
@@ -232,7 +230,7 @@ def test_the_portfolio_and_risk_reruns_publish_the_same_events_from_their_input_
     assert counts[("portfolio", "portfolio.targets")] >= 1 and counts[("portfolio", "analytics.correlations")] >= 3
     assert counts[("risk", "risk.metrics")] >= 4 and counts[("risk", "risk.controls")] >= 1
     assert counts[("risk", "strategies.commands")] >= 1 and counts[("risk", "alerts")] >= 2
-    assert report.ok, shown.getvalue()
+    assert report.ok, shown
     assert all(t.identical == t.live == t.rerun for p in report.processors for t in p.topics)
     assert [run.returncode for run in report.runs] == [0]
     assert topics_named(isolated, report.prefix) == []
