@@ -30,7 +30,7 @@ from core.kafka import consume_batch, watermarks
 from core.settings import Settings
 from projections.migrations import apply_migrations
 from projections.redis_store import KEY_PREFIX, RedisProjection
-from projections.sink import Route, projection_routes
+from projections.sink import Route, projection_reader_config, projection_routes
 
 log = logging.getLogger("tidemark.replay")
 
@@ -229,17 +229,8 @@ class Rebuild:
         self.outcome = Outcome()
 
     def consumer(self) -> Consumer:
-        return Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka.bootstrap,
-                "group.id": f"{self.settings.app_id}-replay",  # never subscribed or committed: partitions are assigned
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 8 * 1024 * 1024,
-            }
-        )
+        # Never subscribed or committed: the plan assigns the partitions and their offsets.
+        return Consumer(projection_reader_config(self.settings, f"{self.settings.app_id}-replay"))
 
     async def _dead_letter(
         self, records: Sequence[Consumed], failures: Sequence[tuple[int, str]], processor: str, error_type: str

@@ -83,7 +83,7 @@ from schemas.codec import DecodeError, get_registry
 from schemas.fastbars import decode_bars
 
 log = logging.getLogger("tidemark.projections")
-# Every topic the sink projects (catalogue names): what anyone waiting for the projections to catch up watches.
+# Every topic the sink projects into tables of its own (catalogue names).
 PROJECTED_TOPICS = (
     "md.bars.1m",
     "md.bars.1d",
@@ -102,6 +102,24 @@ PROJECTED_TOPICS = (
     *EXECUTION_TOPICS,
     *RISK_TOPICS,
 )
+SINK_TOPICS = tuple(dict.fromkeys((*PROJECTED_TOPICS, *INDEXED_TOPICS)))
+"""Every topic the sink reads (catalogue names): the projected ones and those only the causation index reads. What
+anyone waiting for the sink to catch up, or showing its lag, watches."""
+
+
+def projection_reader_config(settings: Settings, group: str) -> dict[str, Any]:
+    """What the live sink and a rebuild both read with: committed records only (the analytics runner's outputs are
+    transactional), end-of-partition events (they carry the offset after a commit marker, see ``_skip_markers``) and
+    large fetches (a backlog is read in 20k-record batches)."""
+    return {
+        "bootstrap.servers": settings.kafka.bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+    }
 
 
 @dataclass(frozen=True)
@@ -252,20 +270,12 @@ class ProjectionSink:
         self.metrics = ProcessMetrics("projections", settings.operations.liveness_after_s)
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka.bootstrap,
-                "group.id": f"{settings.app_id}-projections",
-                "enable.auto.commit": False,
+                **projection_reader_config(settings, f"{settings.app_id}-projections"),
                 "auto.offset.reset": "earliest",
-                # The analytics runner's outputs are transactional: only committed ones are projected.
-                "isolation.level": "read_committed",
-                # End-of-partition events carry the offset after a transaction's commit marker (see _skip_markers).
-                "enable.partition.eof": True,
                 # A restarted sink (or one whose broker was away) rejoins as a new member, and the broker holds the
                 # join until the old member's session expires: 10 s, not the default 45 s, bounds that wait.
                 # Heartbeats come from librdkafka's own thread, so a long batch never costs the session.
                 "session.timeout.ms": 10_000,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 8 * 1024 * 1024,
                 "statistics.interval.ms": STATISTICS_INTERVAL_MS,
                 "stats_cb": self.metrics.on_statistics,
             }

@@ -26,7 +26,7 @@ from core.kafka import consumer_lag, message_count
 from core.settings import DEFAULT_UNIVERSE, DEMO_DATABASE, Context, Settings, get_settings
 from projections import read
 from projections.migrations import apply_migrations
-from projections.sink import PROJECTED_TOPICS
+from projections.sink import SINK_TOPICS
 from streams.agents import agents_app_id
 from streams.lifecycle.performance import due
 from tidemark.topics import delete_prefixed_topics
@@ -82,7 +82,7 @@ def _wait_for_worker(settings: Settings, expected: int, worker: subprocess.Popen
         task = progress.add_task("project", total=expected)
         deadline = time.monotonic() + timeout
         analytics_topics = [settings.topic("md.bars.1m")]
-        sink_topics = [settings.topic(name) for name in PROJECTED_TOPICS]
+        sink_topics = [settings.topic(name) for name in SINK_TOPICS]
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise typer.Exit(f"the worker exited with code {worker.returncode}; see {_worker_log(settings)}")

@@ -336,7 +336,7 @@ def gather(settings: Settings, timeout: float = REQUEST_TIMEOUT_S) -> Facts:
 def _gather_kafka(settings: Settings, timeout: float, errors: list[str]) -> dict[str, Any]:
     from confluent_kafka.admin import AdminClient
 
-    from projections.sink import PROJECTED_TOPICS
+    from projections.sink import SINK_TOPICS
     from schemas.catalogue import CATALOGUE
 
     found: dict[str, Any] = {}
@@ -354,7 +354,7 @@ def _gather_kafka(settings: Settings, timeout: float, errors: list[str]) -> dict
     found["missing_topics"] = [t for t in catalogue if t not in existing]
     declared = {
         RUNNER: [settings.topic(RUNNER_INPUT)],
-        SINK: [settings.topic(name) for name in PROJECTED_TOPICS],
+        SINK: [settings.topic(name) for name in SINK_TOPICS],
         OTHER: catalogue,
     }
     groups = []

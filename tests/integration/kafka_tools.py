@@ -9,7 +9,7 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from core.kafka import consumer_lag, range_reader, read_range
 from core.settings import Settings
-from projections.sink import PROJECTED_TOPICS
+from projections.sink import SINK_TOPICS
 
 
 def read_all(
@@ -49,7 +49,7 @@ def worker_caught_up(settings: Settings) -> bool:
     if consumer_lag(settings.kafka.bootstrap, settings.app_id, [settings.topic("md.bars.1m")]):
         return False
     applied = asyncio.run(_applied_offsets(settings.postgres_dsn))
-    for name in PROJECTED_TOPICS:
+    for name in SINK_TOPICS:
         topic = settings.topic(name)
         positions = {partition: offset for (t, partition), offset in applied.items() if t == topic}
         if records_from(settings.kafka.bootstrap, topic, positions):

@@ -33,7 +33,7 @@ from connectors.synthetic.market import build_universe, generate_bars
 from core.kafka import consumer_lag, message_count, partition_for_key
 from core.settings import Settings
 from core.supervision import EXIT_FENCED
-from projections.sink import PROJECTED_TOPICS
+from projections.sink import SINK_TOPICS
 from schemas.catalogue import topic_spec
 from schemas.codec import get_registry
 from schemas.fastbars import decode_bars
@@ -405,7 +405,7 @@ def test_rerun_after_a_run_that_never_reached_some_partitions_publishes_every_ba
 
 
 def _projections_lag(settings: Settings) -> int:
-    topics = [settings.topic(name) for name in PROJECTED_TOPICS]
+    topics = [settings.topic(name) for name in SINK_TOPICS]
     return consumer_lag(settings.kafka.bootstrap, f"{settings.app_id}-projections", topics)
 
 
@@ -434,7 +434,7 @@ def test_sink_killed_between_its_database_and_kafka_commits_shows_no_lag_once_re
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0
     # The state the kill leaves: every row and its offset in PostgreSQL, none of the Kafka commits.
-    topics = [isolated.topic(name) for name in PROJECTED_TOPICS]
+    topics = [isolated.topic(name) for name in SINK_TOPICS]
     _rewind_group(isolated, f"{isolated.app_id}-projections", topics)
     assert _projections_lag(isolated) >= published
 
