@@ -41,7 +41,7 @@ def records_from(bootstrap: str, topic: str, positions: dict[int, int], timeout:
 
 def worker_caught_up(settings: Settings) -> bool:
     """Everything in the topics has reached PostgreSQL through the worker: the analytics runner has committed every
-    bar (its offsets commit with its outputs), then every committed record of each projected topic lies before the
+    bar (its offsets commit with its outputs), then every committed record of each topic the sink reads lies before the
     offsets the projections stored with their rows. Exact, where Kafka's record of the sink's offsets is only
     bookkeeping (committed after the rows, and not at all for records a restarted sink finds already applied).
     Redis is written after each PostgreSQL commit, so this says nothing about Redis. Dead-lettered records never
