@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 broker_app = typer.Typer(help="The broker connector (Alpaca, or the simulated broker).", no_args_is_help=True)
 rebalance_app = typer.Typer(help="Rebalances: what the targets ask for, and sending it.", no_args_is_help=True)
@@ -144,6 +144,13 @@ def rebalance_approve(
         typer.echo(f"approved {found['rebalance_id']}: {len(found['orders'])} orders")
     else:
         typer.echo(f"{found['rebalance_id']} was approved before ({found['approved_by']}): following its orders")
+    floor_s = _rate_limit_floor_s(settings, found["broker"], len(found["orders"]))
+    if floor_s:
+        typer.echo(
+            f"the {found['broker']} broker allows {settings.broker.rate_limit_per_min} requests/min "
+            f"(TIDEMARK_BROKER_RATE_LIMIT_PER_MIN): {len(found['orders'])} orders take at least {floor_s:.1f} s to "
+            "place, a pace the rate limit sets, not Tidemark"
+        )
     if not wait or not found["orders"]:
         return
     started = time.monotonic()
@@ -164,6 +171,8 @@ def rebalance_approve(
                 when = "already (before this command looked)"
             else:
                 when = f"within {time.monotonic() - started:.1f} s{'' if approved_before else ' of the approval'}"
+                if floor_s:
+                    when += f" (the rate limit's floor: {floor_s:.1f} s)"
             typer.echo(f"all {expected} orders final {when}: see `tidemark positions`")
             return
         looks += 1
@@ -173,6 +182,14 @@ def rebalance_approve(
         "and has the next bar arrived (the simulated broker fills at the next bar)? `tidemark orders` shows them"
     )
     raise typer.Exit(1)
+
+
+def _rate_limit_floor_s(settings: Settings, broker: str, orders: int) -> float:
+    """The least time a paced broker takes to accept ``orders`` (one request each), or 0 for one that is not paced:
+    said up front, so a slow approval reads as the broker's limit rather than a stuck Tidemark."""
+    if broker != "alpaca" or orders <= 1:
+        return 0.0
+    return orders * 60 / settings.broker.rate_limit_per_min
 
 
 def _held_back(account: str, rebalance_id: str) -> bool:

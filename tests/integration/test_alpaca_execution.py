@@ -121,6 +121,12 @@ def propose(
 def approve(run_cli: Callable[..., Any], settings: Settings, proposed: dict[str, Any]) -> None:
     approved = run_cli("rebalance", "approve", proposed["rebalance_id"], "--wait", "0", settings=settings)
     assert f"approved {proposed['rebalance_id']}: 2 orders" in approved.stdout
+    # Alpaca is paced: the command says up front what the rate limit alone will take.
+    rate = settings.broker.rate_limit_per_min
+    floor = (
+        f"allows {rate} requests/min (TIDEMARK_BROKER_RATE_LIMIT_PER_MIN): 2 orders take at least {120 / rate:.1f} s"
+    )
+    assert floor in " ".join(approved.stdout.split())
 
 
 def settled(run_cli: Callable[..., Any], settings: Settings, fake: FakeAlpaca) -> dict[tuple[str, str], Decimal]:
