@@ -128,7 +128,14 @@ def compact(kind: str, record: Mapping[str, Any]) -> dict[str, Any] | None:
         if interval not in ("1d", "1m"):
             return None
         kind = "close" if interval == "1d" else "tick"
-        return {**base, "kind": kind, "symbol": record["symbol"], "ts": record["start_ns"], "close": record["close"]}
+        return {
+            **base,
+            "kind": kind,
+            "symbol": record["symbol"],
+            "ts": record["start_ns"],
+            "end": record["end_ns"],
+            "close": record["close"],
+        }
     if kind == "account":
         return {**base, "equity": record["equity"]}
     if kind == "performance":
@@ -167,11 +174,14 @@ def decide(
             longer = appended(histories.get(symbol), record["ts"], float(record["close"]), policy.lookback + 1)
             if longer is not None:
                 histories[symbol] = longer
-        if symbol in book.marks and record["ts"] < book.marks[symbol][0]:
+        # A close is the price at its bar's end, the time a fill's price is compared with. Inputs forwarded before
+        # compact records carried "end" (they stay in the merged input log) are timed by their bar's start.
+        priced_at = record.get("end", record["ts"])
+        if symbol in book.marks and priced_at < book.marks[symbol][0]:
             # An older price is no mark; a close that lengthened a held symbol's history still moves its VaR.
             held = longer is not None and symbol in held_symbols(book)
             return _measure(book, record, policy, histories, models) if held else []
-        book.marks[symbol] = [record["ts"], float(record["close"])]
+        book.marks[symbol] = [priced_at, float(record["close"])]
         if symbol not in held_symbols(book):
             return []
         if kind == "tick" and ts < book.measured_ns + policy.measure_every_ns:

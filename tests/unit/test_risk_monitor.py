@@ -466,14 +466,14 @@ def test_ticks_of_a_held_symbol_measure_at_most_once_a_minute_of_market_time() -
             assert measured(events)["gross_exposure"] == f"{100 * (100.0 + i):.2f}"  # marked at this tick
             measured_at.append(seconds)
     assert measured_at == [60, 125, 185, 600]
-    assert monitor.book.marks["AAA"] == [NOW + 600 * SECOND - MINUTE, 109.0]  # every tick marks
+    assert monitor.book.marks["AAA"] == [NOW + 600 * SECOND, 109.0]  # every tick marks, as of its minute's end
 
 
 def test_ticks_and_closes_of_symbols_not_held_mark_them_and_measure_nothing() -> None:
     monitor = ready()
     monitor(position("s2", "AAA", "100", NOW))
     assert monitor(tick("BBB", NOW + 5 * MINUTE, 51.0)) == []
-    assert monitor.book.marks["BBB"] == [NOW + 4 * MINUTE, 51.0]
+    assert monitor.book.marks["BBB"] == [NOW + 5 * MINUTE, 51.0]
     assert monitor(bar("BBB", T0 + DAYS * DAY, 52.0)) == []
     assert monitor.histories["BBB"][-1] == [T0 + DAYS * DAY, 52.0]
 
@@ -487,15 +487,52 @@ def test_a_close_of_a_held_symbol_is_measured_on_the_longer_history() -> None:
     assert estimate(measured(events), "HISTORICAL", 0.99)["var"] == pytest.approx(historical_var(pnl, 0.99) / EQUITY)
 
 
-def test_the_days_close_after_its_ticks_is_measured_on_the_longer_history_at_the_newer_mark() -> None:
+def test_the_days_close_after_its_ticks_is_measured_on_the_longer_history_and_becomes_the_mark() -> None:
     monitor = ready()
     monitor(position("s2", "AAA", "100", NOW))
-    monitor(tick("AAA", NOW + 5 * MINUTE, 101.0))  # the daily bar of this session starts before this tick
+    monitor(tick("AAA", NOW + 5 * MINUTE, 101.0))  # a tick of the session whose daily bar comes next
     events = monitor(bar("AAA", T0 + DAYS * DAY, 90.0))
-    assert monitor.book.marks["AAA"] == [NOW + 4 * MINUTE, 101.0]  # the tick stays the mark
-    pnl = returns_of([*CLOSES["AAA"], 90.0]) * 10_100.0
+    # The close is the price at the session's end, after every tick of it: it is the mark now.
+    assert monitor.book.marks["AAA"] == [T0 + (DAYS + 1) * DAY, 90.0]
+    pnl = returns_of([*CLOSES["AAA"], 90.0]) * 9_000.0
     assert estimate(measured(events), "HISTORICAL", 0.99)["var"] == pytest.approx(historical_var(pnl, 0.99) / EQUITY)
-    assert monitor(bar("AAA", T0 + DAYS * DAY, 90.0)) == []  # redelivered: nothing new to measure
+    assert measured(events)["gross_exposure"] == "9000.00"
+    redelivered = monitor(bar("AAA", T0 + DAYS * DAY, 90.0))
+    assert measured(redelivered)["event_id"] == measured(events)["event_id"]  # the same measurement, the same id
+
+
+@pytest.mark.parametrize(
+    ("price_ends", "marked"),
+    [
+        (NOW - MINUTE, 100.0),  # a minute that ended before the fill: the fill's price stays the mark
+        (NOW, 100.5),  # one that ended as the fill happened, delivered after it
+        (NOW + MINUTE, 100.5),
+    ],
+)
+def test_a_price_ending_after_a_fill_replaces_the_fills_price_as_the_mark(price_ends: int, marked: float) -> None:
+    monitor = ready()  # NEW has no price yet: its fill's price marks it
+    monitor(position("s2", "NEW", "100", NOW, price="100"))
+    monitor(tick("NEW", price_ends, 100.5))
+    assert monitor.book.marks["NEW"][1] == marked
+
+
+def test_a_fill_during_a_session_is_marked_at_that_sessions_close() -> None:
+    """A fill at a wall-clock time (Alpaca) falls inside its session's daily bar, which starts before it: the bar's
+    close, taken at the bar's end, is the newer price."""
+    monitor = ready()
+    monitor(position("s2", "NEW", "100", NOW, price="100"))
+    events = monitor(bar("NEW", T0 + DAYS * DAY, 95.0))
+    assert T0 + DAYS * DAY < NOW < T0 + (DAYS + 1) * DAY
+    assert monitor.book.marks["NEW"] == [T0 + (DAYS + 1) * DAY, 95.0]
+    assert measured(events)["gross_exposure"] == "9500.00"
+
+
+def test_a_close_forwarded_without_its_end_is_timed_by_its_start() -> None:
+    """Compact records in a merged input log written before they carried ``end`` still replay."""
+    monitor = ready()
+    monitor(position("s2", "AAA", "100", NOW))
+    monitor({k: v for k, v in tick("AAA", NOW + 5 * MINUTE, 101.0).items() if k != "end"})
+    assert monitor.book.marks["AAA"] == [NOW + 4 * MINUTE, 101.0]
 
 
 def test_the_account_is_measured_when_its_equity_moves() -> None:
