@@ -209,6 +209,7 @@ def _optimised(book: Book, trigger: Mapping[str, Any], reason: str, policy: Poli
         return [_alert(policy, trigger, "portfolio.too_few_strategies", "INFO", message, {"reason": reason})]
     except _NUMERICAL as exc:  # the optimiser falls back to HRP; this is what even HRP could not absorb
         log.exception("portfolio: optimisation failed for %s", trigger["event_id"])
+        book.shortfall = None  # not for want of history: tried again at the next rotation or refresh, not per session
         message = f"the portfolio stays as it was: optimisation failed: {type(exc).__name__}: {exc}"
         return [_alert(policy, trigger, "portfolio.optimisation_failed", "WARNING", message, {"reason": reason})]
     if banded and not moved(book.weights, found.weights, policy.band):
@@ -279,6 +280,16 @@ def _refreshed(book: Book, trigger: Mapping[str, Any], policy: Policy) -> list[E
     return events
 
 
+def _common_history_reached(book: Book, weighable: list[str], policy: Policy) -> str | None:
+    """Why to try again a portfolio refused for too few common sessions, once the weighable strategies share enough.
+    Their set need not change for that: each may have had its sessions, not yet the same ones (a strategy promoted
+    before the runner's latest sessions of the others arrive)."""
+    if len(weighable) < policy.constraints.min_strategies:
+        return None
+    common = len(aligned_returns(book, weighable, policy.lookback))
+    return f"the weighable strategies share {common} sessions now" if common >= policy.min_sessions else None
+
+
 def decide(book: Book, record: Mapping[str, Any], policy: Policy) -> list[Event]:
     """Apply one input to ``book``; the events it causes."""
     kind = record["kind"]
@@ -298,6 +309,8 @@ def decide(book: Book, record: Mapping[str, Any], policy: Policy) -> list[Event]
             f" {sign}{', '.join(ids)}" for sign, ids in (("+", joined), ("-", left)) if ids
         )
     book.eligible = now
+    if reason is None and kind == "performance" and book.shortfall is not None:
+        reason = _common_history_reached(book, now, policy)
     events = _refreshed(book, record, policy) if kind == "refresh" else []
     if kind == "refresh":
         return events + _optimised(book, record, "periodic refresh", policy, banded=True)

@@ -95,6 +95,13 @@ def states(events: list[tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, int
     return latest
 
 
+def _states_are(settings: Settings, expected: dict[str, tuple[str, int]]) -> bool:
+    """As an assertion, so that a wait that runs out names what the topic held last."""
+    found = states(lifecycle(settings))
+    assert found == expected, f"the topic's latest transitions: {found}"
+    return True
+
+
 def test_candidates_enter_validation_and_paper_or_are_refused_with_the_reason_and_commands_check_versions(
     isolated: Settings, run_cli: Callable[..., Any], start_worker: Callable[..., Any]
 ) -> None:
@@ -173,7 +180,7 @@ def test_an_agent_killed_between_answers_loses_no_transition_and_applies_none_tw
     drill.wait(timeout=30)
     start_worker(command=AGENTS)
     expected = {f"momentum-S{n}": ("PAPER", 3) for n in range(6)}
-    eventually(lambda: states(lifecycle(isolated)) == expected, timeout=180, interval=1, what="every transition")
+    eventually(lambda: _states_are(isolated, expected), timeout=180, interval=1, what="every transition")
     events = lifecycle(isolated)
     by_version: dict[tuple[str, int], set[str]] = defaultdict(set)
     answers: dict[str, set[str]] = defaultdict(set)

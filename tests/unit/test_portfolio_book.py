@@ -272,6 +272,37 @@ def test_the_agent_rotates_says_why_once_when_too_few_and_answers_a_redelivered_
     assert events == []
 
 
+def test_a_portfolio_refused_for_too_few_common_sessions_is_built_once_they_share_enough() -> None:
+    """Each strategy has its sessions, not yet the same ones: the set of weighable strategies does not change when the
+    last common session arrives, and the portfolio must be built then (not at the next timer refresh)."""
+    policy = policy_of(Settings())
+    need, count = policy.min_sessions, policy.constraints.min_strategies
+    entry: dict[str, Any] | None = None
+    rng = np.random.default_rng(7)
+    # s0 has sessions 1..need, the others 0..need-1: need apiece, need - 1 in common.
+    for i in range(count):
+        days = range(1, need + 1) if i == 0 else range(need)
+        for record in [candidate(f"s{i}")] + [performance(f"s{i}", d, float(rng.normal(5e-4, 0.01))) for d in days]:
+            entry, events, _ = answer(entry, record, policy)
+        entry, events, _ = answer(entry, transition(f"s{i}", "LIVE", 4), policy)
+    ((_, refused),) = decoded(events)
+    assert refused["kind"] == "portfolio.too_few_strategies"
+    assert f"{count} with a candidate and {need}+ sessions of returns ({need - 1} in common)" in refused["message"]
+    # Sessions that leave the common count short change nothing, and say nothing again.
+    entry, events, _ = answer(entry, performance("s1", need + 1, 0.001), policy)
+    assert events == []
+    for i in range(1, count - 1):
+        entry, events, _ = answer(entry, performance(f"s{i}", need, 0.001), policy)
+        assert events == []
+    entry, events, _ = answer(entry, performance(f"s{count - 1}", need, 0.001), policy)
+    (topic, built), (_, alert) = decoded(events)
+    assert topic == "portfolio.targets" and built["reason"] == f"the weighable strategies share {need} sessions now"
+    assert len(built["weights"]) >= 1 and alert["kind"] == "portfolio.rebalance"
+    # Built: a later session is no reason to re-optimise.
+    entry, events, _ = answer(entry, performance("s0", need + 1, 0.001), policy)
+    assert events == []
+
+
 @pytest.mark.parametrize(
     ("mu", "bounds", "expected"),
     [
